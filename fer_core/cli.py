@@ -1,0 +1,154 @@
+"""The ``fer-core`` command line (also ``python -m fer_core``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from fer_core import __version__
+from fer_core.config import Config, load_config, parse_override
+from fer_core.errors import FerCoreError
+
+Handler = Callable[[argparse.Namespace, Config], int]
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
+
+
+def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None):
+    """Register a sub-command: its help line, its arguments and its handler."""
+    def register(handler: Handler) -> Handler:
+        COMMANDS[name] = (help, arguments, handler)
+        return handler
+    return register
+
+
+def _model_and_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, help="weights file (default: model.weights_path or the shipped model)")
+    parser.add_argument("--dataset", required=True,
+                        help="dataset name[:split] (fer2013:test, ferplus:test, synthetic:test, sd_faces) or a folder")
+    parser.add_argument("--limit", type=int, help="only the first N faces")
+    parser.add_argument("--trust-pickle", action="store_true", help="allow pickled .pt model files (they run code)")
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _with_trust(args: argparse.Namespace, config: Config) -> Config:
+    if not getattr(args, "trust_pickle", False):
+        return config
+    import dataclasses
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, trust_pickle=True))
+
+
+@command("info", "show the configuration, the model and the datasets present")
+def _info(args: argparse.Namespace, config: Config) -> int:
+    from fer_core.data import available_datasets
+    from fer_core.errors import ModelLoadError
+    from fer_core.workflows import resolve_weights
+    try:
+        weights: str = str(resolve_weights(config))
+    except ModelLoadError as exc:
+        weights = f"none ({exc})"
+    _print_json({"version": __version__, "root": str(config.root), "weights": weights,
+                 "datasets": available_datasets(config.resolve(config.data.root)), "config": config.to_dict()})
+    return 0
+
+
+def _install_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("archive", type=Path, help="fer2013.zip, ferplus.zip or synthetic_sd_faces.zip")
+
+
+@command("data-install", "unpack a known dataset archive into the data folder", _install_arguments)
+def _data_install(args: argparse.Namespace, config: Config) -> int:
+    from fer_core.data import install_archive
+    target = install_archive(args.archive, None, config.resolve(config.data.root))
+    print(f"installed {args.archive.name} into {target}")
+    return 0
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_and_data(parser)
+    parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
+
+
+@command("predict", "predict every face of a dataset into a parquet table (resumable)", _predict_arguments)
+def _predict(args: argparse.Namespace, config: Config) -> int:
+    from fer_core.inference import predict_dataset
+    from fer_core.workflows import dataset_for, device_for, face_pipeline_for, load_configured_model
+    config = _with_trust(args, config)
+    model = load_configured_model(config, args.model)
+    dataset = dataset_for(config, args.dataset)
+    table = predict_dataset(model, dataset, args.out, face_pipeline=face_pipeline_for(config, model),
+                            batch_size=config.inference.batch_size, limit=args.limit, device=device_for(config))
+    print(f"{len(table)} predictions -> {args.out / 'predictions.parquet'}")
+    return 0
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_and_data(parser)
+    parser.add_argument("--name", help="run name (re-use it to resume); default: generated")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+
+
+@command("evaluate", "evaluate a model on a dataset into a run directory", _evaluate_arguments)
+def _evaluate(args: argparse.Namespace, config: Config) -> int:
+    from fer_core.workflows import dataset_for, evaluate_model, load_configured_model, resolve_weights
+    config = _with_trust(args, config)
+    weights = resolve_weights(config, args.model)
+    model = load_configured_model(config, weights)
+    run = evaluate_model(config, model, dataset_for(config, args.dataset), weights_path=weights, name=args.name,
+                         limit=args.limit, n_bootstrap=args.bootstrap)
+    m = run.metrics
+    low, high = m["ci95"]["accuracy"]
+    print(f"{run.path}\naccuracy {m['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}), "
+          f"balanced {m['balanced_accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, n={m['n']}")
+    return 0
+
+
+def _compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_a", type=Path)
+    parser.add_argument("run_b", type=Path)
+
+
+@command("compare", "McNemar's test and per-class deltas between two evaluation runs", _compare_arguments)
+def _compare(args: argparse.Namespace, config: Config) -> int:
+    from fer_core.runs import Run
+    from fer_core.workflows import compare_runs
+    _print_json(compare_runs(Run.load(args.run_a), Run.load(args.run_b)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered sub-command."""
+    parser = argparse.ArgumentParser(prog="fer-core", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fer-core {__version__}")
+    parser.add_argument("--config", type=Path, help="config file (default: $FER_CORE_CONFIG or configs/config.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config key, e.g. --set inference.batch_size=64 (repeatable)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, arguments, handler) in COMMANDS.items():
+        child = sub.add_parser(name, help=help_text, description=help_text)
+        arguments(child)
+        child.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; a :class:`FerCoreError` becomes one clear line on stderr and exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, dict(parse_override(o) for o in args.overrides))
+        return args.handler(args, config)
+    except FerCoreError as exc:
+        print(f"fer-core: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fer-core: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Classification metrics with bootstrap confidence intervals, and McNemar's test.
+
+Point estimates come from scikit-learn; confidence intervals from ``scipy.stats.bootstrap``
+(paired resampling of faces); McNemar's exact test from ``scipy.stats.binomtest``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
+
+from fer_core.errors import DataError
+from fer_core.labels import EMOTIONS, VALENCE_GROUPS, class_indices, valence_index
+
+#: Headline metrics that get a bootstrap confidence interval.
+CI_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def _confusions(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    """Confusion matrices for a batch of resamples: ``(..., n)`` -> ``(..., k, k)``."""
+    flat = (y_true * k + y_pred).reshape(-1, y_true.shape[-1])
+    counts = np.stack([np.bincount(row, minlength=k * k) for row in flat])
+    return counts.reshape(*y_true.shape[:-1], k, k)
+
+
+def _scores_from_confusion(cm: np.ndarray, n_labels: int) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy and macro-F1 from confusion matrices ``(..., k, k)`` as
+    scikit-learn computes them: balanced accuracy over the classes present in the truth,
+    macro-F1 over the first ``n_labels`` classes (the rest collect off-label predictions)."""
+    cm = cm.astype(np.float64)
+    support = cm.sum(-1)
+    predicted = cm.sum(-2)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    present = support > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(present, tp / np.where(present, support, 1), 0.0)
+        precision = np.where(predicted > 0, tp / np.where(predicted > 0, predicted, 1), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.where(precision + recall > 0,
+                                                                                 precision + recall, 1), 0.0)
+    return {
+        "accuracy": tp.sum(-1) / cm.sum((-2, -1)),
+        "balanced_accuracy": (recall * present).sum(-1) / present.sum(-1),
+        "macro_f1": f1[..., :n_labels].mean(-1),
+    }
+
+
+def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int, n_resamples: int = 1000,
+                 confidence: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap CIs of :data:`CI_METRICS` (faces resampled with replacement).
+
+    Labels are positions ``0..n_labels-1``; predictions may also be ``n_labels`` (off-label)."""
+    if len(y_true) < 2:
+        return {name: (float("nan"), float("nan")) for name in CI_METRICS}
+    cis = {}
+    for name in CI_METRICS:
+        def statistic(t: np.ndarray, p: np.ndarray, axis: int = -1, name: str = name) -> np.ndarray:
+            return _scores_from_confusion(_confusions(t, p, n_labels + 1), n_labels)[name]
+        result = stats.bootstrap((y_true, y_pred), statistic, paired=True, vectorized=True,
+                                 n_resamples=n_resamples, confidence_level=confidence, method="percentile",
+                                 random_state=np.random.default_rng(seed))
+        cis[name] = (float(result.confidence_interval.low), float(result.confidence_interval.high))
+    return cis
+
+
+def classification_report(y_true: Sequence[int], y_pred: Sequence[int], emotions: Sequence[str] = EMOTIONS,
+                          n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Every metric of a prediction set, JSON-ready.
+
+    ``y_true`` and ``y_pred`` are canonical class indices (into :data:`EMOTIONS`); ``emotions``
+    are the classes the dataset declares: the per-class table and confusion matrix use them.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise DataError(f"y_true and y_pred must be 1-d and equally long, got {y_true.shape} and {y_pred.shape}")
+    if len(y_true) == 0:
+        raise DataError("no labelled predictions to evaluate")
+    labels = class_indices(emotions)
+    outside = sorted(set(np.unique(y_true)) - set(labels))
+    if outside:
+        raise DataError(f"true labels {[EMOTIONS[i] for i in outside]} are not among the dataset's classes {list(emotions)}")
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    cm = skm.confusion_matrix(y_true, y_pred, labels=labels)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cm_norm = np.nan_to_num(cm / cm.sum(1, keepdims=True))
+    # Positions into `labels` for the vectorized bootstrap (predictions outside map to an extra class).
+    position = {int(c): i for i, c in enumerate(labels)}
+    t_pos = np.array([position[int(t)] for t in y_true])
+    p_pos = np.array([position.get(int(p), len(labels)) for p in y_pred])
+    groups = list(VALENCE_GROUPS)
+    v_true, v_pred = valence_index(y_true), valence_index(y_pred)
+    return {
+        "n": int(len(y_true)),
+        "emotions": list(emotions),
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "ci95": bootstrap_ci(t_pos, p_pos, len(labels), n_resamples=n_resamples, seed=seed),
+        "per_class": {
+            e: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for e, p, r, f, s in zip(emotions, precision, recall, f1, support)
+        },
+        "confusion": {"labels": list(emotions), "counts": cm.tolist(), "normalized": cm_norm.round(6).tolist()},
+        "valence": {
+            "groups": groups,
+            "accuracy": float(skm.accuracy_score(v_true, v_pred)),
+            "per_group_recall": {
+                g: float(r) for g, r in zip(groups, skm.recall_score(
+                    v_true, v_pred, labels=range(len(groups)), average=None, zero_division=0))
+            },
+        },
+    }
+
+
+def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, float | int]:
+    """McNemar's exact test on paired correctness (same faces, two models).
+
+    ``b``: faces A got right and B wrong; ``c``: the reverse. The p-value is the two-sided
+    binomial test of ``b`` out of ``b + c`` against 1/2 (exact; valid for small counts).
+    """
+    a = np.asarray(correct_a, dtype=bool)
+    b_ = np.asarray(correct_b, dtype=bool)
+    if a.shape != b_.shape:
+        raise DataError(f"McNemar needs the same faces in both sets: {a.shape} vs {b_.shape}")
+    b = int(np.sum(a & ~b_))
+    c = int(np.sum(~a & b_))
+    p_value = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
+    return {"n": int(a.size), "a_only_correct": b, "b_only_correct": c,
+            "accuracy_a": float(a.mean()) if a.size else float("nan"),
+            "accuracy_b": float(b_.mean()) if a.size else float("nan"), "p_value": p_value}

@@ -1,0 +1,175 @@
+"""Batch inference over a dataset: a resumable predictions table.
+
+Images are decoded and prepared in a thread pool one batch ahead of the model, results are
+written in atomically renamed parquet parts, and a rerun after an interruption skips every
+finished part. One row per face: probabilities over the 8 emotions, the prediction over the
+dataset's own classes, and the detected face's box and score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from fer_core.data import FaceDataset, Sample
+from fer_core.errors import DataError, ImageDecodeError
+from fer_core.faces import FacePipeline, whole_image_face
+from fer_core.labels import EMOTIONS, restrict_logits
+from fer_core.models import FerModel
+from fer_core.runs import write_json_atomic, write_parquet_atomic
+
+PROB_COLUMNS = tuple(f"prob_{e}" for e in EMOTIONS)
+PARTS_DIR = "parts"
+PROGRESS_FILE = "progress.json"
+
+
+@dataclass(frozen=True)
+class PreparedFace:
+    """One dataset item after decoding, face finding and preprocessing."""
+
+    sample: Sample
+    tensor: torch.Tensor | None
+    face_found: bool
+    face_score: float
+    box: tuple[float, float, float, float]
+    error: str | None = None
+
+
+class FacePreparer:
+    """Image -> model input: the largest detected face (or the whole image for pre-cropped
+    data, or when no face is found), through the model's preprocessing."""
+
+    def __init__(self, model: FerModel, face_pipeline: FacePipeline | None) -> None:
+        self.preprocessing = model.preprocessing
+        self.face_pipeline = face_pipeline
+
+    def fingerprint(self, pre_cropped: bool) -> str:
+        faces = "whole-image" if pre_cropped or self.face_pipeline is None else self.face_pipeline.fingerprint()
+        return f"{self.preprocessing.fingerprint()}:{faces}"
+
+    def prepare(self, dataset: FaceDataset, sample: Sample) -> PreparedFace:
+        """Decode and prepare one sample; an unreadable image gives an ``error`` row."""
+        nan_box = (float("nan"),) * 4
+        try:
+            rgb = dataset.read(sample)
+        except ImageDecodeError as exc:
+            return PreparedFace(sample, None, False, float("nan"), nan_box, str(exc))
+        face = None
+        if not dataset.pre_cropped and self.face_pipeline is not None:
+            face = self.face_pipeline.largest(rgb)
+        found = face is not None
+        face = face or whole_image_face(rgb)
+        return PreparedFace(sample, self.preprocessing.to_tensor(face.image), found,
+                            float(face.detection.score) if found else float("nan"),
+                            tuple(float(v) for v in face.detection.box))
+
+
+def iter_prepared(dataset: FaceDataset, preparer: FacePreparer, indices: Sequence[int], batch_size: int,
+                  workers: int = 2) -> Iterator[list[PreparedFace]]:
+    """Prepared batches, decoding the next batch in threads while the caller computes."""
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        def submit(batch: Sequence[int]) -> list:
+            return [pool.submit(preparer.prepare, dataset, dataset[i]) for i in batch]
+        pending = submit(batches[0]) if batches else []
+        for following in batches[1:] + [None]:
+            current = pending
+            pending = submit(following) if following is not None else []
+            yield [future.result() for future in current]
+
+
+def _rows(prepared: list[PreparedFace], logits: np.ndarray | None, emotions: Sequence[str]) -> pd.DataFrame:
+    ok = [p for p in prepared if p.tensor is not None]
+    probs = np.full((len(prepared), len(EMOTIONS)), np.nan, dtype=np.float32)
+    pred_all = np.full(len(prepared), -1, dtype=np.int64)
+    pred = np.full(len(prepared), -1, dtype=np.int64)
+    if logits is not None and len(ok):
+        rows = [i for i, p in enumerate(prepared) if p.tensor is not None]
+        shifted = logits - logits.max(1, keepdims=True)
+        probs[rows] = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+        pred_all[rows] = logits.argmax(1)
+        pred[rows] = restrict_logits(logits, emotions).argmax(1)
+    frame = pd.DataFrame({
+        "key": [p.sample.key for p in prepared],
+        "source": [p.sample.source for p in prepared],
+        "split": [p.sample.split for p in prepared],
+        "label": np.array([p.sample.label for p in prepared], dtype=np.int64),
+        "pred": pred,
+        "pred_all": pred_all,
+        "face_found": [p.face_found for p in prepared],
+        "face_score": np.array([p.face_score for p in prepared], dtype=np.float32),
+        **{f"box_{n}": np.array([p.box[i] for p in prepared], dtype=np.float32)
+           for i, n in enumerate(("x0", "y0", "x1", "y1"))},
+        "error": [p.error for p in prepared],
+    })
+    for column, values in zip(PROB_COLUMNS, probs.T):
+        frame[column] = values
+    return frame
+
+
+def _job_signature(model: FerModel, dataset: FaceDataset, preparer: FacePreparer, indices: Sequence[int],
+                   chunk_size: int) -> dict[str, str | int]:
+    keys = hashlib.sha256("\n".join(dataset[i].key for i in indices).encode()).hexdigest()[:16]
+    return {"model": model.fingerprint, "preparation": preparer.fingerprint(dataset.pre_cropped),
+            "dataset": dataset.name, "items": keys, "n": len(indices), "chunk_size": chunk_size}
+
+
+def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
+                    face_pipeline: FacePipeline | None = None, batch_size: int = 32, chunk_size: int = 1024,
+                    limit: int | None = None, device: str = "cpu", progress: bool = True) -> pd.DataFrame:
+    """Predict every face of ``dataset`` into ``out_dir/predictions.parquet`` and return the table.
+
+    Work is saved in parts of ``chunk_size`` faces; calling again with the same model, data
+    and settings after an interruption continues where it stopped. Different settings in
+    the same folder are an error rather than a silent mix.
+    """
+    out_dir = Path(out_dir)
+    indices = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
+    if not indices:
+        raise DataError(f"dataset {dataset.name} has no images")
+    preparer = FacePreparer(model, face_pipeline)
+    signature = _job_signature(model, dataset, preparer, indices, chunk_size)
+    progress_file = out_dir / PROGRESS_FILE
+    if progress_file.is_file():
+        previous = json.loads(progress_file.read_text(encoding="utf-8"))
+        if previous != signature:
+            raise DataError(f"{out_dir} holds predictions of another model, dataset or setting; "
+                            "choose a new output folder or delete it")
+    write_json_atomic(progress_file, signature)
+    parts_dir = out_dir / PARTS_DIR
+    module = model.module.to(device).eval()
+    chunks = [indices[i:i + chunk_size] for i in range(0, len(indices), chunk_size)]
+    bar = tqdm(total=len(indices), desc=f"predict {dataset.name}", unit="face", disable=not progress)
+    for number, chunk in enumerate(chunks):
+        part = parts_dir / f"part-{number:05d}.parquet"
+        if part.is_file():
+            bar.update(len(chunk))
+            continue
+        frames = []
+        for prepared in iter_prepared(dataset, preparer, chunk, batch_size):
+            tensors = [p.tensor for p in prepared if p.tensor is not None]
+            logits = None
+            if tensors:
+                with torch.inference_mode():
+                    logits = module(torch.stack(tensors).to(device)).float().cpu().numpy()
+            frames.append(_rows(prepared, logits, dataset.emotions))
+            bar.update(len(prepared))
+        write_parquet_atomic(pd.concat(frames, ignore_index=True), part)
+    bar.close()
+    table = pd.concat([pd.read_parquet(parts_dir / f"part-{n:05d}.parquet") for n in range(len(chunks))],
+                      ignore_index=True)
+    failed = table.loc[table["error"].notna(), "source"].tolist()
+    if failed:
+        warnings.warn(f"{len(failed)} unreadable image(s) skipped: {failed}", stacklevel=2)
+    write_parquet_atomic(table, out_dir / "predictions.parquet")
+    return table

@@ -1,0 +1,46 @@
+"""Baseline metrics: an evaluation run's metrics with CIs, per-class scores and confusion."""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, ui
+from fer_core.runs import list_runs
+from fer_core.workflows import compare_runs
+
+st.title("Baseline metrics")
+config = ui.get_config()
+runs = [] if config is None else [r for r in list_runs(config.resolve(config.paths.runs_dir), kind="evaluation")
+                                   if r.complete]
+if config is not None and not runs:
+    ui.empty_state("No finished evaluation runs yet. Evaluate a model on a dataset:",
+                   "fer-core evaluate --dataset ferplus:test")
+if runs:
+    labels = {r.id: f"{r.id}  ({r.info['dataset']['name']}, {r.info['model']['architecture']})" for r in runs}
+    run = next(r for r in runs if r.id == st.selectbox("Run", list(labels), format_func=labels.get))
+    m = run.metrics
+    st.caption(f"{m['n']} faces of {run.info['dataset']['name']} ({run.info['dataset']['domain']}); "
+               f"classes scored: {', '.join(m['emotions'])}")
+    table = pd.DataFrame([
+        {"metric": name.replace("_", " "), "value": m[name], "95% CI low": m["ci95"][name][0],
+         "95% CI high": m["ci95"][name][1]}
+        for name in ("accuracy", "balanced_accuracy", "macro_f1")]
+        + [{"metric": "valence accuracy", "value": m["valence"]["accuracy"], "95% CI low": None,
+            "95% CI high": None}])
+    st.dataframe(table.style.format(precision=4, na_rep="-"), hide_index=True)
+    st.subheader("Per class")
+    st.plotly_chart(charts.per_class_bars(m["per_class"]), key="per-class")
+    st.dataframe(pd.DataFrame(m["per_class"]).T.style.format(precision=3), key="per-class-table")
+    st.subheader("Confusion matrix")
+    normalized = st.toggle("Row-normalized", value=True)
+    st.plotly_chart(charts.confusion_heatmap(m["confusion"], normalized), key="confusion")
+
+    others = [r for r in runs if r.id != run.id]
+    if others:
+        st.subheader("Compare with another run")
+        other = next(r for r in others if r.id == st.selectbox("Second run", [r.id for r in others],
+                                                                format_func=labels.get))
+        result = compare_runs(run, other)
+        test = result["mcnemar"]
+        st.write(f"McNemar's exact test on {test['n']} shared faces: p = {test['p_value']:.4g} "
+                 f"({test['a_only_correct']} faces only the first got right, {test['b_only_correct']} only the second)")
+        st.bar_chart(pd.Series(result["f1_delta_b_minus_a"], name="F1 (second - first)"))
