@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 from fer_core import __version__
 from fer_core.config import Config, load_config, parse_override
-from fer_core.errors import FerCoreError
+from fer_core.errors import ConfigError, FerCoreError
 
 Handler = Callable[[argparse.Namespace, Config], int]
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
@@ -57,14 +57,21 @@ def _info(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _install_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("archive", type=Path, help="fer2013.zip, ferplus.zip or synthetic_sd_faces.zip")
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("install", "list"), help="install an archive, or list the datasets present")
+    parser.add_argument("archive", type=Path, nargs="?", help="fer2013.zip, ferplus.zip or synthetic_sd_faces.zip")
 
 
-@command("data-install", "unpack a known dataset archive into the data folder", _install_arguments)
-def _data_install(args: argparse.Namespace, config: Config) -> int:
-    from fer_core.data import install_archive
-    target = install_archive(args.archive, None, config.resolve(config.data.root))
+@command("data", "install a known dataset archive into the data folder, or list the datasets present", _data_arguments)
+def _data(args: argparse.Namespace, config: Config) -> int:
+    from fer_core.data import available_datasets, install_archive
+    data_root = config.resolve(config.data.root)
+    if args.action == "list":
+        print("\n".join(available_datasets(data_root)) or f"no datasets under {data_root}")
+        return 0
+    if args.archive is None:
+        raise ConfigError("fer-core data install needs the archive's path")
+    target = install_archive(args.archive, None, data_root)
     print(f"installed {args.archive.name} into {target}")
     return 0
 
@@ -105,6 +112,61 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
     low, high = m["ci95"]["accuracy"]
     print(f"{run.path}\naccuracy {m['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}), "
           f"balanced {m['balanced_accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, n={m['n']}")
+    return 0
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train", required=True, help="training dataset spec, e.g. ferplus:train")
+    parser.add_argument("--val", required=True, help="validation dataset spec (selects the best epoch), e.g. ferplus:valid")
+    parser.add_argument("--name", help="run name under paths.runs_dir (default: generated)")
+    parser.add_argument("--resume", action="store_true", help="continue the run --name from its last checkpoint")
+    parser.add_argument("--init", type=Path, help="start from these weights (e.g. HSEmotion's VGGFace2 backbone)")
+    parser.add_argument("--trust-pickle", action="store_true", help="allow a pickled --init file")
+    parser.add_argument("--recipe", choices=("scratch", "hsemotion", "gradual"),
+                        help="scratch: one stage, all layers; hsemotion: head 3 epochs then all 6; gradual: "
+                             "block-by-block unfreezing (default: hsemotion with --init, else scratch)")
+    parser.add_argument("--architecture", help="default: model.architecture")
+    parser.add_argument("--input-size", type=int, help="default: model.input_size")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs of the scratch recipe")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the scratch recipe")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw")
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--sam-rho", type=float, default=0.0, help="> 0: SAM (the plan's RobustOptimizer, rho 0.05)")
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--soft-labels", action="store_true", help="train on FER+ vote distributions")
+    parser.add_argument("--class-weights", action="store_true", help="inverse-frequency class weights")
+    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--drop-rate", type=float, default=0.2, help="dropout before the classifier")
+    parser.add_argument("--max-steps", type=int, help="at most N batches per epoch (quick trials)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+@command("train", "train or fine-tune a model; writes a run directory (resumable)", _train_arguments)
+def _train(args: argparse.Namespace, config: Config) -> int:
+    from fer_core.workflows import train_model
+    config = _with_trust(args, config)
+    result = train_model(config, args)
+    best = result["best"]
+    print(f"{result['run_dir']}\nbest epoch {best['epoch']}: val accuracy {best['val_accuracy']:.4f}, "
+          f"macro-F1 {best['val_macro_f1']:.4f} -> {result['run_dir'] / 'best.safetensors'}")
+    return 0
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("weights", type=Path, help="a model file (e.g. runs/<run>/best.safetensors)")
+    parser.add_argument("--out", type=Path, required=True, help="output stem or .safetensors path")
+    parser.add_argument("--fp16", action="store_true", help="store weights as float16 (half the size)")
+    parser.add_argument("--trust-pickle", action="store_true")
+
+
+@command("export", "re-save a model in fer_core's safetensors + JSON format (optionally fp16)", _export_arguments)
+def _export(args: argparse.Namespace, config: Config) -> int:
+    import torch
+    from fer_core.models import load_model, save_model
+    model = load_model(args.weights, trust_pickle=args.trust_pickle or config.model.trust_pickle)
+    path = save_model(model, args.out, dtype=torch.float16 if args.fp16 else torch.float32)
+    print(f"{path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from fer_core.data import FaceDataset, Sample
 from fer_core.errors import DataError, ImageDecodeError
-from fer_core.faces import FacePipeline, whole_image_face
+from fer_core.faces import Face, FacePipeline, whole_image_face
 from fer_core.labels import EMOTIONS, restrict_logits
 from fer_core.models import FerModel
 from fer_core.runs import write_json_atomic, write_parquet_atomic
@@ -45,6 +45,16 @@ class PreparedFace:
     error: str | None = None
 
 
+def find_face(rgb: np.ndarray, pre_cropped: bool, face_pipeline: FacePipeline | None) -> tuple[Face, bool]:
+    """The face to classify: the whole image for pre-cropped data (or without a detector),
+    else the largest detected face; falls back to the whole image when none is found.
+    The flag says whether the returned crop is known to be a face."""
+    if pre_cropped:
+        return whole_image_face(rgb), True
+    face = None if face_pipeline is None else face_pipeline.largest(rgb)
+    return (face, True) if face is not None else (whole_image_face(rgb), False)
+
+
 class FacePreparer:
     """Image -> model input: the largest detected face (or the whole image for pre-cropped
     data, or when no face is found), through the model's preprocessing."""
@@ -64,11 +74,7 @@ class FacePreparer:
             rgb = dataset.read(sample)
         except ImageDecodeError as exc:
             return PreparedFace(sample, None, False, float("nan"), nan_box, str(exc))
-        face = None
-        if not dataset.pre_cropped and self.face_pipeline is not None:
-            face = self.face_pipeline.largest(rgb)
-        found = face is not None
-        face = face or whole_image_face(rgb)
+        face, found = find_face(rgb, dataset.pre_cropped, self.face_pipeline)
         return PreparedFace(sample, self.preprocessing.to_tensor(face.image), found,
                             float(face.detection.score) if found else float("nan"),
                             tuple(float(v) for v in face.detection.box))

@@ -49,9 +49,13 @@ class Preprocessing:
 
     def to_tensor(self, face: np.ndarray) -> torch.Tensor:
         """A ``(3, S, S)`` float32 tensor from an RGB uint8 face."""
-        array = self.resize(face).astype(np.float32) / 255.0
-        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        return self.normalize(torch.from_numpy(np.ascontiguousarray(self.resize(face).transpose(2, 0, 1))))
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(..., 3, S, S)`` uint8 pixels -> normalized float32 (training augments in between)."""
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return (pixels.float() / 255.0 - mean) / std
 
     def batch(self, faces: list[np.ndarray]) -> torch.Tensor:
         """A ``(N, 3, S, S)`` batch."""

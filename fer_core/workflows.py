@@ -9,14 +9,16 @@ import numpy as np
 
 from fer_core import __version__
 from fer_core.config import Config
-from fer_core.data import FaceDataset, open_dataset
-from fer_core.errors import DataError, ModelLoadError
+from fer_core.data import FaceDataset, FerPlusDataset, open_dataset
+from fer_core.errors import ConfigError, DataError, ModelLoadError
 from fer_core.evaluation import classification_report, mcnemar
 from fer_core.faces import FacePipeline
 from fer_core.inference import predict_dataset
 from fer_core.labels import EMOTIONS
 from fer_core.models import FerModel, load_model
 from fer_core.runs import METRICS_FILE, RUN_FILE, Run, run_id, utc_now, write_json_atomic
+from fer_core.training import (GRADUAL_UNFREEZING_STAGES, HSEMOTION_STAGES, AugmentSettings, Stage, Trainer,
+                               TrainSettings)
 
 #: The model shipped with the project (trained by ``fer-core train``; see weights/MODEL_CARD.md).
 SHIPPED_WEIGHTS = Path("weights") / "fer_b0_ferplus.safetensors"
@@ -102,6 +104,44 @@ def compare_runs(a: Run, b: Run) -> dict[str, Any]:
     deltas = {e: b.metrics["per_class"][e]["f1"] - a.metrics["per_class"][e]["f1"]
               for e in a.metrics["per_class"] if e in b.metrics["per_class"]}
     return {"a": a.id, "b": b.id, "mcnemar": test, "f1_delta_b_minus_a": deltas}
+
+
+def training_dataset(config: Config, spec: str, soft_labels: bool) -> FaceDataset:
+    """A dataset for training; ``soft_labels`` asks for FER+ vote distributions."""
+    if not soft_labels:
+        return dataset_for(config, spec)
+    name, _, split = spec.partition(":")
+    if name != "ferplus":
+        raise DataError(f"soft labels exist only for FER+ (ferplus:<split>), not {spec!r}")
+    dataset_for(config, spec)  # validates the split and that the data is present
+    return FerPlusDataset(config.resolve(config.data.root) / "real" / "ferplus", split, label_mode="soft")
+
+
+def train_model(config: Config, args: Any) -> dict[str, Any]:
+    """Run ``fer-core train`` from parsed arguments: build settings, data and the start model."""
+    init = load_model(config.resolve(args.init), trust_pickle=config.model.trust_pickle) if args.init else None
+    recipe = args.recipe or ("hsemotion" if init else "scratch")
+    stages = {"scratch": (Stage(args.epochs, args.lr, "all"),), "hsemotion": HSEMOTION_STAGES,
+              "gradual": GRADUAL_UNFREEZING_STAGES}[recipe]
+    architecture = init.architecture if init else (args.architecture or config.model.architecture)
+    settings = TrainSettings(
+        architecture=architecture, input_size=init.input_size if init else (args.input_size or config.model.input_size),
+        stages=stages, batch_size=args.batch_size, optimizer=args.optimizer, weight_decay=args.weight_decay,
+        sam_rho=args.sam_rho, label_smoothing=args.label_smoothing, soft_targets=args.soft_labels,
+        class_weights=args.class_weights, augment=None if args.no_augment else AugmentSettings(),
+        drop_rate=args.drop_rate, seed=args.seed, max_steps_per_epoch=args.max_steps, device=device_for(config),
+        channels_last=device_for(config).startswith("cuda"), mixed_precision=device_for(config).startswith("cuda"))
+    run_dir = config.resolve(config.paths.runs_dir) / (args.name or run_id("train", architecture, args.train))
+    if (run_dir / "checkpoint.pt").is_file() and not args.resume:
+        raise ConfigError(f"{run_dir} already holds a training run: pass --resume to continue it, or another --name")
+    if args.resume and not (run_dir / "checkpoint.pt").is_file():
+        raise ConfigError(f"nothing to resume: {run_dir / 'checkpoint.pt'} does not exist")
+    train = training_dataset(config, args.train, args.soft_labels)
+    val = dataset_for(config, args.val)
+    pipeline = None if train.pre_cropped and val.pre_cropped else FacePipeline.from_config(config, settings.input_size)
+    trainer = Trainer(run_dir, settings, train, val, init=init, face_pipeline=pipeline,
+                      extra_info={"recipe": recipe, "command": "fer-core train"})
+    return {"run_dir": run_dir, **trainer.fit()}
 
 
 def device_for(config: Config) -> str:

@@ -30,9 +30,9 @@ if config is not None:
         st.write("**Datasets** " + ", ".join(f"`{d}`" for d in datasets))
     else:
         ui.empty_state("No datasets in the data folder yet. Unpack the shared archives:",
-                       "fer-core data-install ../shared/data/fer2013.zip\n"
-                       "fer-core data-install ../shared/data/ferplus.zip\n"
-                       "fer-core data-install ../shared/data/synthetic_sd_faces.zip")
+                       "fer-core data install ../shared/data/fer2013.zip\n"
+                       "fer-core data install ../shared/data/ferplus.zip\n"
+                       "fer-core data install ../shared/data/synthetic_sd_faces.zip")
     if not runs:
         ui.empty_state("No evaluation runs yet. Evaluate the model on a dataset:",
                        "fer-core evaluate --dataset ferplus:test")

@@ -1,0 +1,409 @@
+"""Headless training: stages (frozen backbone, gradual unfreezing, full), AdamW or SAM,
+soft targets, label smoothing, class weights, augmentation, warmup + cosine schedule,
+atomic per-epoch checkpoints, exact resume, and the best epoch chosen on validation.
+
+A run directory holds ``run.json`` (settings and data), ``history.json`` (per-epoch loss,
+validation accuracy and macro-F1), ``checkpoint.pt`` (the last finished epoch) and
+``best.safetensors`` / ``best.json`` (the model of the best validation epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn import metrics as skm
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from fer_core import __version__
+from fer_core.data import FaceDataset, TorchFaceDataset, collate_skip_bad
+from fer_core.errors import ConfigError, DataError
+from fer_core.faces import FacePipeline
+from fer_core.inference import find_face
+from fer_core.labels import EMOTIONS, NUM_CLASSES, restrict_logits
+from fer_core.models import FerModel, create_model, save_model
+from fer_core.preprocess import Preprocessing
+from fer_core.runs import utc_now, write_json_atomic
+from fer_core.training.augment import AugmentSettings, pixel_augmentation, tensor_augmentation
+from fer_core.training.sam import SAM, FrozenBatchNormStats
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "history.json"
+BEST = "best"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A training stage: ``epochs`` at peak ``lr`` with ``trainable`` parameters:
+    ``"head"`` (backbone frozen), ``"all"``, or ``"top:N"`` (head plus the last N blocks)."""
+
+    epochs: int
+    lr: float
+    trainable: str = "all"
+
+
+#: HSEmotion's fine-tuning recipe: head only, then everything.
+HSEMOTION_STAGES = (Stage(3, 1e-3, "head"), Stage(6, 1e-4, "all"))
+#: The plan's gradual unfreezing for fine-tuning on synthetic faces (RQ2).
+GRADUAL_UNFREEZING_STAGES = (Stage(2, 1e-3, "head"), Stage(2, 3e-4, "top:2"), Stage(2, 1e-4, "top:4"),
+                             Stage(3, 5e-5, "all"))
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that decides a training run (stored in ``run.json``)."""
+
+    architecture: str = "tf_efficientnet_b0_ns"
+    input_size: int = 224
+    stages: tuple[Stage, ...] = HSEMOTION_STAGES
+    batch_size: int = 64
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    weight_decay: float = 0.05
+    sam_rho: float = 0.0  # > 0 wraps the optimizer in SAM (the plan's RobustOptimizer, rho 0.05)
+    sam_bn_first_pass_only: bool = True
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    soft_targets: bool = True  # use vote distributions (FER+) when the data has them
+    class_weights: bool = False  # inverse-frequency loss weights
+    augment: AugmentSettings | None = field(default_factory=AugmentSettings)
+    drop_rate: float = 0.2  # dropout before the classifier
+    select_metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    seed: int = 0
+    max_steps_per_epoch: int | None = None  # for quick trials and tests
+    device: str = "cpu"
+    channels_last: bool = False
+    mixed_precision: bool = False  # bf16 autocast on CUDA
+
+    def __post_init__(self) -> None:
+        if not self.stages or any(s.epochs <= 0 or s.lr <= 0 for s in self.stages):
+            raise ConfigError("train stages: each needs epochs > 0 and lr > 0")
+        for stage in self.stages:
+            _trainable_filter(stage.trainable)
+
+    @property
+    def epochs(self) -> int:
+        return sum(s.epochs for s in self.stages)
+
+    def stage_of(self, epoch: int) -> tuple[int, Stage]:
+        """The index and stage that ``epoch`` (0-based) belongs to."""
+        end = 0
+        for number, stage in enumerate(self.stages):
+            end += stage.epochs
+            if epoch < end:
+                return number, stage
+        raise ValueError(f"epoch {epoch} is past the last stage")
+
+
+def _trainable_filter(trainable: str) -> int | None:
+    """``None`` for all parameters, 0 for the head only, N for the last N blocks."""
+    if trainable == "all":
+        return None
+    if trainable == "head":
+        return 0
+    kind, _, count = trainable.partition(":")
+    if kind == "top" and count.isdigit():
+        return int(count)
+    raise ConfigError(f"stage trainable {trainable!r}: expected 'head', 'all' or 'top:N'")
+
+
+def set_trainable(module: nn.Module, trainable: str) -> None:
+    """Freeze everything but what ``trainable`` names (the classifier always trains)."""
+    top = _trainable_filter(trainable)
+    for p in module.parameters():
+        p.requires_grad_(top is None)
+    if top is None:
+        return
+    parts: list[nn.Module] = [module.get_classifier()]
+    blocks = list(getattr(module, "blocks", []))
+    if top > 0:
+        parts += blocks[len(blocks) - top:] + [getattr(module, n) for n in ("conv_head", "bn2") if hasattr(module, n)]
+    for part in parts:
+        for p in part.parameters():
+            p.requires_grad_(True)
+
+
+class FaceTransform:
+    """Pixels -> model input through the one preprocessing path, optionally augmented."""
+
+    def __init__(self, preprocessing: Preprocessing, pre_cropped: bool, face_pipeline: FacePipeline | None = None,
+                 augment: AugmentSettings | None = None) -> None:
+        self.preprocessing = preprocessing
+        self.pre_cropped = pre_cropped
+        self.face_pipeline = face_pipeline
+        self.pixel_aug = pixel_augmentation(augment) if augment else None
+        self.tensor_aug = tensor_augmentation(augment) if augment else None
+
+    def __call__(self, rgb: np.ndarray) -> torch.Tensor:
+        face, _ = find_face(rgb, self.pre_cropped, self.face_pipeline)
+        pixels = torch.from_numpy(np.ascontiguousarray(self.preprocessing.resize(face.image).transpose(2, 0, 1)))
+        if self.pixel_aug is not None:
+            pixels = self.pixel_aug(pixels)
+        tensor = self.preprocessing.normalize(pixels)
+        return self.tensor_aug(tensor) if self.tensor_aug is not None else tensor
+
+
+def class_weights(labels: np.ndarray) -> torch.Tensor:
+    """Inverse-frequency weights over the 8 classes, mean 1 over the classes present."""
+    counts = np.bincount(labels[labels >= 0], minlength=NUM_CLASSES).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1), 0.0)
+    weights /= weights[counts > 0].mean()
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float,
+                       weights: torch.Tensor | None, allowed: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against target distributions, smoothed over the ``allowed`` classes."""
+    if smoothing:
+        targets = (1 - smoothing) * targets + smoothing * allowed / allowed.sum()
+    logits = logits.masked_fill(allowed == 0, -1e4)
+    loss = -(targets * F.log_softmax(logits.float(), dim=1)).sum(1)
+    if weights is not None:
+        loss = loss * (targets @ weights)
+    return loss.mean()
+
+
+def _check_data(train: FaceDataset, val: FaceDataset) -> None:
+    for dataset, role in ((train, "training"), (val, "validation")):
+        if len(dataset) == 0:
+            raise DataError(f"the {role} set {dataset.name} is empty")
+    present = [EMOTIONS[i] for i in np.unique(train.labels[train.labels >= 0])]
+    if len(present) < 2:
+        raise DataError(f"the training set {train.name} has {len(present)} class(es) {present}; at least 2 are needed")
+
+
+class Trainer:
+    """Train ``settings.architecture`` on ``train``, select on ``val``, in ``run_dir``.
+
+    Start a model from ``init`` (e.g. HSEmotion backbone weights) or from scratch.
+    :meth:`fit` resumes from ``run_dir/checkpoint.pt`` when one exists.
+    """
+
+    def __init__(self, run_dir: Path | str, settings: TrainSettings, train: FaceDataset, val: FaceDataset,
+                 init: FerModel | None = None, face_pipeline: FacePipeline | None = None,
+                 extra_info: dict[str, Any] | None = None) -> None:
+        _check_data(train, val)
+        self.run_dir = Path(run_dir)
+        self.settings = settings
+        self.train_data, self.val_data = train, val
+        self.preprocessing = init.preprocessing if init else Preprocessing(settings.input_size)
+        if init is not None and init.architecture != settings.architecture:
+            raise ConfigError(f"the initial model is {init.architecture}, but training asks for "
+                              f"{settings.architecture}")
+        self.module = init.module if init is not None else create_model(settings.architecture, NUM_CLASSES,
+                                                                                 drop_rate=settings.drop_rate)
+        self.init_info = {"from": "scratch"} if init is None else {"from": init.provenance, "fingerprint": init.fingerprint}
+        self.face_pipeline = face_pipeline
+        self.extra_info = extra_info or {}
+        self.device = torch.device(settings.device)
+        self.allowed = torch.zeros(NUM_CLASSES)
+        self.allowed[[EMOTIONS.index(e) for e in train.emotions]] = 1.0
+        self.weights = class_weights(train.labels) if settings.class_weights else None
+
+    # -- pieces ---------------------------------------------------------------------------
+    def _loader(self, dataset: FaceDataset, train: bool, epoch: int) -> tuple[DataLoader, TorchFaceDataset]:
+        transform = FaceTransform(self.preprocessing, dataset.pre_cropped, self.face_pipeline,
+                                  self.settings.augment if train else None)
+        wrapped = TorchFaceDataset(dataset, transform)
+        generator = torch.Generator().manual_seed(self.settings.seed * 100_003 + epoch)
+        loader = DataLoader(wrapped, batch_size=self.settings.batch_size, shuffle=train, drop_last=train,
+                            generator=generator, collate_fn=collate_skip_bad, num_workers=0)
+        return loader, wrapped
+
+    def _optimizer(self, stage: Stage) -> torch.optim.Optimizer:
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        base = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[self.settings.optimizer]
+        kwargs = {"lr": stage.lr, "weight_decay": self.settings.weight_decay}
+        if self.settings.sam_rho > 0:
+            return SAM(params, base, rho=self.settings.sam_rho, **kwargs)
+        return base(params, **kwargs)
+
+    def _steps_per_epoch(self) -> int:
+        steps = len(self.train_data) // self.settings.batch_size
+        if self.settings.max_steps_per_epoch:
+            steps = min(steps, self.settings.max_steps_per_epoch)
+        if steps == 0:
+            raise DataError(f"the training set ({len(self.train_data)} faces) is smaller than one batch "
+                            f"({self.settings.batch_size})")
+        return steps
+
+    def _schedule(self, optimizer: torch.optim.Optimizer, stage_number: int, stage: Stage) -> torch.optim.lr_scheduler.LambdaLR:
+        steps = self._steps_per_epoch()
+        total = stage.epochs * steps
+        warmup = min(total - 1, round(self.settings.warmup_epochs * steps)) if stage_number == 0 else 0
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer.base_optimizer if isinstance(optimizer, SAM) else optimizer,
+                                                 factor)
+
+    def _targets(self, batch: dict[str, Any]) -> torch.Tensor:
+        if self.settings.soft_targets:
+            return batch["soft_label"].float()
+        return F.one_hot(batch["label"].clamp(min=0), NUM_CLASSES).float()
+
+    def _train_step(self, optimizer: torch.optim.Optimizer, images: torch.Tensor, targets: torch.Tensor) -> float:
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                                  enabled=self.settings.mixed_precision and self.device.type == "cuda")
+
+        def loss_fn() -> torch.Tensor:
+            with autocast:
+                logits = self.module(images)
+            loss = soft_cross_entropy(logits, targets, self.settings.label_smoothing, self.weights, self.allowed)
+            loss.backward()
+            return loss
+
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        if isinstance(optimizer, SAM):
+            optimizer.first_step()
+            optimizer.zero_grad(set_to_none=True)
+            if self.settings.sam_bn_first_pass_only:
+                with FrozenBatchNormStats(self.module):
+                    loss_fn()
+            else:
+                loss_fn()
+            optimizer.second_step()
+        else:
+            optimizer.step()
+        return float(loss.detach())
+
+    @torch.inference_mode()
+    def validate(self) -> dict[str, float]:
+        """Loss, accuracy and macro-F1 on the validation set (scored over its classes)."""
+        self.module.eval()
+        loader, wrapped = self._loader(self.val_data, train=False, epoch=0)
+        truths, preds, losses = [], [], []
+        for batch in loader:
+            if batch is None:
+                continue
+            logits = self.module(batch["image"].to(self.device)).float().cpu()
+            known = batch["label"] >= 0
+            losses.append(F.cross_entropy(logits[known], batch["label"][known], reduction="sum").item())
+            preds.append(restrict_logits(logits[known].numpy(), self.val_data.emotions).argmax(1))
+            truths.append(batch["label"][known].numpy())
+        wrapped.bad_files.warn_skipped()
+        y_true, y_pred = np.concatenate(truths), np.concatenate(preds)
+        labels = [EMOTIONS.index(e) for e in self.val_data.emotions]
+        return {"val_loss": float(sum(losses) / len(y_true)), "val_accuracy": float(skm.accuracy_score(y_true, y_pred)),
+                "val_macro_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))}
+
+    def _fer_model(self, provenance: dict[str, Any]) -> FerModel:
+        return FerModel(self.module, self.settings.architecture, EMOTIONS, self.preprocessing.input_size,
+                        self.preprocessing.mean, self.preprocessing.std, provenance)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _save_checkpoint(self, state: dict[str, Any]) -> None:
+        path = self.run_dir / CHECKPOINT
+        tmp = path.with_name(f".{CHECKPOINT}.tmp")
+        torch.save(state, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    def _load_checkpoint(self) -> dict[str, Any] | None:
+        path = self.run_dir / CHECKPOINT
+        if not path.is_file():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["settings"] != _plain(self.settings):
+            raise ConfigError(f"{path} was written with other training settings; use a new run directory")
+        self.module.load_state_dict(state["model"])
+        return state
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self, progress: bool = True) -> dict[str, Any]:
+        """Train every remaining epoch; return the history and the best epoch."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.run_dir / "run.json", {
+            "kind": "training", "created": utc_now(), "fer_core_version": __version__,
+            "settings": _plain(self.settings), "init": self.init_info,
+            "data": {"train": {"name": self.train_data.name, "size": len(self.train_data),
+                               "classes": self.train_data.class_counts(), "domain": self.train_data.domain},
+                     "val": {"name": self.val_data.name, "size": len(self.val_data), "domain": self.val_data.domain}},
+            **self.extra_info})
+        self.module.to(self.device)
+        if self.settings.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        state = self._load_checkpoint()
+        history: list[dict[str, Any]] = state["history"] if state else []
+        best: dict[str, Any] | None = state["best"] if state else None
+        start = len(history)
+        optimizer = scheduler = None
+        current_stage = -1
+        for epoch in range(start, self.settings.epochs):
+            stage_number, stage = self.settings.stage_of(epoch)
+            if stage_number != current_stage:
+                set_trainable(self.module, stage.trainable)
+                optimizer = self._optimizer(stage)
+                scheduler = self._schedule(optimizer, stage_number, stage)
+                if state is not None and state["stage"] == stage_number:
+                    optimizer.load_state_dict(state["optimizer"])
+                    scheduler.load_state_dict(state["scheduler"])
+                current_stage = stage_number
+            torch.manual_seed(self.settings.seed * 100_003 + epoch)
+            self.module.train()
+            loader, wrapped = self._loader(self.train_data, train=True, epoch=epoch)
+            steps = self._steps_per_epoch()
+            losses = []
+            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.settings.epochs}", unit="batch",
+                       disable=not progress, leave=False)
+            for step, batch in enumerate(loader):
+                if step >= steps:
+                    break
+                if batch is None:
+                    continue
+                images = batch["image"].to(self.device)
+                if self.settings.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                losses.append(self._train_step(optimizer, images, self._targets(batch).to(self.device)))
+                scheduler.step()
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+                bar.update()
+            bar.close()
+            wrapped.bad_files.warn_skipped()
+            record = {"epoch": epoch + 1, "stage": stage_number, "train_loss": float(np.mean(losses)),
+                      "lr": scheduler.get_last_lr()[0], **self.validate()}
+            history.append(record)
+            key = f"val_{self.settings.select_metric}"
+            if best is None or record[key] > best[key]:
+                best = dict(record)
+                save_model(self._fer_model(self._provenance(best)), self.run_dir / BEST)
+            self._save_checkpoint({"model": self.module.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict(), "stage": stage_number,
+                                   "history": history, "best": best, "settings": _plain(self.settings)})
+            write_json_atomic(self.run_dir / HISTORY, {"history": history, "best": best})
+            if progress:
+                print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f} val acc {record['val_accuracy']:.4f} "
+                      f"macro-F1 {record['val_macro_f1']:.4f}", flush=True)
+        return {"history": history, "best": best}
+
+    def _provenance(self, best: dict[str, Any]) -> dict[str, Any]:
+        return {"head_trained": True, "trained_by": f"fer_core {__version__}", "run": self.run_dir.name,
+                "train_data": self.train_data.name, "val_data": self.val_data.name, "init": self.init_info,
+                "settings": _plain(self.settings), "selected_epoch": best, "created": utc_now()}
+
+
+def _plain(settings: TrainSettings) -> dict[str, Any]:
+    """Settings as JSON-ready values (what checkpoints compare on resume)."""
+    return json_ready(dataclasses.asdict(settings))
+
+
+def json_ready(value: Any) -> Any:
+    """Tuples -> lists, recursively (so a value equals itself after a JSON round trip)."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
