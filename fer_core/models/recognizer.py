@@ -1,0 +1,67 @@
+"""HSEmotion-style inference on face crops: ``EmotionRecognizer(model).predict_emotions(face)``."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from fer_core.errors import ConfigError, DataError
+from fer_core.models.factory import FerModel
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class EmotionRecognizer:
+    """Emotions and features of RGB uint8 face crops, batched, under ``torch.inference_mode``.
+
+    Mirrors HSEmotion's ``HSEmotionRecognizer``: one face gives one label and a score per
+    emotion; a list of faces gives a list of labels and an ``(N, C)`` array.
+    """
+
+    def __init__(self, model: FerModel, device: str | torch.device = "cpu", batch_size: int = 32) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.model = model.to(_device(device))
+        self.batch_size = batch_size
+
+    @property
+    def emotions(self) -> tuple[str, ...]:
+        """Class names, in the order of the score columns."""
+        return self.model.emotions
+
+    def predict_emotions(self, face_img: np.ndarray | Sequence[np.ndarray],
+                         logits: bool = False) -> tuple[str | list[str], np.ndarray]:
+        """The most likely emotion and the scores (softmax, or raw logits if ``logits``) of a face
+        ``(H, W, 3)`` or of a list of faces."""
+        single = isinstance(face_img, np.ndarray) and face_img.ndim == 3
+        faces = [face_img] if single else list(face_img)
+        scores = self._run(faces, self.model.logits, len(self.emotions))
+        if not logits:
+            scores = torch.from_numpy(scores).softmax(dim=1).numpy()
+        labels = [self.emotions[i] for i in scores.argmax(axis=1)]
+        return (labels[0], scores[0]) if single else (labels, scores)
+
+    def extract_features(self, faces: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """``(N, feature_dim)`` pooled penultimate features of a face or a list of faces."""
+        single = isinstance(faces, np.ndarray) and faces.ndim == 3
+        return self._run([faces] if single else list(faces), self.model.features, self.model.feature_dim)
+
+    def _run(self, faces: list[np.ndarray], forward: Callable[[torch.Tensor], torch.Tensor], width: int) -> np.ndarray:
+        for i, face in enumerate(faces):
+            if not (isinstance(face, np.ndarray) and face.ndim == 3 and face.shape[2] == 3
+                    and face.dtype == np.uint8 and min(face.shape[:2]) > 0):
+                described = f"{face.shape} {face.dtype}" if isinstance(face, np.ndarray) else type(face).__name__
+                raise DataError(f"face {i}: expected an (H, W, 3) uint8 RGB array, got {described}")
+        preprocessing = self.model.preprocessing
+        outputs = [np.empty((0, width), np.float32)]
+        with torch.inference_mode():
+            for start in range(0, len(faces), self.batch_size):
+                batch = preprocessing.batch(faces[start:start + self.batch_size])
+                outputs.append(forward(batch).float().cpu().numpy())
+        return np.concatenate(outputs)
