@@ -69,3 +69,42 @@ def synthetic_root() -> Path:
 def face_model_path() -> Path:
     """MediaPipe BlazeFace short-range detector."""
     return require_shared(SHARED / "models" / "face_detection_short_range.tflite")
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory, ferplus_root, fer2013_root, synthetic_root) -> Path:
+    """A project folder whose data/ links the unpacked real datasets (plan layout) and whose
+    configs/config.yaml uses them; runs/ and cache/ are its own."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "configs").mkdir()
+    (root / "data" / "real").mkdir(parents=True)
+    (root / "data" / "synthetic").mkdir()
+    (root / "data" / "real" / "ferplus").symlink_to(ferplus_root, target_is_directory=True)
+    (root / "data" / "real" / "fer2013").symlink_to(fer2013_root, target_is_directory=True)
+    (root / "data" / "synthetic" / "sd_faces").symlink_to(synthetic_root, target_is_directory=True)
+    (root / "configs" / "config.yaml").write_text((REPO / "configs" / "config.yaml").read_text())
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(project) -> Path:
+    """A small network trained in the test session on 8,000 real FER+ faces (a few minutes):
+    ``runs/tiny/best.safetensors`` of ``project``."""
+    import numpy as np
+
+    from fer_core.config import load_config
+    from fer_core.data import open_dataset, stratified_split
+    from fer_core.models import TINY_ARCHITECTURE
+    from fer_core.training import Stage, Trainer, TrainSettings
+
+    config = load_config(project / "configs" / "config.yaml")
+    data_root = config.resolve(config.data.root)
+    train = open_dataset("ferplus:train", data_root)
+    val = open_dataset("ferplus:valid", data_root)
+    pick = stratified_split(train.labels, {"use": 8000 / len(train), "rest": 1 - 8000 / len(train)}, seed=0)["use"]
+    val_pick = stratified_split(val.labels, {"use": 600 / len(val), "rest": 1 - 600 / len(val)}, seed=0)["use"]
+    settings = TrainSettings(architecture=TINY_ARCHITECTURE, input_size=48, stages=(Stage(6, 3e-3, "all"),),
+                             batch_size=64, soft_targets=False, augment=None, seed=0)
+    run_dir = project / "runs" / "tiny"
+    Trainer(run_dir, settings, train.subset(np.sort(pick)), val.subset(np.sort(val_pick))).fit(progress=False)
+    return run_dir / "best.safetensors"

@@ -1,0 +1,126 @@
+"""End to end on real faces: train a small model, predict, evaluate, resume, compare, CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from fer_core.cli import main
+from fer_core.config import load_config
+from fer_core.data import open_dataset
+from fer_core.inference import predict_dataset
+from fer_core.labels import EMOTIONS
+from fer_core.models import load_model
+from fer_core.runs import Run, list_runs
+from fer_core.workflows import compare_runs, evaluate_model
+
+
+@pytest.fixture(scope="module")
+def config(project):
+    return load_config(project / "configs" / "config.yaml")
+
+
+@pytest.fixture(scope="module")
+def fer2013_test_subset(config):
+    dataset = open_dataset("fer2013:test", config.resolve(config.data.root))
+    return dataset.subset(np.arange(0, len(dataset), 12))  # 599 faces across all classes
+
+
+def test_trained_model_learned_something_real(tiny_model, config):
+    history = json.loads((tiny_model.parent / "history.json").read_text())
+    losses = [h["train_loss"] for h in history["history"]]
+    assert losses[-1] < losses[0] < np.log(8) + 0.05  # starts at chance, goes down
+    assert history["best"]["val_accuracy"] > 0.45  # majority class (Neutral) is ~0.36 of FER+ valid
+    model = load_model(tiny_model)
+    assert model.provenance["head_trained"] and model.input_size == 48
+
+
+def test_evaluate_writes_a_self_describing_run(tiny_model, config, fer2013_test_subset):
+    model = load_model(tiny_model)
+    run = evaluate_model(config, model, fer2013_test_subset, weights_path=tiny_model, name="eval-fer2013",
+                         n_bootstrap=200, progress=False)
+    info, metrics, table = run.info, run.metrics, run.predictions
+    assert info["kind"] == "evaluation" and info["model"]["fingerprint"] == model.fingerprint
+    assert info["dataset"]["emotions"] == [e for e in EMOTIONS if e != "Contempt"]
+    assert len(table) == len(fer2013_test_subset) == metrics["n"]
+    # 7-class data: contempt is never predicted, though the model has a contempt output.
+    assert (table["pred"] != EMOTIONS.index("Contempt")).all()
+    assert np.allclose(table[[f"prob_{e}" for e in EMOTIONS]].sum(axis=1), 1.0, atol=1e-5)
+    assert metrics["accuracy"] == pytest.approx(skm.accuracy_score(table["label"], table["pred"]))
+    majority_share = table["label"].value_counts(normalize=True).max()  # Happiness, ~0.25
+    assert metrics["accuracy"] > majority_share + 0.05
+    low, high = metrics["ci95"]["accuracy"]
+    assert low < metrics["accuracy"] < high
+    assert list_runs(config.resolve(config.paths.runs_dir), kind="evaluation")[0].id == "eval-fer2013"
+
+
+def test_prediction_resumes_after_an_interruption(tiny_model, config, fer2013_test_subset, tmp_path):
+    model = load_model(tiny_model)
+    full = predict_dataset(model, fer2013_test_subset, tmp_path / "full", chunk_size=100, progress=False)
+    # An interrupted run: only the first two parts were written.
+    out = tmp_path / "resumed"
+    predict_dataset(model, fer2013_test_subset, out, chunk_size=100, limit=200, progress=False)
+    with pytest.raises(Exception, match="another model, dataset or setting"):
+        predict_dataset(model, fer2013_test_subset, out, chunk_size=100, progress=False)
+    (out / "progress.json").unlink()
+    parts = sorted((out / "parts").glob("part-*.parquet"))
+    assert len(parts) == 2
+    resumed = predict_dataset(model, fer2013_test_subset, out, chunk_size=100, progress=False)
+    pd.testing.assert_frame_equal(resumed, full)
+
+
+def test_unreadable_images_are_reported_not_fatal(tiny_model, config, fer2013_root, tmp_path):
+    folder = tmp_path / "faces"
+    for emotion in ("happy", "sad"):
+        (folder / emotion).mkdir(parents=True)
+        for source in sorted((fer2013_root / "test" / emotion).glob("*.jpg"))[:5]:
+            (folder / emotion / source.name).write_bytes(source.read_bytes())
+    (folder / "sad" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    dataset = open_dataset(str(folder), config.resolve(config.data.root))
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        table = predict_dataset(load_model(tiny_model), dataset, tmp_path / "out", progress=False)
+    assert table["error"].notna().sum() == 1 and (table["pred"] >= 0).sum() == 10
+
+
+def test_compare_runs_mcnemar(tiny_model, config, fer2013_test_subset):
+    model = load_model(tiny_model)
+    a = evaluate_model(config, model, fer2013_test_subset, name="cmp-a", n_bootstrap=50, progress=False)
+    same = compare_runs(a, a)
+    assert same["mcnemar"]["p_value"] == 1.0
+    untrained = load_model(tiny_model.parent / "best.safetensors")
+    for p in untrained.module.parameters():  # a broken copy of the model: re-initialised weights
+        p.data.normal_(0, 0.02)
+    untrained.__dict__.pop("fingerprint", None)
+    b = evaluate_model(config, untrained, fer2013_test_subset, name="cmp-b", n_bootstrap=50, progress=False)
+    result = compare_runs(a, b)
+    assert result["mcnemar"]["p_value"] < 1e-3
+    assert result["mcnemar"]["accuracy_a"] > result["mcnemar"]["accuracy_b"]
+
+
+def test_cli_evaluate_and_errors(tiny_model, project, capsys):
+    config_file = str(project / "configs" / "config.yaml")
+    code = main(["--config", config_file, "evaluate", "--model", str(tiny_model), "--dataset", "ferplus:test",
+                 "--limit", "150", "--name", "cli-eval", "--bootstrap", "100"])
+    assert code == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert Run.load(project / "runs" / "cli-eval").metrics["n"] <= 150
+    assert main(["--config", config_file, "evaluate", "--model", "weights/none.safetensors",
+                 "--dataset", "ferplus:test"]) == 2
+    assert "weights file not found" in capsys.readouterr().err
+    assert main(["--config", config_file, "evaluate", "--model", str(tiny_model), "--dataset", "affectnet:train"]) == 2
+    assert "real/affectnet" in capsys.readouterr().err
+    assert main(["--config", config_file, "--set", "model.input_size=big", "info"]) == 2
+    assert "'model.input_size'" in capsys.readouterr().err
+
+
+def test_console_entry_points_run():
+    script = Path(sys.executable).parent / "fer-core"
+    for command in ([str(script), "--version"], [sys.executable, "-m", "fer_core", "--help"]):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "fer-core" in result.stdout
