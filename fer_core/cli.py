@@ -185,7 +185,9 @@ def _compare(args: argparse.Namespace, config: Config) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered sub-command."""
-    parser = argparse.ArgumentParser(prog="fer-core", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fer-core", description="Facial emotion recognition on real and synthetic faces: data, training, "
+                                     "prediction and evaluation.")
     parser.add_argument("--version", action="version", version=f"fer-core {__version__}")
     parser.add_argument("--config", type=Path, help="config file (default: $FER_CORE_CONFIG or configs/config.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
