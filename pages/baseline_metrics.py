@@ -24,8 +24,8 @@ if runs:
         {"metric": name.replace("_", " "), "value": m[name], "95% CI low": m["ci95"][name][0],
          "95% CI high": m["ci95"][name][1]}
         for name in ("accuracy", "balanced_accuracy", "macro_f1")]
-        + [{"metric": "valence accuracy", "value": m["valence"]["accuracy"], "95% CI low": None,
-            "95% CI high": None}])
+        + [{"metric": "valence accuracy", "value": m["valence"]["accuracy"], "95% CI low": float("nan"),
+            "95% CI high": float("nan")}])
     st.dataframe(table.style.format(precision=4, na_rep="-"), hide_index=True)
     st.subheader("Per class")
     st.plotly_chart(charts.per_class_bars(m["per_class"]), key="per-class")

@@ -41,7 +41,7 @@ if config is not None:
             faces = [whole_image_face(rgb, crop_size)]
         st.image(charts.annotate_faces(rgb, [f.detection.box for f in faces],
                                        [f.detection.keypoints for f in faces]),
-                 caption=f"{len(faces)} face(s)", width=480)
+                 caption=f"{len(faces)} face(s)", width=360)
         results = []
         if trained:
             labels, scores = ui.get_recognizer(model).predict_emotions([f.image for f in faces])

@@ -1,0 +1,117 @@
+"""The dashboard in a real headless Chromium (Debian's chromium + chromium-driver, Selenium):
+start `streamlit run dashboard/Home.py` on 127.0.0.1, open the pages, upload a real Stable
+Diffusion face and see a prediction appear. Screenshots go to the ignored screenshots/."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from fer_core.config import load_config
+from fer_core.data import open_dataset
+from fer_core.models import load_model
+from fer_core.workflows import evaluate_model
+from tests.conftest import IN_CI, REPO
+
+SCREENSHOTS = REPO / "screenshots"
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(project, tiny_model, face_model_path):
+    config = project / "configs" / "browser.yaml"
+    config.write_text((REPO / "configs" / "config.yaml").read_text()
+                      .replace("  weights_path: null", f"  weights_path: {tiny_model}")
+                      .replace("  mediapipe_model: null", f"  mediapipe_model: {face_model_path}"))
+    loaded = load_config(config)
+    evaluate_model(loaded, load_model(tiny_model), open_dataset("ferplus:test", loaded.resolve(loaded.data.root)),
+                   name="browser-eval", limit=150, n_bootstrap=100, progress=False)
+    port = free_port()
+    env = {**os.environ, "FER_CORE_CONFIG": str(config)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "Home.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail(f"streamlit did not start: {process.stdout.read().decode()[-2000:]}")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (CHROMIUM and CHROMEDRIVER):
+        message = "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        pytest.fail(message) if IN_CI else pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--window-size=1400,1600",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, css: str, text: str | None = None, timeout: float = 120):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+    wait = WebDriverWait(driver, timeout)
+    if text is None:
+        return wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, css)))
+    return wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
+
+
+def shoot(driver, name: str) -> None:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    time.sleep(1.0)  # let charts finish their transitions
+    driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+
+
+def test_every_page_renders(server, browser):
+    for path, title, content in (("", "Facial emotion recognition", "[data-testid='stMetric']"),
+                                 ("/baseline_metrics", "Baseline metrics", "[data-testid='stPlotlyChart']"),
+                                 ("/upload", "Upload a photo", "input[type='file']")):
+        browser.get(server + path)
+        wait_for(browser, "h1", title)
+        wait_for(browser, content)
+        assert not browser.find_elements("css selector", "[data-testid='stException']")
+        shoot(browser, path.strip("/") or "home")
+
+
+def test_upload_a_face_and_see_its_prediction(server, browser, synthetic_root):
+    browser.get(server + "/upload")
+    wait_for(browser, "h1", "Upload a photo")
+    wait_for(browser, "input[type='file']")
+    browser.find_element("css selector", "input[type='file']").send_keys(str(synthetic_root / "happy" / "happy_001.jpg"))
+    wait_for(browser, "[data-testid='stPlotlyChart']")
+    wait_for(browser, "[data-testid='stMain']", "face 1 (aligned)")
+    assert browser.find_elements("css selector", "[data-testid='stImage'] img")
+    shoot(browser, "upload_prediction")
