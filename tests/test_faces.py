@@ -25,7 +25,7 @@ from fer_core.faces import (
     whole_image_face,
 )
 from fer_core.images import load_rgb
-from conftest import require_shared
+from tests.conftest import require_shared
 
 RIGHT_EYE, LEFT_EYE, NOSE, MOUTH = (KEYPOINT_NAMES.index(n) for n in ("right_eye", "left_eye", "nose_tip", "mouth"))
 
