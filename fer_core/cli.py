@@ -153,6 +153,78 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="output folder (re-run to resume)")
+    parser.add_argument("--architecture", help="default: model.architecture")
+    parser.add_argument("--input-size", type=int, help="default: model.input_size")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--sam-rho", type=float, default=0.0, help="> 0: SAM (the plan's RobustOptimizer)")
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--max-steps", type=int, help="at most N batches per epoch (quick trials)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _experiment_settings(args: argparse.Namespace, config: Config):
+    """Training settings of ``sweep`` and ``crossval``: one stage over all layers, hard labels."""
+    from fer_core.training import AugmentSettings, Stage, TrainSettings
+    from fer_core.workflows import device_for
+    return TrainSettings(
+        architecture=args.architecture or config.model.architecture, input_size=args.input_size or config.model.input_size,
+        stages=(Stage(args.epochs, args.lr, "all"),), batch_size=args.batch_size, sam_rho=args.sam_rho,
+        label_smoothing=args.label_smoothing, soft_targets=False, augment=None if args.no_augment else AugmentSettings(),
+        seed=args.seed, max_steps_per_epoch=args.max_steps, device=device_for(config))
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0,0.5,1, got {text!r}") from None
+
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--real", required=True, help="real training data, e.g. ferplus:train")
+    parser.add_argument("--synthetic", help="synthetic training data, e.g. synthetic:train")
+    parser.add_argument("--val", required=True, help="validation data (selects each run's best epoch)")
+    parser.add_argument("--test", action="append", required=True, help="a test set (repeatable; real and synthetic)")
+    parser.add_argument("--fractions", type=_fractions, default=(0.0, 0.25, 0.5, 0.75, 1.0),
+                        help="synthetic shares, comma-separated (default 0,0.25,0.5,0.75,1)")
+    parser.add_argument("--size", type=int, help="training faces per run (default: the most every fraction allows)")
+    _experiment_arguments(parser)
+
+
+@command("sweep", "train one run per synthetic share and score each on every test set (one summary table)",
+         _sweep_arguments)
+def _sweep(args: argparse.Namespace, config: Config) -> int:
+    from fer_core.training.experiments import sweep
+    table = sweep(config, args.real, args.synthetic, args.val, args.test, _experiment_settings(args, config), args.out,
+                  fractions=args.fractions, size=args.size, n_bootstrap=args.bootstrap)
+    print(table[["fraction", "test_set", "n", "accuracy", "macro_f1"]].to_string(index=False))
+    print(f"-> {config.resolve(args.out) / 'summary.csv'}")
+    return 0
+
+
+def _crossval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="dataset spec, e.g. synthetic:train")
+    parser.add_argument("--k", type=int, default=5, help="number of stratified folds")
+    _experiment_arguments(parser)
+
+
+@command("crossval", "stratified k-fold cross-validation: per-fold metrics, mean and std", _crossval_arguments)
+def _crossval(args: argparse.Namespace, config: Config) -> int:
+    from fer_core.training.experiments import cross_validate
+    summary = cross_validate(config, args.dataset, args.k, _experiment_settings(args, config), args.out,
+                             n_bootstrap=args.bootstrap)
+    for metric in ("accuracy", "macro_f1"):
+        print(f"{metric}: {summary[metric]['mean']:.4f} +- {summary[metric]['std']:.4f} over {args.k} folds")
+    print(f"-> {config.resolve(args.out) / 'crossval.json'}")
+    return 0
+
+
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("weights", type=Path, help="a model file (e.g. runs/<run>/best.safetensors)")
     parser.add_argument("--out", type=Path, required=True, help="output stem or .safetensors path")
@@ -170,6 +242,25 @@ def _export(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _card_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("weights", type=Path, help="the model file the card describes")
+    parser.add_argument("runs", type=Path, nargs="+", help="its evaluation run directories (first: confusion matrix)")
+    parser.add_argument("--out", type=Path, required=True, help="markdown file to write")
+    parser.add_argument("--image", type=Path, required=True, help="confusion-matrix PNG to write")
+
+
+@command("model-card", "write a model card (markdown + confusion PNG) from evaluation runs", _card_arguments)
+def _model_card(args: argparse.Namespace, config: Config) -> int:
+    import os
+    from fer_core.model_card import model_card
+    from fer_core.runs import Run
+    link = os.path.relpath(args.image.resolve(), args.out.resolve().parent)
+    text = model_card(args.weights, [Run.load(r) for r in args.runs], args.image, link)
+    args.out.write_text(text, encoding="utf-8")
+    print(f"{args.out} and {args.image}")
+    return 0
+
+
 def _compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_a", type=Path)
     parser.add_argument("run_b", type=Path)
@@ -181,6 +272,41 @@ def _compare(args: argparse.Namespace, config: Config) -> int:
     from fer_core.workflows import compare_runs
     _print_json(compare_runs(Run.load(args.run_a), Run.load(args.run_b)))
     return 0
+
+
+def _synth_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("prompts", "generate", "import", "extract", "report", "ledger"),
+                        help="prompts: print them; generate: make grids (credits from the ledger); import: register "
+                             "grids made elsewhere; extract: cut, check and save the faces; report: counts and a "
+                             "contact sheet; ledger: credits and pending reservations")
+    parser.add_argument("files", type=Path, nargs="*", help="grid images (import)")
+    parser.add_argument("--emotion", action="append", help="emotion (repeatable; default: all 8)")
+    parser.add_argument("--gender", action="append", choices=("women", "men"), help="repeatable; default: both")
+    parser.add_argument("--intensity", action="append", choices=("slight", "moderate", "extreme"), help="repeatable")
+    parser.add_argument("--age-range", help="e.g. 20-35 (default: diverse age ranges)")
+    parser.add_argument("--template", default="current", help="prompt template: current, plan-best, plan-professional")
+    parser.add_argument("--prompt", help="import: the exact prompt text the grids were made with")
+    parser.add_argument("--backend", default="http", help="generate: http or diffusers")
+    parser.add_argument("--backend-config", type=Path, help="generate: JSON file of backend arguments "
+                                                           "(endpoint, payload, api_key_env, model_dir, ...)")
+    parser.add_argument("--grids", type=int, default=1, help="generate: grids per prompt")
+    parser.add_argument("--seed-start", type=int, default=0, help="first seed")
+    parser.add_argument("--budget", type=int, help="set the credit budget of the ledger")
+    parser.add_argument("--credits", type=int, default=1, help="import: credits each grid cost")
+    parser.add_argument("--model-name", default="imported", help="import: the model that made the grids")
+    parser.add_argument("--face-model", type=Path, help="extract: BlazeFace .tflite (default: the faces config)")
+    parser.add_argument("--thresholds", type=Path, help="extract: JSON file of quality thresholds")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="extract: share of grids in the test split")
+    parser.add_argument("--resolve", metavar="ENTRY", help="ledger: settle an interrupted reservation")
+    parser.add_argument("--spent", action="store_true", help="ledger --resolve: the credit was spent (else released)")
+    parser.add_argument("--json", action="store_true", help="prompts: print JSON")
+
+
+@command("synth", "synthetic faces: prompts, grid generation with a credit ledger, face extraction, report",
+         _synth_arguments)
+def _synth(args: argparse.Namespace, config: Config) -> int:
+    from fer_core.synthetic.commands import run
+    return run(args, config)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,7 +50,7 @@ def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
 
 def utc_now() -> str:
     """The current time, ISO 8601 in UTC."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def run_id(*parts: str) -> str:

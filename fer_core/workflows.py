@@ -65,13 +65,14 @@ def evaluate_model(config: Config, model: FerModel, dataset: FaceDataset, weight
     Re-running with the same ``name`` resumes an interrupted prediction pass.
     """
     runs_dir = config.resolve(config.paths.runs_dir)
-    path = runs_dir / (name or run_id("eval", model.architecture, dataset.name))
+    label = dataset.label
+    path = runs_dir / (name or run_id("eval", model.architecture, label))
     info: dict[str, Any] = {
         "kind": "evaluation", "created": utc_now(), "fer_core_version": __version__,
         "model": {"path": str(weights_path) if weights_path else None, "architecture": model.architecture,
                   "fingerprint": model.fingerprint, "input_size": model.input_size,
                   "emotions": list(model.emotions), "provenance": model.provenance},
-        "dataset": {"name": dataset.name, "domain": dataset.domain, "emotions": list(dataset.emotions),
+        "dataset": {"name": dataset.name, "label": label, "domain": dataset.domain, "emotions": list(dataset.emotions),
                     "size": len(dataset), "limit": limit},
         "scoring": "argmax over the dataset's classes (other logits dropped, HSEmotion protocol)",
         "config": config.to_dict(),

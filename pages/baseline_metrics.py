@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, ui
+from fer_core.errors import DataError
 from fer_core.runs import list_runs
 from fer_core.workflows import compare_runs
 
@@ -15,10 +16,12 @@ if config is not None and not runs:
     ui.empty_state("No finished evaluation runs yet. Evaluate a model on a dataset:",
                    "fer-core evaluate --dataset ferplus:test")
 if runs:
-    labels = {r.id: f"{r.id}  ({r.info['dataset']['name']}, {r.info['model']['architecture']})" for r in runs}
+    labels = {r.id: f"{r.id}  ({r.info['dataset'].get('label', r.info['dataset']['name'])}, "
+                     f"{r.info['model']['architecture']})" for r in runs}
     run = next(r for r in runs if r.id == st.selectbox("Run", list(labels), format_func=labels.get))
     m = run.metrics
-    st.caption(f"{m['n']} faces of {run.info['dataset']['name']} ({run.info['dataset']['domain']}); "
+    st.caption(f"{m['n']} faces of {run.info['dataset'].get('label', run.info['dataset']['name'])} "
+               f"({run.info['dataset']['domain']}); "
                f"classes scored: {', '.join(m['emotions'])}")
     table = pd.DataFrame([
         {"metric": name.replace("_", " "), "value": m[name], "95% CI low": m["ci95"][name][0],
@@ -34,12 +37,21 @@ if runs:
     normalized = st.toggle("Row-normalized", value=True)
     st.plotly_chart(charts.confusion_heatmap(m["confusion"], normalized), key="confusion")
 
-    others = [r for r in runs if r.id != run.id]
-    if others:
-        st.subheader("Compare with another run")
+    st.subheader("Compare with another run")
+    same_faces = run.info["dataset"].get("label"), run.info["dataset"].get("limit"), m["n"]
+    others = [r for r in runs if r.id != run.id and
+              (r.info["dataset"].get("label"), r.info["dataset"].get("limit"), r.metrics["n"]) == same_faces]
+    if not others:
+        ui.empty_state(f"No other run on the same faces ({same_faces[0]}). Evaluate another model on them:",
+                       f"fer-core evaluate --model path/to/other.safetensors --dataset {same_faces[0]}")
+    else:
         other = next(r for r in others if r.id == st.selectbox("Second run", [r.id for r in others],
                                                                 format_func=labels.get))
-        result = compare_runs(run, other)
+        try:
+            result = compare_runs(run, other)
+        except DataError as exc:
+            st.info(f"These runs cannot be compared: {exc}")
+            st.stop()
         test = result["mcnemar"]
         st.write(f"McNemar's exact test on {test['n']} shared faces: p = {test['p_value']:.4g} "
                  f"({test['a_only_correct']} faces only the first got right, {test['b_only_correct']} only the second)")

@@ -33,8 +33,9 @@ def app_config(project, tiny_model, face_model_path):
     path = write_config(project, "dashboard.yaml", weights_path=str(tiny_model), mediapipe_model=str(face_model_path))
     config = load_config(path)
     faces = open_dataset("fer2013:test", config.resolve(config.data.root))
-    evaluate_model(config, load_model(tiny_model), faces.subset(np.arange(0, len(faces), 20)), name="dash-eval",
-                   n_bootstrap=100, progress=False)
+    subset = faces.subset(np.arange(0, len(faces), 20))
+    for name in ("dash-eval-first", "dash-eval"):
+        evaluate_model(config, load_model(tiny_model), subset, name=name, n_bootstrap=100, progress=False)
     return path
 
 
@@ -115,6 +116,9 @@ def test_baseline_metrics_shows_the_run(monkeypatch, app_config, project):
     assert len(app.get("plotly_chart")) == 2  # per-class bars and the confusion matrix
     app.toggle[0].set_value(False).run()
     assert not app.exception
+    # The two runs of the same model on the same faces: McNemar finds no difference.
+    assert app.selectbox[1].value == "dash-eval-first"
+    assert any("McNemar's exact test on 359 shared faces: p = 1 " in m.value for m in app.markdown)
 
 
 def test_empty_states_say_what_to_do(monkeypatch, tmp_path):

@@ -114,6 +114,12 @@ class FaceDataset(ABC):
         for position in range(len(self)):
             yield self._sample(position)
 
+    @property
+    def label(self) -> str:
+        """``name:split`` when every sample comes from one split (e.g. ``ferplus:test``), else the name."""
+        splits = {self._sample(i).split for i in range(len(self))}
+        return f"{self.name}:{splits.pop()}" if len(splits) == 1 and "all" not in splits else self.name
+
     def class_counts(self) -> dict[str, int]:
         """Number of samples of each of :attr:`emotions` (unknown labels are not counted)."""
         known = self.labels[self.labels >= 0]

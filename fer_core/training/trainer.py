@@ -198,8 +198,10 @@ class Trainer:
         if init is not None and init.architecture != settings.architecture:
             raise ConfigError(f"the initial model is {init.architecture}, but training asks for "
                               f"{settings.architecture}")
-        self.module = init.module if init is not None else create_model(settings.architecture, NUM_CLASSES,
-                                                                                 drop_rate=settings.drop_rate)
+        with torch.random.fork_rng(devices=[]):  # the same seed gives the same initial weights
+            torch.manual_seed(settings.seed)
+            self.module = init.module if init is not None else create_model(settings.architecture, NUM_CLASSES,
+                                                                                     drop_rate=settings.drop_rate)
         self.init_info = {"from": "scratch"} if init is None else {"from": init.provenance, "fingerprint": init.fingerprint}
         self.face_pipeline = face_pipeline
         self.extra_info = extra_info or {}
@@ -307,10 +309,13 @@ class Trainer:
     def _save_checkpoint(self, state: dict[str, Any]) -> None:
         path = self.run_dir / CHECKPOINT
         tmp = path.with_name(f".{CHECKPOINT}.tmp")
-        torch.save(state, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        try:
+            torch.save(state, tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
         path = self.run_dir / CHECKPOINT
@@ -326,17 +331,17 @@ class Trainer:
     def fit(self, progress: bool = True) -> dict[str, Any]:
         """Train every remaining epoch; return the history and the best epoch."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        state = self._load_checkpoint()  # before run.json: a refused resume leaves the run as it was
         write_json_atomic(self.run_dir / "run.json", {
             "kind": "training", "created": utc_now(), "fer_core_version": __version__,
             "settings": _plain(self.settings), "init": self.init_info,
-            "data": {"train": {"name": self.train_data.name, "size": len(self.train_data),
+            "data": {"train": {"name": self.train_data.label, "size": len(self.train_data),
                                "classes": self.train_data.class_counts(), "domain": self.train_data.domain},
-                     "val": {"name": self.val_data.name, "size": len(self.val_data), "domain": self.val_data.domain}},
+                     "val": {"name": self.val_data.label, "size": len(self.val_data), "domain": self.val_data.domain}},
             **self.extra_info})
         self.module.to(self.device)
         if self.settings.channels_last:
             self.module.to(memory_format=torch.channels_last)
-        state = self._load_checkpoint()
         history: list[dict[str, Any]] = state["history"] if state else []
         best: dict[str, Any] | None = state["best"] if state else None
         start = len(history)
@@ -391,7 +396,7 @@ class Trainer:
 
     def _provenance(self, best: dict[str, Any]) -> dict[str, Any]:
         return {"head_trained": True, "trained_by": f"fer_core {__version__}", "run": self.run_dir.name,
-                "train_data": self.train_data.name, "val_data": self.val_data.name, "init": self.init_info,
+                "train_data": self.train_data.label, "val_data": self.val_data.label, "init": self.init_info,
                 "settings": _plain(self.settings), "selected_epoch": best, "created": utc_now()}
 
 

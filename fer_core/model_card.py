@@ -1,0 +1,78 @@
+"""A model card (markdown + confusion-matrix PNG) from a model file and its evaluation runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from fer_core.models import load_model
+from fer_core.runs import Run
+
+
+def confusion_png(run: Run, path: Path) -> None:
+    """Row-normalized confusion matrix of ``run`` as a PNG (matplotlib, no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    confusion = run.metrics["confusion"]
+    values = np.asarray(confusion["normalized"])
+    labels = confusion["labels"]
+    figure, axis = plt.subplots(figsize=(6.4, 5.6), dpi=110)
+    image = axis.imshow(values, cmap="Blues", vmin=0, vmax=1)
+    axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axis.set_yticks(range(len(labels)), labels)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    for (row, column), value in np.ndenumerate(values):
+        axis.text(column, row, f"{value:.2f}", ha="center", va="center",
+                  color="white" if value > 0.5 else "black", fontsize=8)
+    axis.set_title(f"{run.info['dataset'].get('label', run.info['dataset']['name'])} (n={run.metrics['n']}), row-normalized")
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _metric(m: dict, name: str) -> str:
+    low, high = m["ci95"][name]
+    return f"{m[name]:.4f} ({low:.4f}-{high:.4f})"
+
+
+def model_card(model_path: Path, runs: Sequence[Run], image_path: Path, image_link: str) -> str:
+    """The card's markdown; writes the first run's confusion matrix to ``image_path``."""
+    model = load_model(model_path)
+    provenance = model.provenance
+    settings = provenance.get("settings", {})
+    lines = [
+        f"# Model card: `{model_path.name}`", "",
+        f"- Architecture: `{model.architecture}` (timm, built with `pretrained=False`), input {model.input_size} px, "
+        f"ImageNet mean/std, classes in order: {', '.join(model.emotions)}.",
+        f"- Weights: {model_path.stat().st_size / 2**20:.1f} MiB safetensors; fingerprint `{model.fingerprint}`.",
+        f"- Trained by {provenance.get('trained_by', 'unknown')} on `{provenance.get('train_data')}`, best epoch "
+        f"selected on `{provenance.get('val_data')}` (never on test).",
+        f"- Initialisation: {json.dumps(provenance.get('init', {}).get('from', 'unknown'))}.", "",
+        "## Recipe", "", "```json", json.dumps(settings, indent=2), "```", "",
+        "Selected epoch: `" + json.dumps(provenance.get("selected_epoch")) + "`", "",
+        "## Test metrics (95% bootstrap CIs)", "",
+        "| test set | n | accuracy | balanced accuracy | macro-F1 | valence accuracy |", "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in runs:
+        m = run.metrics
+        lines.append(f"| `{run.info['dataset'].get('label', run.info['dataset']['name'])}` ({', '.join(m['emotions']) if len(m['emotions']) < 8 else '8 classes'}) "
+                     f"| {m['n']} | {_metric(m, 'accuracy')} | {_metric(m, 'balanced_accuracy')} | "
+                     f"{_metric(m, 'macro_f1')} | {m['valence']['accuracy']:.4f} |")
+    for run in runs:
+        m = run.metrics
+        lines += ["", f"### Per class on `{run.info['dataset'].get('label', run.info['dataset']['name'])}`", "",
+                  "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {e} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+                  for e, v in m["per_class"].items()]
+    if runs:
+        confusion_png(runs[0], image_path)
+        lines += ["", f"![Confusion matrix on {runs[0].info['dataset'].get('label', runs[0].info['dataset']['name'])}]({image_link})"]
+    return "\n".join(lines) + "\n"

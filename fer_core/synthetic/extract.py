@@ -1,0 +1,229 @@
+"""Grid images -> validated, aligned face crops in class folders, with a manifest row per cell.
+
+For each grid: find its layout (:func:`~fer_core.synthetic.grid.find_layout`), cut the cells,
+detect faces in each cell (the short-range detector needs the face to fill a good part of the
+image, so detection runs per cell, never on the whole grid), reject cells with no face, several
+faces, a face cut by the cell border, or a face failing :class:`QualityThresholds`, align and
+crop the rest to ``face_size`` and write them to ``processed/{split}/{class folder}/``. When
+fewer than ``min_confirmed`` of the cells hold exactly one face, the regular layout the prompt
+asked for is tried too and the one confirming more faces is kept. Near-duplicates across the
+whole set are rejected last. Every cell gets a manifest row, accepted or with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from fer_core.errors import ConfigError, DataError
+from fer_core.faces.align import align_face, check_margin, check_size
+from fer_core.faces.detectors import Detection, FaceDetector, as_rgb
+from fer_core.images import load_rgb
+from fer_core.labels import folder_name
+from fer_core.runs import write_parquet_atomic
+from fer_core.synthetic.grid import GridLayout, GridSettings, find_layout
+from fer_core.synthetic.ledger import COMMITTED, CreditLedger
+from fer_core.synthetic.quality import QualityThresholds, hash_distance, measure_face, perceptual_hash
+
+MANIFEST_FILE = "manifest.parquet"
+SPLITS = ("train", "test")
+#: Manifest fields copied from each grid's ledger entry.
+GRID_FIELDS = ("prompt_id", "emotion", "gender", "intensity", "age_range", "template", "backend", "model", "seed")
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """How faces are cut from grids.
+
+    Args:
+        face_size: side of the saved crops (config ``data.face_size``).
+        margin: border around the face box, as a fraction of its side.
+        align: level the eyes.
+        layout: faces per row and column the prompts asked for (config ``data.grid_layout``),
+            the fallback layout.
+        min_confirmed: a found layout with fewer cells holding exactly one face than this
+            fraction is compared with the requested one.
+        test_fraction: share of grids (not faces) assigned to the test split.
+        split_seed: seed of the grid-to-split assignment.
+        grid: layout detection settings.
+        thresholds: quality limits.
+    """
+
+    face_size: int = 128
+    margin: float = 0.25
+    align: bool = True
+    layout: int = 6
+    min_confirmed: float = 0.5
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    grid: GridSettings = field(default_factory=GridSettings)
+    thresholds: QualityThresholds = field(default_factory=QualityThresholds)
+
+    def __post_init__(self) -> None:
+        check_size(self.face_size)
+        check_margin(self.margin)
+        if isinstance(self.layout, bool) or not isinstance(self.layout, int) or self.layout < 1:
+            raise ConfigError(f"layout: expected a positive integer, got {self.layout!r}")
+        for key in ("min_confirmed", "test_fraction"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{key}: expected a fraction in [0, 1], got {value!r}")
+
+
+@dataclass
+class CellResult:
+    """One cell: where it is, what was found and the verdict (``reason`` None when accepted)."""
+
+    row: int
+    column: int
+    box: tuple[int, int, int, int]
+    faces_found: int
+    detection: Detection | None = None
+    crop: np.ndarray | None = None
+    quality: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+
+
+def _overhang(detection: Detection, width: int, height: int) -> float:
+    """How far the face box reaches past the cell edge, as a fraction of its side."""
+    x0, y0, x1, y1 = detection.box
+    return max(-x0, -y0, x1 - width, y1 - height, 0.0) / max(detection.width, detection.height)
+
+
+def _judge_cell(cell: np.ndarray, row: int, column: int, box: tuple[int, int, int, int], detector: FaceDetector,
+                settings: ExtractSettings) -> CellResult:
+    detections = [d for d in detector.detect(cell) if d.score >= settings.thresholds.min_score]
+    result = CellResult(row, column, box, len(detections))
+    if not detections:
+        result.reason = "no face"
+        return result
+    if len(detections) > 1:
+        result.reason = "several faces"
+        return result
+    detection = detections[0]
+    height, width = cell.shape[:2]
+    face = align_face(cell, detection, settings.face_size, settings.margin, settings.align)
+    quality = measure_face(face.image, detection, min(width, height))
+    result.detection, result.crop = detection, face.image
+    result.quality = {**vars(quality), "score": detection.score, "overhang": _overhang(detection, width, height)}
+    problems = quality.problems(settings.thresholds)
+    if result.quality["overhang"] > settings.thresholds.max_overhang:
+        problems.insert(0, "cut by border")
+    result.reason = problems[0] if problems else None
+    return result
+
+
+def extract_grid(rgb: np.ndarray, detector: FaceDetector, settings: ExtractSettings | None = None,
+                 layout: int | None = None) -> tuple[GridLayout, str, list[CellResult]]:
+    """The layout of one grid image, where it came from (``"found"`` or ``"requested"``) and its cells.
+
+    ``layout``: faces per side the prompt asked for (default ``settings.layout``).
+    """
+    settings = settings or ExtractSettings()
+    rgb = as_rgb(rgb)
+    height, width = rgb.shape[:2]
+    requested = layout or settings.layout
+    candidates: list[tuple[str, GridLayout]] = []
+    try:
+        candidates.append(("found", find_layout(rgb, settings.grid)))
+    except DataError:
+        pass
+    best: tuple[str, GridLayout, list[CellResult]] | None = None
+    for source, grid in candidates + [("requested", GridLayout.regular(width, height, requested, requested))]:
+        cells = [_judge_cell(rgb[y0:y1, x0:x1], i, j, (x0, y0, x1, y1), detector, settings)
+                 for i, j, (x0, y0, x1, y1) in grid.cells()]
+        single = sum(c.faces_found == 1 for c in cells)
+        if best is None or single > sum(c.faces_found == 1 for c in best[2]):
+            best = (source, grid, cells)
+        if single >= settings.min_confirmed * len(cells):
+            break
+    source, grid, cells = best
+    return grid, source, cells
+
+
+def _split(sha256: str, settings: ExtractSettings) -> str:
+    """Train or test for a grid, from its content hash (all faces of a grid share it)."""
+    draw = int(hashlib.sha256(f"{settings.split_seed}:{sha256}".encode()).hexdigest()[:12], 16) / 16 ** 12
+    return "test" if draw < settings.test_fraction else "train"
+
+
+def committed_grids(ledger: CreditLedger) -> list[dict[str, Any]]:
+    """The ledger's committed grids, each with ``path`` (the image file) added."""
+    return [{**e, "path": ledger.path.parent / e["file"]} for e in ledger.entries(COMMITTED)]
+
+
+def extract_faces(grids: Iterable[dict[str, Any]], detector: FaceDetector, out_dir: str | Path,
+                  manifest_path: str | Path, settings: ExtractSettings | None = None,
+                  progress: bool = True) -> pd.DataFrame:
+    """Extract every grid (ledger entries: ``path``, ``sha256``, ``id`` and :data:`GRID_FIELDS`) into
+    ``out_dir/{split}/{class folder}/`` (rebuilt from scratch) and write the manifest; returns it.
+    """
+    settings = settings or ExtractSettings()
+    out_dir, manifest_path = Path(out_dir), Path(manifest_path)
+    staging = out_dir.with_name(f".{out_dir.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    rows: list[dict[str, Any]] = []
+    hashes: list[tuple[int, int]] = []  # (hash, manifest row index) of accepted faces
+    grids = list(grids)
+    for grid in tqdm(grids, desc="extract grids", unit="grid", disable=not progress):
+        path = Path(grid["path"])
+        base = {"grid_id": grid.get("id"), "grid_file": str(grid.get("file", path.name)),
+                **{k: grid.get(k) for k in GRID_FIELDS}}
+        try:
+            rgb = load_rgb(path)
+            sha256 = grid.get("sha256") or hashlib.sha256(path.read_bytes()).hexdigest()
+        except DataError as exc:
+            rows.append({**base, "row": -1, "column": -1, "accepted": False,
+                         "reject_reason": f"grid unreadable: {exc}"})
+            continue
+        split = _split(sha256, settings)
+        layout, source, cells = extract_grid(rgb, detector, settings, grid.get("layout"))
+        confirmed = sum(c.faces_found == 1 for c in cells) / len(cells)
+        for cell in cells:
+            cell_box = dict(zip(("cell_x0", "cell_y0", "cell_x1", "cell_y1"), cell.box, strict=True))
+            row = {**base, "split": split, "grid_rows": layout.shape[0], "grid_columns": layout.shape[1],
+                   "layout_source": source, "layout_confirmed": confirmed, "row": cell.row, "column": cell.column,
+                   **cell_box,
+                   "faces_found": cell.faces_found, **cell.quality}
+            if cell.detection is not None:
+                x, y = cell.box[:2]
+                box = cell.detection.box
+                row.update(face_x0=box[0] + x, face_y0=box[1] + y, face_x1=box[2] + x, face_y1=box[3] + y,
+                           keypoints=None if cell.detection.keypoints is None
+                           else (cell.detection.keypoints + (x, y)).ravel().tolist())
+            reason = cell.reason
+            if reason is None:
+                digest = perceptual_hash(cell.crop)
+                limit = settings.thresholds.duplicate_distance
+                twin = next((i for h, i in hashes if hash_distance(h, digest) <= limit), None)
+                if twin is not None:
+                    other = rows[twin]
+                    reason = f"duplicate of {other['grid_file']} r{other['row']} c{other['column']}"
+                else:
+                    hashes.append((digest, len(rows)))
+                    name = f"{Path(row['grid_file']).stem}_r{cell.row}_c{cell.column}.png"
+                    relative = Path(split) / folder_name(grid["emotion"]) / name
+                    target = staging / relative
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    if not cv2.imwrite(str(target), cv2.cvtColor(cell.crop, cv2.COLOR_RGB2BGR)):
+                        raise DataError(f"cannot write {target}")
+                    row["face_file"] = relative.as_posix()
+            row.update(accepted=reason is None, reject_reason=reason)
+            rows.append(row)
+    manifest = pd.DataFrame(rows)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, out_dir)
+    write_parquet_atomic(manifest, manifest_path)
+    return manifest

@@ -1,0 +1,139 @@
+"""A credit ledger for generated grids: a JSON file in the project, written atomically.
+
+A credit is reserved before a generator is called and then committed (with the image file and
+its sha256) or released. An interrupted call leaves its entry ``reserved``: it still counts
+against the budget, is listed by :meth:`CreditLedger.pending`, and is settled with
+:meth:`CreditLedger.resolve`. No secret is ever stored: entries hold only the fields below.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fer_core.errors import DataError, FerCoreError
+from fer_core.runs import utc_now, write_json_atomic
+
+LEDGER_VERSION = 1
+RESERVED, COMMITTED, RELEASED, LOST = "reserved", "committed", "released", "lost"
+#: Statuses whose credits count as spent (a reservation counts until it is settled).
+CHARGED = (RESERVED, COMMITTED, LOST)
+
+
+class CreditBudgetError(FerCoreError):
+    """A reservation would spend more credits than the ledger's budget allows."""
+
+
+class CreditLedger:
+    """The grids made or imported, and the credits they cost, in ``path`` (JSON).
+
+    Args:
+        path: the ledger file (conventionally ``data/synthetic/ledger.json``); created on first write.
+        budget: set or change the budget (credits); None keeps the stored one (0 for a new ledger).
+    """
+
+    def __init__(self, path: str | Path, budget: int | None = None) -> None:
+        self.path = Path(path)
+        if budget is not None:
+            self._check_budget(budget)
+            with self._locked() as state:
+                state["budget"] = budget
+
+    @staticmethod
+    def _check_budget(budget: int) -> None:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+            raise DataError(f"credit budget: expected an integer >= 0, got {budget!r}")
+
+    def _read(self) -> dict[str, Any]:
+        if not self.path.is_file():
+            return {"version": LEDGER_VERSION, "budget": 0, "entries": []}
+        try:
+            state = json.loads(self.path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"corrupt credit ledger {self.path}: {exc}") from None
+        if not isinstance(state, dict) or state.get("version") != LEDGER_VERSION or "entries" not in state:
+            raise DataError(f"{self.path} is not a version-{LEDGER_VERSION} credit ledger")
+        return state
+
+    @contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        """The state, under an exclusive lock (safe across processes); written back on success."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(f".{self.path.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self._read()
+            yield state
+            write_json_atomic(self.path, state)
+
+    @property
+    def budget(self) -> int:
+        return int(self._read()["budget"])
+
+    def entries(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Every entry (oldest first), or those with ``status``."""
+        return [e for e in self._read()["entries"] if status is None or e["status"] == status]
+
+    @property
+    def spent(self) -> int:
+        """Credits committed, lost, or held by unsettled reservations."""
+        return sum(e["credits"] for e in self.entries() if e["status"] in CHARGED)
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - self.spent
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Reservations never committed or released (an interrupted generation)."""
+        return self.entries(RESERVED)
+
+    def reserve(self, credits: int, **record: Any) -> str:
+        """Hold ``credits`` for one grid and return the entry id; :class:`CreditBudgetError`
+        when the budget cannot cover it. ``record``: prompt, prompt_id, seed, backend, model, ..."""
+        if isinstance(credits, bool) or not isinstance(credits, int) or credits < 0:
+            raise DataError(f"credits: expected an integer >= 0, got {credits!r}")
+        with self._locked() as state:
+            spent = sum(e["credits"] for e in state["entries"] if e["status"] in CHARGED)
+            if spent + credits > state["budget"]:
+                raise CreditBudgetError(
+                    f"credit budget exhausted: {spent} of {state['budget']} credits spent or reserved, this grid "
+                    f"needs {credits}; raise the budget (fer-core synth generate --budget N) or settle pending "
+                    f"reservations (fer-core synth ledger)")
+            entry_id = uuid.uuid4().hex[:12]
+            state["entries"].append({"id": entry_id, "status": RESERVED, "credits": credits, **record,
+                                     "reserved_at": utc_now(), "finished_at": None, "file": None,
+                                     "sha256": None, "note": None})
+        return entry_id
+
+    def _settle(self, entry_id: str, status: str, **fields: Any) -> dict[str, Any]:
+        with self._locked() as state:
+            matches = [e for e in state["entries"] if e["id"] == entry_id]
+            if not matches:
+                raise DataError(f"no ledger entry {entry_id!r} in {self.path}")
+            entry = matches[0]
+            if entry["status"] != RESERVED:
+                raise DataError(f"ledger entry {entry_id} is already {entry['status']}")
+            entry.update(status=status, finished_at=utc_now(), **fields)
+        return dict(entry)
+
+    def commit(self, entry_id: str, file: str, sha256: str) -> dict[str, Any]:
+        """The grid was made: record its file (relative to the ledger's folder) and hash."""
+        return self._settle(entry_id, COMMITTED, file=file, sha256=sha256)
+
+    def release(self, entry_id: str, note: str) -> dict[str, Any]:
+        """The call failed without spending the credit: give it back, saying why."""
+        return self._settle(entry_id, RELEASED, credits=0, note=note)
+
+    def resolve(self, entry_id: str, spent: bool, note: str = "resolved by hand") -> dict[str, Any]:
+        """Settle an interrupted reservation: ``spent`` keeps the credit as lost (no image), else release it."""
+        return self._settle(entry_id, LOST, note=note) if spent else self.release(entry_id, note)
+
+    def summary(self) -> dict[str, Any]:
+        entries = self.entries()
+        counts = {s: sum(e["status"] == s for e in entries) for s in (RESERVED, COMMITTED, RELEASED, LOST)}
+        return {"path": str(self.path), "budget": self.budget, "spent": self.spent, "remaining": self.remaining,
+                "grids": counts}

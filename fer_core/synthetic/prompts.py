@@ -1,0 +1,169 @@
+"""Text-to-image prompts for grids of faces, built from fields by versioned templates.
+
+The thesis plan's prompt-engineering notes are encoded here: naming the emotion early raises its
+intensity; "movie photo" / "headshot movie portraits" make faces more expressive; "realistic"
+makes them cartoonish (never used); the grid must be spelled out ("6x6 dimension grid ... six
+images for height and six images for width") or models draw 3x3 or 5x5 grids; diversity of
+ethnicity, hair, age range and skin tone; a well-lit, grey, uniform background.
+
+``build_prompt(PromptSpec("Neutral", "women"), "plan-best")`` reproduces the plan's best prompt
+word for word (typos included); ``"current"`` is the cleaned-up template.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from fer_core.errors import ConfigError
+from fer_core.labels import EMOTIONS
+
+GENDERS = ("women", "men")
+INTENSITIES = ("slight", "moderate", "extreme")
+
+#: How each emotion is written into a prompt ("show {word} emotional expressions").
+EMOTION_WORDS = {
+    "Anger": "angry", "Contempt": "contemptuous", "Disgust": "disgusted", "Fear": "fear",
+    "Happiness": "happy", "Neutral": "neutral", "Sadness": "sad", "Surprise": "surprised",
+}
+#: The intensity adverb the cleaned template puts before the emotion ("extremely angry").
+INTENSITY_ADVERBS = {"slight": "slightly", "moderate": "moderately", "extreme": "extremely"}
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """What a grid should show.
+
+    Args:
+        emotion: one of :data:`fer_core.labels.EMOTIONS`.
+        gender: ``"women"`` or ``"men"``.
+        intensity: ``"slight"``, ``"moderate"``, ``"extreme"`` or None (unstated).
+        age_range: e.g. ``"20-35"``; None asks for diverse age ranges.
+        layout: faces per row and column asked for.
+    """
+
+    emotion: str
+    gender: str = "women"
+    intensity: str | None = None
+    age_range: str | None = None
+    layout: int = 6
+
+    def __post_init__(self) -> None:
+        if self.emotion not in EMOTIONS:
+            raise ConfigError(f"emotion: expected one of {list(EMOTIONS)}, got {self.emotion!r}")
+        if self.gender not in GENDERS:
+            raise ConfigError(f"gender: expected one of {list(GENDERS)}, got {self.gender!r}")
+        if self.intensity is not None and self.intensity not in INTENSITIES:
+            raise ConfigError(f"intensity: expected one of {list(INTENSITIES)} or None, got {self.intensity!r}")
+        if self.age_range is not None and (not isinstance(self.age_range, str) or not self.age_range.strip()):
+            raise ConfigError(f"age_range: expected text such as '20-35' or None, got {self.age_range!r}")
+        if isinstance(self.layout, bool) or not isinstance(self.layout, int) or not 2 <= self.layout <= 10:
+            raise ConfigError(f"layout: expected an integer from 2 to 10, got {self.layout!r}")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A rendered prompt: its text, the spec and template it came from, and a stable id
+    (a hash of the template version and the text)."""
+
+    text: str
+    spec: PromptSpec
+    template: str
+    version: str
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(f"{self.version}\n{self.text}".encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.text, "prompt_id": self.id, "template": self.template,
+                "template_version": self.version, **asdict(self.spec)}
+
+
+Renderer = Callable[[PromptSpec], str]
+#: Template name -> (version string, renderer); filled by :func:`register_template`.
+TEMPLATES: dict[str, tuple[str, Renderer]] = {}
+
+
+def register_template(name: str, version: str) -> Callable[[Renderer], Renderer]:
+    """Decorator: make a renderer available to :func:`build_prompt` as ``name``.
+    Change ``version`` whenever the rendered words change (it is part of the prompt id)."""
+    def register(render: Renderer) -> Renderer:
+        TEMPLATES[name] = (f"{name}@{version}", render)
+        return render
+    return register
+
+
+def _expression(spec: PromptSpec) -> str:
+    word = EMOTION_WORDS[spec.emotion]
+    return word if spec.intensity is None else f"{spec.intensity} {word}"
+
+
+def _plan_diversity(spec: PromptSpec) -> str:
+    ages = "age ranges" if spec.age_range is None else f"ages {spec.age_range}"
+    return f"diverse ethnicities, hair, {ages} and skin tones"
+
+
+@register_template("plan-best", "1")
+def _plan_best(spec: PromptSpec) -> str:
+    """The plan's final "Best" prompt, word for word."""
+    n = spec.layout
+    return (f"A photo grid of a {n}x{n} dimension headshot movie portaits, each image cell containing a distinct "
+            f"{spec.gender} individuals with {_plan_diversity(spec)}. Faces are front-facing and show "
+            f"{_expression(spec)} emotional expressions and well light environment. It is important that the "
+            f"layout must be equally spaced, and each face should be full shown and clearly separated from the others.")
+
+
+@register_template("plan-professional", "1")
+def _plan_professional(spec: PromptSpec) -> str:
+    """The plan's "best" professional-headshot prompt (used with "extreme angry" / "extreme sad")."""
+    n = spec.layout
+    return (f"A grid of a {n}x{n} dimension professional headshot movie portaits, each image cell containing a "
+            f"distinct {spec.gender} individuals with {_plan_diversity(spec)}. Faces are front-facing and show "
+            f"{_expression(spec)} emotional expressions and well light environment. The layout must be equally "
+            f"spaced, and each face should be full shown and clearly separated from the others.")
+
+
+_NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine", 10: "ten"}
+
+
+@register_template("current", "1")
+def _current(spec: PromptSpec) -> str:
+    """The cleaned-up template: emotion first, the grid spelled out, no "realistic"."""
+    n, words = spec.layout, _NUMBER_WORDS[spec.layout]
+    word = EMOTION_WORDS[spec.emotion]
+    if spec.emotion == "Fear":
+        word = "fearful"
+    emotion = word if spec.intensity is None else f"{INTENSITY_ADVERBS[spec.intensity]} {word}"
+    people = "woman" if spec.gender == "women" else "man"
+    ages = "of diverse age ranges" if spec.age_range is None else f"aged {spec.age_range}"
+    return (f"{emotion.capitalize()} facial expressions: a movie photo of a {n}x{n} dimension grid of headshot "
+            f"movie portraits, so {words} images for height and {words} images for width, {n * n} cells in all. "
+            f"Each cell shows one distinct {people} {ages}, with diverse ethnicities, hair and skin tones, "
+            f"front-facing, showing a {emotion} emotional expression, in a well-lit environment with a uniform "
+            f"grey background. The layout must be equally spaced, and each face should be fully shown and "
+            f"clearly separated from the others.")
+
+
+def build_prompt(spec: PromptSpec, template: str = "current") -> Prompt:
+    """The prompt ``template`` renders for ``spec`` (deterministic: same inputs, same text and id)."""
+    if template not in TEMPLATES:
+        raise ConfigError(f"unknown prompt template {template!r}; expected one of {sorted(TEMPLATES)}")
+    version, render = TEMPLATES[template]
+    return Prompt(render(spec), spec, template, version)
+
+
+def prompt_matrix(emotions: tuple[str, ...] = EMOTIONS, genders: tuple[str, ...] = GENDERS,
+                  intensities: tuple[str | None, ...] = (None,), template: str = "current",
+                  age_range: str | None = None, layout: int = 6) -> list[Prompt]:
+    """One prompt per (emotion, gender, intensity), in that nesting order."""
+    return [build_prompt(PromptSpec(e, g, i, age_range, layout), template)
+            for e in emotions for g in genders for i in intensities]
+
+
+def custom_prompt(text: str, spec: PromptSpec) -> Prompt:
+    """A prompt written by hand (e.g. the one typed into a web UI for an imported grid)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError("prompt text: expected a non-empty string")
+    return Prompt(text.strip(), spec, "custom", "custom")
