@@ -261,6 +261,25 @@ def _model_card(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _weights_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("list", "download"))
+    parser.add_argument("name", nargs="?", help="which weights (see: fer-core weights list)")
+    parser.add_argument("--dir", type=Path, default=Path("weights"), help="where to put them (default: weights/)")
+
+
+@command("weights", "list or download published weights (HSEmotion, MediaPipe) for offline use", _weights_arguments)
+def _weights(args: argparse.Namespace, config: Config) -> int:
+    from fer_core.weights import SOURCES, download
+    if args.action == "list":
+        for source in SOURCES.values():
+            print(f"{source.name:24} {source.description}{' (load with --trust-pickle)' if source.needs_trust else ''}")
+        return 0
+    if not args.name:
+        raise ConfigError("fer-core weights download needs a name; see fer-core weights list")
+    print(download(args.name, config.resolve(args.dir)))
+    return 0
+
+
 def _compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_a", type=Path)
     parser.add_argument("run_b", type=Path)

@@ -153,7 +153,7 @@ def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
                             "choose a new output folder or delete it")
     write_json_atomic(progress_file, signature)
     parts_dir = out_dir / PARTS_DIR
-    module = model.module.to(device).eval()
+    model.to(device).module.eval()
     chunks = [indices[i:i + chunk_size] for i in range(0, len(indices), chunk_size)]
     bar = tqdm(total=len(indices), desc=f"predict {dataset.name}", unit="face", disable=not progress)
     for number, chunk in enumerate(chunks):
@@ -167,7 +167,7 @@ def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
             logits = None
             if tensors:
                 with torch.inference_mode():
-                    logits = module(torch.stack(tensors).to(device)).float().cpu().numpy()
+                    logits = model.logits(torch.stack(tensors)).float().cpu().numpy()
             frames.append(_rows(prepared, logits, dataset.emotions))
             bar.update(len(prepared))
         write_parquet_atomic(pd.concat(frames, ignore_index=True), part)
