@@ -400,6 +400,7 @@ def test_import_extract_report_end_to_end(tmp_path, clean_faces, detector):
     again = extract_faces(committed_grids(ledger), detector, root / "processed", root / "manifest.parquet",
                           strict, progress=False)
     assert not again["accepted"].any() and set(again["reject_reason"]) >= {"too small"}
+    assert again.groupby("grid_file")["split"].first().equals(manifest.groupby("grid_file")["split"].first())
     assert not list((root / "processed").rglob("*.png"))
 
 
