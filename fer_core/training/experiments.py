@@ -212,8 +212,8 @@ def sweep(config: Config, real_train_spec: DatasetSpec, synthetic_train_spec: Da
         run = f"synthetic-{round(fraction * 100):03d}"
         info = {"experiment": "sweep", "synthetic_fraction": fraction, "composition": train.domain_counts(),
                 "real_train": real.name, "synthetic_train": synthetic.name if synthetic else None, "val": val.name}
-        result = Trainer(out_dir / run, settings, train, val, face_pipeline=_face_pipeline(config, settings, train, val),
-                         extra_info=info).fit(progress=progress)
+        pipeline = _face_pipeline(config, settings, train, val)
+        result = Trainer(out_dir / run, settings, train, val, face_pipeline=pipeline, extra_info=info).fit(progress)
         weights = out_dir / run / "best.safetensors"
         model = load_model(weights)
         for spec, test in tests.items():
@@ -259,12 +259,13 @@ def cross_validate(config: Config, spec: DatasetSpec, k: int, settings: TrainSet
         run = f"fold-{fold}"
         result = Trainer(out_dir / run, settings, train, val,
                          face_pipeline=_face_pipeline(config, settings, dataset),
-                         extra_info={"experiment": "crossval", "spec": _spec_name(spec), "k": k, "fold": fold}).fit(progress)
+                         extra_info={"experiment": "crossval", "spec": _spec_name(spec), "k": k,
+                                     "fold": fold}).fit(progress)
         weights = out_dir / run / "best.safetensors"
         evaluation = evaluate_model(eval_config, load_model(weights), held_out, weights_path=weights,
                                     name=f"eval-{run}", n_bootstrap=n_bootstrap, progress=progress)
-        rows.append({"fold": fold, "train_size": len(train), "val_size": len(val), "best_epoch": result["best"]["epoch"],
-                     "val_accuracy": result["best"]["val_accuracy"], **_score_row(evaluation.metrics)})
+        rows.append({"fold": fold, "train_size": len(train), "val_size": len(val),
+                     "best_epoch": result["best"]["epoch"], "val_accuracy": result["best"]["val_accuracy"], **_score_row(evaluation.metrics)})
     scores = pd.DataFrame(rows)
     aggregate = {metric: {"mean": float(scores[metric].mean()), "std": float(scores[metric].std(ddof=1))}
                  for metric in ("accuracy", "macro_f1")}
