@@ -111,12 +111,13 @@ class Grid:
 
 def build_grid(faces: list[np.ndarray], rows: int, columns: int, cell: int, gutters_x=0, gutters_y=0,
                specials: dict | None = None, side: tuple[int, int] | None = None, jitter: int = 0,
-               first: int = 0, seed: int = 0) -> Grid:
+               first: int = 0, seed: int = 0, shifted_rows: dict | None = None) -> Grid:
     """A grid image of the real faces (resized to ``cell``) and what sits in each cell.
 
     ``gutters_*``: one width for all or ``n + 1`` widths (outer margins included); ``specials``:
     ``{(row, column): kind}`` for empty / two-face / cut-by-border / blurred cells; ``side``: the
-    final (width, height) the grid is resized to; ``jitter``: random cell offsets in pixels.
+    final (width, height) the grid is resized to; ``jitter``: random cell offsets in pixels;
+    ``shifted_rows``: ``{row: pixels}`` rows slid right (cells past the image edge are left out).
     """
     rng = np.random.default_rng(seed)
     specials = specials or {}
@@ -128,8 +129,10 @@ def build_grid(faces: list[np.ndarray], rows: int, columns: int, cell: int, gutt
     next_face = first
     y = gy[0]
     for i in range(rows):
-        x = gx[0]
+        x = gx[0] + (shifted_rows or {}).get(i, 0)
         for j in range(columns):
+            if x + cell > width:
+                break
             dx, dy = rng.integers(-jitter, jitter + 1, 2) if jitter else (0, 0)
             x0, y0 = int(np.clip(x + dx, 0, width - cell)), int(np.clip(y + dy, 0, height - cell))
             kind = specials.get((i, j), "face")
@@ -298,6 +301,23 @@ def test_faces_on_one_shared_grey_background_without_gutters(clean_faces, detect
     assert (source, layout.shape) == ("found", (6, 6))
     assert layout.columns == tuple((j * 170 + 10, j * 170 + 160) for j in range(6))
     assert [c.reason for c in cells] == [None] * 36
+
+
+def test_a_row_shifted_against_the_others_gets_its_own_columns(clean_faces, detector):
+    grid = build_grid(clean_faces, rows=6, columns=6, cell=160, gutters_x=10, gutters_y=10, shifted_rows={2: 85})
+    layout, source, cells = extract_grid(grid.image, detector)
+    assert (source, layout.shape) == ("found+rows", (6, 6))
+    assert len(layout.columns_of(2)) == 5 and len(cells) == 35
+    by_position = {(c.row, c.column): c for c in cells}
+    for placed in grid.cells:
+        cell = by_position[placed.row, placed.column]
+        assert cell.reason is None, (placed.row, placed.column, cell.reason)
+        if placed.row != 2:
+            assert np.abs(np.subtract(cell.box, placed.cell)).max() <= 3
+        else:  # the shifted row's cells are centred on its faces
+            assert abs(cell.box[0] - placed.cell[0]) < 40 and cell.box[1::2] == (350, 510)
+        reference = crop_from_source(clean_faces[placed.source], placed, cell.box[:2], cell.detection, 128)
+        assert correlation(cell.crop, reference.image, inside_source(reference)) > 0.97
 
 
 def test_a_found_layout_that_detections_do_not_confirm_falls_back_to_the_requested_one(clean_faces, detector):

@@ -5,8 +5,9 @@ detect faces in each cell (the short-range detector needs the face to fill a goo
 image, so detection runs per cell, never on the whole grid), reject cells with no face, several
 faces, a face cut by the cell border, or a face failing :class:`QualityThresholds`, align and
 crop the rest to ``face_size`` and write them to ``processed/{split}/{class folder}/``. When
-fewer than ``min_confirmed`` of the cells hold exactly one face, the regular layout the prompt
-asked for is tried too and the one confirming more faces is kept. Near-duplicates across the
+fewer than ``min_confirmed`` of the cells hold exactly one whole face, the regular layout the
+prompt asked for is tried too and the one confirming more faces is kept; a row that stays
+unconfirmed (shifted against the others) gets cells centred on the faces found along it. Near-duplicates across the
 whole set are rejected last. Every cell gets a manifest row, accepted or with its reason.
 """
 
@@ -31,7 +32,7 @@ from fer_core.faces.detectors import Detection, FaceDetector, as_rgb
 from fer_core.images import load_rgb
 from fer_core.labels import folder_name
 from fer_core.runs import write_parquet_atomic
-from fer_core.synthetic.grid import GridLayout, GridSettings, find_layout
+from fer_core.synthetic.grid import GridLayout, GridSettings, Span, find_layout
 from fer_core.synthetic.ledger import COMMITTED, CreditLedger
 from fer_core.synthetic.quality import QualityThresholds, hash_distance, measure_face, perceptual_hash
 
@@ -123,32 +124,87 @@ def _judge_cell(cell: np.ndarray, row: int, column: int, box: tuple[int, int, in
     return result
 
 
+def _confirmed(cells: list[CellResult]) -> int:
+    """Cells holding exactly one face that the cell border does not cut."""
+    return sum(c.faces_found == 1 and c.reason != "cut by border" for c in cells)
+
+
+def _row_spans_from_faces(rgb: np.ndarray, band: Span, cell_width: int, detector: FaceDetector) -> tuple[Span, ...]:
+    """Column spans for one row band, centred on the faces found in it: square windows of the
+    band's height slide along it by a quarter window (the detector needs faces that fill a good part
+    of its input), faces cut by a window's side are left to the next window, and each face gets
+    a cell ``cell_width`` wide (split halfway where two would overlap)."""
+    y0, y1 = band
+    side, width = y1 - y0, rgb.shape[1]
+    starts = sorted(set(range(0, max(width - side, 0) + 1, max(side // 4, 1))) | {max(width - side, 0)})
+    centres: list[tuple[float, float]] = []  # (score, x centre)
+    for x in starts:
+        window = rgb[y0:y1, x:x + side]
+        for found in detector.detect(window):
+            if min(found.box[0], window.shape[1] - found.box[2]) < 1:  # cut by the window's side
+                continue
+            centres.append((found.score, x + found.center[0]))
+    kept: list[float] = []
+    for _, centre in sorted(centres, reverse=True):
+        if all(abs(centre - other) > cell_width / 2 for other in kept):
+            kept.append(centre)
+    kept.sort()
+    bounds = [max(0.0, kept[0] - cell_width / 2)] if kept else []
+    for left, right in zip(kept, kept[1:], strict=False):
+        bounds.append(min((left + right) / 2, left + cell_width / 2))
+        bounds.append(max((left + right) / 2, right - cell_width / 2))
+    if kept:
+        bounds.append(min(float(width), kept[-1] + cell_width / 2))
+    return tuple((int(round(a)), int(round(b))) for a, b in zip(bounds[0::2], bounds[1::2], strict=True))
+
+
 def extract_grid(rgb: np.ndarray, detector: FaceDetector, settings: ExtractSettings | None = None,
                  layout: int | None = None) -> tuple[GridLayout, str, list[CellResult]]:
-    """The layout of one grid image, where it came from (``"found"`` or ``"requested"``) and its cells.
+    """The layout of one grid image, where it came from and its cells.
 
-    ``layout``: faces per side the prompt asked for (default ``settings.layout``).
+    The layout found from the image (``"found"``) is kept when at least ``min_confirmed`` of its
+    cells hold one whole face; otherwise the regular layout the prompt asked for (``"requested"``,
+    ``layout`` faces per side, default ``settings.layout``) is tried and the one confirming more
+    faces kept. Then each row confirming fewer than ``min_confirmed`` of its cells (a row shifted
+    against the others) gets cells centred on the faces found along it, kept when they confirm
+    more faces (``"+rows"`` is added to the source).
     """
     settings = settings or ExtractSettings()
     rgb = as_rgb(rgb)
     height, width = rgb.shape[:2]
     requested = layout or settings.layout
+
+    def judge(boxes: Iterable[tuple[int, int, tuple[int, int, int, int]]]) -> list[CellResult]:
+        return [_judge_cell(rgb[y0:y1, x0:x1], i, j, (x0, y0, x1, y1), detector, settings)
+                for i, j, (x0, y0, x1, y1) in boxes]
+
     candidates: list[tuple[str, GridLayout]] = []
     try:
         candidates.append(("found", find_layout(rgb, settings.grid)))
     except DataError:
         pass
+    candidates.append(("requested", GridLayout.regular(width, height, requested, requested)))
     best: tuple[str, GridLayout, list[CellResult]] | None = None
-    for source, grid in candidates + [("requested", GridLayout.regular(width, height, requested, requested))]:
-        cells = [_judge_cell(rgb[y0:y1, x0:x1], i, j, (x0, y0, x1, y1), detector, settings)
-                 for i, j, (x0, y0, x1, y1) in grid.cells()]
-        single = sum(c.faces_found == 1 for c in cells)
-        if best is None or single > sum(c.faces_found == 1 for c in best[2]):
+    for source, grid in candidates:
+        cells = judge(grid.cells())
+        if best is None or _confirmed(cells) > _confirmed(best[2]):
             best = (source, grid, cells)
-        if single >= settings.min_confirmed * len(cells):
+        if _confirmed(cells) >= settings.min_confirmed * len(cells):
             break
     source, grid, cells = best
-    return grid, source, cells
+    for i, band in enumerate(grid.rows):
+        row_cells = [c for c in cells if c.row == i]
+        if _confirmed(row_cells) >= settings.min_confirmed * len(row_cells):
+            continue
+        spans = _row_spans_from_faces(rgb, band, int(np.median([b - a for a, b in grid.columns])), detector)
+        if not spans:
+            continue
+        shifted = grid.with_row_columns(i, spans)
+        new_cells = judge(cell for cell in shifted.cells() if cell[0] == i)
+        if _confirmed(new_cells) > _confirmed(row_cells):
+            grid, source = shifted, source.removesuffix("+rows") + "+rows"
+            cells = [c for c in cells if c.row != i] + new_cells
+    return grid, source, sorted(cells, key=lambda c: (c.row, c.column))
 
 
 def _split(sha256: str, settings: ExtractSettings) -> str:
@@ -188,7 +244,7 @@ def extract_faces(grids: Iterable[dict[str, Any]], detector: FaceDetector, out_d
             continue
         split = _split(sha256, settings)
         layout, source, cells = extract_grid(rgb, detector, settings, grid.get("layout"))
-        confirmed = sum(c.faces_found == 1 for c in cells) / len(cells)
+        confirmed = _confirmed(cells) / len(cells)
         for cell in cells:
             cell_box = dict(zip(("cell_x0", "cell_y0", "cell_x1", "cell_y1"), cell.box, strict=True))
             row = {**base, "split": split, "grid_rows": layout.shape[0], "grid_columns": layout.shape[1],

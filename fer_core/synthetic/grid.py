@@ -3,7 +3,7 @@
 Text-to-image models asked for a 6x6 grid return 3x3 or 5x5 ones, uneven gutters or none, so
 the layout is read from projection profiles along each axis:
 
-* a **gutter** is a run of columns (rows) that are uniform over the whole image height (width);
+* a **gutter** is a run of columns (rows) that are uniform over most of the image height (width);
 * a **seam** is a column where most image rows change abruptly (two pictures abut without a
   gutter): the fraction of rows with a strong edge there (within a few pixels, so that slightly
   jittered cells still line up) is high, while inside pictures it is not.
@@ -33,7 +33,8 @@ class GridSettings:
 
     Args:
         flat_tolerance: a gutter column's pixels lie within this many grey levels of its median
-            (95th percentile of the deviation, any channel).
+            (in every channel) ...
+        gutter_fraction: ... along at least this fraction of its length.
         edge_ratio: a row has an edge at a column where its gradient is this multiple of its median.
         seam_fraction: a seam has an edge in at least this fraction of the rows (within ``jitter``).
         jitter: separators may wander this many pixels (at :data:`PROFILE_SIDE`) between rows.
@@ -42,6 +43,7 @@ class GridSettings:
     """
 
     flat_tolerance: float = 6.0
+    gutter_fraction: float = 0.8
     edge_ratio: float = 5.0
     seam_fraction: float = 0.8
     jitter: int = 3
@@ -49,7 +51,7 @@ class GridSettings:
     max_cells: int = 12
 
     def __post_init__(self) -> None:
-        for key in ("flat_tolerance", "edge_ratio", "seam_fraction", "min_cell_ratio"):
+        for key in ("flat_tolerance", "gutter_fraction", "edge_ratio", "seam_fraction", "min_cell_ratio"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"grid setting {key}: expected a number > 0, got {value!r}")
@@ -59,26 +61,40 @@ class GridSettings:
                 raise ConfigError(f"grid setting {key}: expected a non-negative integer, got {value!r}")
 
 
+Span = tuple[int, int]
+
+
 @dataclass(frozen=True)
 class GridLayout:
-    """Cell spans in source pixels: ``columns[j] = (x0, x1)``, ``rows[i] = (y0, y1)``."""
+    """Cell spans in source pixels: ``rows[i] = (y0, y1)`` and ``columns[j] = (x0, x1)``, shared by
+    every row except those in ``row_columns`` (``(row, spans)`` pairs: rows shifted on their own)."""
 
-    columns: tuple[tuple[int, int], ...]
-    rows: tuple[tuple[int, int], ...]
+    columns: tuple[Span, ...]
+    rows: tuple[Span, ...]
+    row_columns: tuple[tuple[int, tuple[Span, ...]], ...] = ()
 
     @property
     def shape(self) -> tuple[int, int]:
-        """``(rows, columns)``."""
+        """``(rows, columns)``; columns of the shared layout."""
         return len(self.rows), len(self.columns)
+
+    def columns_of(self, row: int) -> tuple[Span, ...]:
+        """The column spans of ``row``."""
+        return dict(self.row_columns).get(row, self.columns)
+
+    def with_row_columns(self, row: int, spans: tuple[Span, ...]) -> GridLayout:
+        """This layout with ``row`` cut into ``spans`` instead of the shared columns."""
+        overrides = dict(self.row_columns) | {row: tuple(spans)}
+        return GridLayout(self.columns, self.rows, tuple(sorted(overrides.items())))
 
     def box(self, row: int, column: int) -> tuple[int, int, int, int]:
         """Cell ``(x0, y0, x1, y1)``."""
-        (x0, x1), (y0, y1) = self.columns[column], self.rows[row]
+        (x0, x1), (y0, y1) = self.columns_of(row)[column], self.rows[row]
         return x0, y0, x1, y1
 
     def cells(self) -> list[tuple[int, int, tuple[int, int, int, int]]]:
         """``(row, column, box)`` for every cell, row by row."""
-        return [(i, j, self.box(i, j)) for i in range(len(self.rows)) for j in range(len(self.columns))]
+        return [(i, j, self.box(i, j)) for i in range(len(self.rows)) for j in range(len(self.columns_of(i)))]
 
     @classmethod
     def regular(cls, width: int, height: int, rows: int, columns: int) -> GridLayout:
@@ -96,10 +112,11 @@ class _Separator:
     strength: float
 
 
-def _flat(image: np.ndarray, tolerance: float) -> np.ndarray:
-    """Per column of ``image`` (H, W, C): whether it is uniform over the whole height."""
+def _flat(image: np.ndarray, tolerance: float, fraction: float) -> np.ndarray:
+    """Per column of ``image`` (H, W, C): whether ``fraction`` of its pixels lie within
+    ``tolerance`` of its median (a gutter, possibly crossed by a row shifted over it)."""
     deviation = np.abs(image - np.median(image, axis=0, keepdims=True)).max(axis=2)
-    return np.percentile(deviation, 95, axis=0) <= tolerance
+    return np.mean(deviation <= tolerance, axis=0) >= fraction
 
 
 def _seam_fractions(image: np.ndarray, edge_ratio: float, jitter: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +140,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 def _separators(image: np.ndarray, settings: GridSettings) -> tuple[list[_Separator], int, int]:
     """Separators along the columns of ``image``, and the content span (margins excluded)."""
     width = image.shape[1]
-    flat = _flat(image, settings.flat_tolerance)
+    flat = _flat(image, settings.flat_tolerance, settings.gutter_fraction)
     gutters = [_Separator(a, b, np.inf) for a, b in _runs(flat)]
     start, end = 0, width
     if gutters and gutters[0].start == 0:
@@ -158,6 +175,26 @@ def _spans(separators: list[_Separator], start: int, end: int, settings: GridSet
         separators.pop(min(candidates, key=lambda k: separators[k].strength))
 
 
+def _shrunk(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` as float32, shrunk to at most :data:`PROFILE_SIDE` on its longer side."""
+    height, width = rgb.shape[:2]
+    scale = min(1.0, PROFILE_SIDE / max(height, width))
+    if scale < 1.0:
+        rgb = cv2.resize(rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+    return rgb.astype(np.float32)
+
+
+def _axis_spans(image: np.ndarray, full: int, settings: GridSettings) -> tuple[Span, ...]:
+    """Cell spans along the columns of ``image``, in pixels of a side ``full`` long."""
+    separators, start, end = _separators(image, settings)
+    spans = _spans(separators, start, end, settings)
+    if len(spans) > settings.max_cells:
+        raise DataError(f"found {len(spans)} cells along one side, more than max_cells={settings.max_cells}: "
+                        f"not a grid of faces")
+    factor = full / image.shape[1]
+    return tuple((int(round(a * factor)), int(round(b * factor))) for a, b in spans)
+
+
 def find_layout(rgb: np.ndarray, settings: GridSettings | None = None) -> GridLayout:
     """The grid of ``rgb`` read from gutters and seams (any count, uneven spacing allowed).
 
@@ -166,17 +203,7 @@ def find_layout(rgb: np.ndarray, settings: GridSettings | None = None) -> GridLa
     settings = settings or GridSettings()
     rgb = as_rgb(rgb)
     height, width = rgb.shape[:2]
-    scale = min(1.0, PROFILE_SIDE / max(height, width))
-    small = rgb if scale == 1.0 else cv2.resize(rgb, (round(width * scale), round(height * scale)),
-                                                interpolation=cv2.INTER_AREA)
-    image = small.astype(np.float32)
-    axes = []
-    for oriented, full in ((image, width), (image.transpose(1, 0, 2), height)):
-        separators, start, end = _separators(oriented, settings)
-        spans = _spans(separators, start, end, settings)
-        if len(spans) > settings.max_cells:
-            raise DataError(f"found {len(spans)} cells along one side, more than max_cells={settings.max_cells}: "
-                            f"not a grid of faces")
-        factor = full / oriented.shape[1]
-        axes.append(tuple((int(round(a * factor)), int(round(b * factor))) for a, b in spans))
-    return GridLayout(columns=axes[0], rows=axes[1])
+    image = _shrunk(rgb)
+    return GridLayout(columns=_axis_spans(image, width, settings),
+                      rows=_axis_spans(image.transpose(1, 0, 2), height, settings))
+
