@@ -144,12 +144,14 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("train", "train or fine-tune a model; writes a run directory (resumable)", _train_arguments)
 def _train(args: argparse.Namespace, config: Config) -> int:
+    import os
     from fer_core.workflows import train_model
     config = _with_trust(args, config)
     result = train_model(config, args)
     best = result["best"]
-    print(f"{result['run_dir']}\nbest epoch {best['epoch']}: val accuracy {best['val_accuracy']:.4f}, "
-          f"macro-F1 {best['val_macro_f1']:.4f} -> {result['run_dir'] / 'best.safetensors'}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        print(f"{result['run_dir']}\nbest epoch {best['epoch']}: val accuracy {best['val_accuracy']:.4f}, "
+              f"macro-F1 {best['val_macro_f1']:.4f} -> {result['run_dir'] / 'best.safetensors'}")
     return 0
 
 

@@ -18,7 +18,7 @@ from fer_core.labels import EMOTIONS
 from fer_core.models import FerModel, load_model
 from fer_core.runs import METRICS_FILE, RUN_FILE, Run, run_id, utc_now, write_json_atomic
 from fer_core.training import (GRADUAL_UNFREEZING_STAGES, HSEMOTION_STAGES, AugmentSettings, Stage, Trainer,
-                               TrainSettings)
+                               TrainSettings, distributed)
 
 #: The model shipped with the project (trained by ``fer-core train``; see weights/MODEL_CARD.md).
 SHIPPED_WEIGHTS = Path("weights") / "fer_b0_ferplus.safetensors"
@@ -132,17 +132,21 @@ def train_model(config: Config, args: Any) -> dict[str, Any]:
         class_weights=args.class_weights, augment=None if args.no_augment else AugmentSettings(),
         drop_rate=args.drop_rate, seed=args.seed, max_steps_per_epoch=args.max_steps, device=device_for(config),
         channels_last=device_for(config).startswith("cuda"), mixed_precision=device_for(config).startswith("cuda"))
-    run_dir = config.resolve(config.paths.runs_dir) / (args.name or run_id("train", architecture, args.train))
-    if (run_dir / "checkpoint.pt").is_file() and not args.resume:
-        raise ConfigError(f"{run_dir} already holds a training run: pass --resume to continue it, or another --name")
-    if args.resume and not (run_dir / "checkpoint.pt").is_file():
-        raise ConfigError(f"nothing to resume: {run_dir / 'checkpoint.pt'} does not exist")
-    train = training_dataset(config, args.train, args.soft_labels)
-    val = dataset_for(config, args.val)
-    pipeline = None if train.pre_cropped and val.pre_cropped else FacePipeline.from_config(config, settings.input_size)
-    trainer = Trainer(run_dir, settings, train, val, init=init, face_pipeline=pipeline,
-                      extra_info={"recipe": recipe, "command": "fer-core train"})
-    return {"run_dir": run_dir, **trainer.fit()}
+    with distributed.process_group(settings.device):  # data-parallel under torchrun
+        name = distributed.broadcast_object(args.name or run_id("train", architecture, args.train))  # one run dir
+        run_dir = config.resolve(config.paths.runs_dir) / name
+        if (run_dir / "checkpoint.pt").is_file() and not args.resume:
+            raise ConfigError(f"{run_dir} already holds a training run: pass --resume to continue it, "
+                              f"or another --name")
+        if args.resume and not (run_dir / "checkpoint.pt").is_file():
+            raise ConfigError(f"nothing to resume: {run_dir / 'checkpoint.pt'} does not exist")
+        train = training_dataset(config, args.train, args.soft_labels)
+        val = dataset_for(config, args.val)
+        pipeline = (None if train.pre_cropped and val.pre_cropped
+                    else FacePipeline.from_config(config, settings.input_size))
+        trainer = Trainer(run_dir, settings, train, val, init=init, face_pipeline=pipeline,
+                          extra_info={"recipe": recipe, "command": "fer-core train"})
+        return {"run_dir": run_dir, **trainer.fit()}
 
 
 def device_for(config: Config) -> str:

@@ -5,11 +5,20 @@ atomic per-epoch checkpoints, exact resume, and the best epoch chosen on validat
 A run directory holds ``run.json`` (settings and data), ``history.json`` (per-epoch loss,
 validation accuracy and macro-F1), ``checkpoint.pt`` (the last finished epoch) and
 ``best.safetensors`` / ``best.json`` (the model of the best validation epoch).
+
+Under ``torchrun`` (inside :func:`fer_core.training.distributed.process_group`) the same loop is
+data-parallel: ``batch_size`` is the global batch, split evenly over the ranks, so the steps
+per epoch and the schedule do not depend on the number of processes; a DistributedSampler
+(seeded with ``seed``, reshuffled each epoch) deals each rank its share of every global batch;
+augmentation and dropout draw from a stream seeded per (seed, epoch, rank). Rank 0 alone
+validates (the figures are exactly a single-process validation) and writes the run files;
+the other ranks wait for it, and on resume every rank loads the checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 from dataclasses import dataclass, field
@@ -21,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from sklearn import metrics as skm
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from fer_core import __version__
@@ -33,6 +42,7 @@ from fer_core.labels import EMOTIONS, NUM_CLASSES, restrict_logits
 from fer_core.models import FerModel, create_model, save_model
 from fer_core.preprocess import Preprocessing
 from fer_core.runs import utc_now, write_json_atomic
+from fer_core.training import distributed
 from fer_core.training.augment import AugmentSettings, pixel_augmentation, tensor_augmentation
 from fer_core.training.sam import SAM, FrozenBatchNormStats
 
@@ -184,7 +194,8 @@ class Trainer:
     """Train ``settings.architecture`` on ``train``, select on ``val``, in ``run_dir``.
 
     Start a model from ``init`` (e.g. HSEmotion backbone weights) or from scratch.
-    :meth:`fit` resumes from ``run_dir/checkpoint.pt`` when one exists.
+    :meth:`fit` resumes from ``run_dir/checkpoint.pt`` when one exists. For data-parallel
+    training, build the trainer inside :func:`~fer_core.training.distributed.process_group`.
     """
 
     def __init__(self, run_dir: Path | str, settings: TrainSettings, train: FaceDataset, val: FaceDataset,
@@ -205,7 +216,7 @@ class Trainer:
         self.init_info = {"from": "scratch"} if init is None else {"from": init.provenance, "fingerprint": init.fingerprint}
         self.face_pipeline = face_pipeline
         self.extra_info = extra_info or {}
-        self.device = torch.device(settings.device)
+        self.device = distributed.local_device(settings.device)
         self.allowed = torch.zeros(NUM_CLASSES)
         self.allowed[[EMOTIONS.index(e) for e in train.emotions]] = 1.0
         self.weights = class_weights(train.labels) if settings.class_weights else None
@@ -215,6 +226,12 @@ class Trainer:
         transform = FaceTransform(self.preprocessing, dataset.pre_cropped, self.face_pipeline,
                                   self.settings.augment if train else None)
         wrapped = TorchFaceDataset(dataset, transform)
+        if train and distributed.is_active():  # each rank: its share of every global batch
+            sampler = DistributedSampler(wrapped, distributed.world_size(), distributed.rank(), shuffle=True,
+                                         seed=self.settings.seed, drop_last=True)
+            sampler.set_epoch(epoch)
+            return DataLoader(wrapped, batch_size=self.settings.batch_size // distributed.world_size(), sampler=sampler,
+                              drop_last=True, collate_fn=collate_skip_bad, num_workers=0), wrapped
         generator = torch.Generator().manual_seed(self.settings.seed * 100_003 + epoch)
         loader = DataLoader(wrapped, batch_size=self.settings.batch_size, shuffle=train, drop_last=train,
                             generator=generator, collate_fn=collate_skip_bad, num_workers=0)
@@ -255,13 +272,15 @@ class Trainer:
             return batch["soft_label"].float()
         return F.one_hot(batch["label"].clamp(min=0), NUM_CLASSES).float()
 
-    def _train_step(self, optimizer: torch.optim.Optimizer, images: torch.Tensor, targets: torch.Tensor) -> float:
+    def _train_step(self, network: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                    targets: torch.Tensor) -> float:
+        """One optimizer step on ``network`` (the module, or its DDP wrapper); the local batch loss."""
         autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                                   enabled=self.settings.mixed_precision and self.device.type == "cuda")
 
         def loss_fn() -> torch.Tensor:
             with autocast:
-                logits = self.module(images)
+                logits = network(images)
             loss = soft_cross_entropy(logits, targets, self.settings.label_smoothing, self.weights, self.allowed)
             loss.backward()
             return loss
@@ -330,68 +349,78 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, progress: bool = True) -> dict[str, Any]:
         """Train every remaining epoch; return the history and the best epoch."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        state = self._load_checkpoint()  # before run.json: a refused resume leaves the run as it was
-        write_json_atomic(self.run_dir / "run.json", {
-            "kind": "training", "created": utc_now(), "fer_core_version": __version__,
-            "settings": _plain(self.settings), "init": self.init_info,
-            "data": {"train": {"name": self.train_data.label, "size": len(self.train_data),
-                               "classes": self.train_data.class_counts(), "domain": self.train_data.domain},
-                     "val": {"name": self.val_data.label, "size": len(self.val_data), "domain": self.val_data.domain}},
-            **self.extra_info})
+        if self.settings.batch_size % distributed.world_size():
+            raise ConfigError(f"batch size {self.settings.batch_size} (the global batch) cannot be split evenly over "
+                              f"{distributed.world_size()} processes; use a multiple of {distributed.world_size()}")
+        main = distributed.is_main()
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        state = self._load_checkpoint()  # on every rank; before run.json: a refused resume leaves the run as it was
+        if main:
+            write_json_atomic(self.run_dir / "run.json", {
+                "kind": "training", "created": utc_now(), "fer_core_version": __version__,
+                "settings": _plain(self.settings), "init": self.init_info,
+                "data": {"train": {"name": self.train_data.label, "size": len(self.train_data),
+                                   "classes": self.train_data.class_counts(), "domain": self.train_data.domain},
+                         "val": {"name": self.val_data.label, "size": len(self.val_data),
+                                 "domain": self.val_data.domain}},
+                **distributed.run_info(self.settings.batch_size), **self.extra_info})
         self.module.to(self.device)
         if self.settings.channels_last:
             self.module.to(memory_format=torch.channels_last)
         history: list[dict[str, Any]] = state["history"] if state else []
         best: dict[str, Any] | None = state["best"] if state else None
         start = len(history)
-        optimizer = scheduler = None
+        network = optimizer = scheduler = None
         current_stage = -1
         for epoch in range(start, self.settings.epochs):
             stage_number, stage = self.settings.stage_of(epoch)
             if stage_number != current_stage:
                 set_trainable(self.module, stage.trainable)
+                network = distributed.wrap(self.module, self.device)
                 optimizer = self._optimizer(stage)
                 scheduler = self._schedule(optimizer, stage_number, stage)
                 if state is not None and state["stage"] == stage_number:
                     optimizer.load_state_dict(state["optimizer"])
                     scheduler.load_state_dict(state["scheduler"])
                 current_stage = stage_number
-            torch.manual_seed(self.settings.seed * 100_003 + epoch)
+            torch.manual_seed(self.settings.seed * 100_003 + epoch + distributed.rank() * 2**32)
             self.module.train()
             loader, wrapped = self._loader(self.train_data, train=True, epoch=epoch)
             steps = self._steps_per_epoch()
             losses = []
             bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.settings.epochs}", unit="batch",
-                       disable=not progress, leave=False)
-            for step, batch in enumerate(loader):
-                if step >= steps:
-                    break
+                       disable=not (progress and main), leave=False)
+            for batch in itertools.islice(loader, steps):  # no extra batch read past the last step
                 if batch is None:
                     continue
                 images = batch["image"].to(self.device)
                 if self.settings.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
-                losses.append(self._train_step(optimizer, images, self._targets(batch).to(self.device)))
+                losses.append(self._train_step(network, optimizer, images, self._targets(batch).to(self.device)))
                 scheduler.step()
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
                 bar.update()
             bar.close()
             wrapped.bad_files.warn_skipped()
-            record = {"epoch": epoch + 1, "stage": stage_number, "train_loss": float(np.mean(losses)),
-                      "lr": scheduler.get_last_lr()[0], **self.validate()}
-            history.append(record)
-            key = f"val_{self.settings.select_metric}"
-            if best is None or record[key] > best[key]:
-                best = dict(record)
-                save_model(self._fer_model(self._provenance(best)), self.run_dir / BEST)
-            self._save_checkpoint({"model": self.module.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "scheduler": scheduler.state_dict(), "stage": stage_number,
-                                   "history": history, "best": best, "settings": _plain(self.settings)})
-            write_json_atomic(self.run_dir / HISTORY, {"history": history, "best": best})
-            if progress:
-                print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f} val acc {record['val_accuracy']:.4f} "
-                      f"macro-F1 {record['val_macro_f1']:.4f}", flush=True)
+            train_loss = distributed.mean_over_ranks(float(np.mean(losses)))  # equal shares: the global batch mean
+            distributed.sync_buffers(self.module)
+            if main:
+                record = {"epoch": epoch + 1, "stage": stage_number, "train_loss": train_loss,
+                          "lr": scheduler.get_last_lr()[0], **self.validate()}
+                history.append(record)
+                key = f"val_{self.settings.select_metric}"
+                if best is None or record[key] > best[key]:
+                    best = dict(record)
+                    save_model(self._fer_model(self._provenance(best)), self.run_dir / BEST)
+                self._save_checkpoint({"model": self.module.state_dict(), "optimizer": optimizer.state_dict(),
+                                       "scheduler": scheduler.state_dict(), "stage": stage_number,
+                                       "history": history, "best": best, "settings": _plain(self.settings)})
+                write_json_atomic(self.run_dir / HISTORY, {"history": history, "best": best})
+                if progress:
+                    print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f} val acc {record['val_accuracy']:.4f} "
+                          f"macro-F1 {record['val_macro_f1']:.4f}", flush=True)
+            history, best = distributed.broadcast_object((history, best))  # the other ranks wait for rank 0 here
         return {"history": history, "best": best}
 
     def _provenance(self, best: dict[str, Any]) -> dict[str, Any]:
