@@ -79,17 +79,26 @@ def _data(args: argparse.Namespace, config: Config) -> int:
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     _model_and_data(parser)
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
+    parser.add_argument("--cache", action="store_true",
+                        help="reuse logits and features stored in paths.cache_dir/results.sqlite, and store new ones")
 
 
 @command("predict", "predict every face of a dataset into a parquet table (resumable)", _predict_arguments)
 def _predict(args: argparse.Namespace, config: Config) -> int:
+    from fer_core.cache import ResultCache
     from fer_core.inference import predict_dataset
     from fer_core.workflows import dataset_for, device_for, face_pipeline_for, load_configured_model
     config = _with_trust(args, config)
     model = load_configured_model(config, args.model)
     dataset = dataset_for(config, args.dataset)
-    table = predict_dataset(model, dataset, args.out, face_pipeline=face_pipeline_for(config, model),
-                            batch_size=config.inference.batch_size, limit=args.limit, device=device_for(config))
+    cache = ResultCache.from_config(config) if args.cache else None
+    try:
+        table = predict_dataset(model, dataset, args.out, face_pipeline=face_pipeline_for(config, model),
+                                batch_size=config.inference.batch_size, limit=args.limit, device=device_for(config),
+                                cache=cache)
+    finally:
+        if cache is not None:
+            cache.close()
     print(f"{len(table)} predictions -> {args.out / 'predictions.parquet'}")
     return 0
 
@@ -328,6 +337,28 @@ def _synth_arguments(parser: argparse.ArgumentParser) -> None:
 def _synth(args: argparse.Namespace, config: Config) -> int:
     from fer_core.synthetic.commands import run
     return run(args, config)
+
+
+def _cache_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("info", "prune"),
+                        help="info: entries and bytes per kind and model; prune: remove entries (then compact)")
+    parser.add_argument("--model", help="prune: only this model fingerprint")
+    parser.add_argument("--kind", help="prune: only this kind (logits, embedding, face, attribution, projection)")
+    parser.add_argument("--older-than", type=float, metavar="DAYS", help="prune: only entries unused for DAYS days")
+    parser.add_argument("--keep-models", type=int, metavar="N", help="prune: spare the N most recently used models")
+
+
+@command("cache", "inspect or prune the result cache (paths.cache_dir/results.sqlite)", _cache_arguments)
+def _cache(args: argparse.Namespace, config: Config) -> int:
+    from fer_core.cache import ResultCache
+    with ResultCache.from_config(config) as cache:
+        if args.action == "info":
+            _print_json(cache.info())
+            return 0
+        removed = cache.prune(args.model, args.kind, args.older_than, args.keep_models)
+        saved = cache.vacuum()
+        print(f"removed {removed} entries, {saved / 2**20:.1f} MiB freed; {len(cache)} left in {cache.path}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,23 +4,29 @@ Images are decoded and prepared in a thread pool one batch ahead of the model, r
 written in atomically renamed parquet parts, and a rerun after an interruption skips every
 finished part. One row per face: probabilities over the 8 emotions, the prediction over the
 dataset's own classes, and the detected face's box and score.
+
+With a :class:`~fer_core.cache.ResultCache`, each face's logits, features and detected face
+are looked up by image content first; only the missing faces are run (one pass gives both
+logits and features) and stored, so :func:`embed_dataset` and repeated predictions reuse them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from fer_core.cache import CacheKey, ResultCache, content_hash
 from fer_core.data import FaceDataset, Sample
 from fer_core.errors import DataError, ImageDecodeError
 from fer_core.faces import Face, FacePipeline, whole_image_face
@@ -95,12 +101,12 @@ def iter_prepared(dataset: FaceDataset, preparer: FacePreparer, indices: Sequenc
 
 
 def _rows(prepared: list[PreparedFace], logits: np.ndarray | None, emotions: Sequence[str]) -> pd.DataFrame:
-    ok = [p for p in prepared if p.tensor is not None]
+    ok = [p for p in prepared if p.error is None]
     probs = np.full((len(prepared), len(EMOTIONS)), np.nan, dtype=np.float32)
     pred_all = np.full(len(prepared), -1, dtype=np.int64)
     pred = np.full(len(prepared), -1, dtype=np.int64)
     if logits is not None and len(ok):
-        rows = [i for i, p in enumerate(prepared) if p.tensor is not None]
+        rows = [i for i, p in enumerate(prepared) if p.error is None]
         shifted = logits - logits.max(1, keepdims=True)
         probs[rows] = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
         pred_all[rows] = logits.argmax(1)
@@ -123,6 +129,106 @@ def _rows(prepared: list[PreparedFace], logits: np.ndarray | None, emotions: Seq
     return frame
 
 
+def logits_and_features(model: FerModel, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass: the logits (as :meth:`FerModel.logits`) and the pooled penultimate
+    features the classifier computed them from (as :meth:`FerModel.features`)."""
+    features = model.features(batch)
+    return model.module.get_classifier()(features), features
+
+
+def sample_hash(dataset: FaceDataset, sample: Sample) -> str | None:
+    """sha256 of the sample's image file (of its decoded pixels when it is no file, such as a
+    CSV row); None when it cannot be read."""
+    source = Path(sample.source)
+    try:
+        return content_hash(source.read_bytes() if source.is_file() else dataset.read(sample))
+    except (OSError, ImageDecodeError):
+        return None
+
+
+#: What one forward pass stores per face: logits, features and the face it was run on.
+FORWARD_KINDS = ("logits", "embedding", "face")
+
+
+@dataclass(frozen=True)
+class ForwardResults:
+    """Per-face results in dataset order: the prepared faces (without tensors), their logits
+    and features (NaN rows for unreadable images), and how many faces needed the model."""
+
+    faces: list[PreparedFace]
+    logits: np.ndarray
+    features: np.ndarray
+    computed: int
+
+
+def cached_forward(model: FerModel, dataset: FaceDataset, preparer: FacePreparer, indices: Sequence[int],
+                   cache: ResultCache | None, batch_size: int = 32, workers: int = 2,
+                   on_progress: Callable[[int], object] = lambda n: None) -> ForwardResults:
+    """Logits and features of the faces at ``indices``: read from ``cache`` where every part is
+    stored, computed in one pass otherwise and stored batch by batch (each batch atomically)."""
+    preparation = preparer.fingerprint(dataset.pre_cropped)
+    samples = [dataset[i] for i in indices]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        digests = list(pool.map(lambda sample: sample_hash(dataset, sample), samples))
+    keys = [None if digest is None else
+            {kind: CacheKey(kind, model.fingerprint, preparation, digest) for kind in FORWARD_KINDS}
+            for digest in digests]
+    stored = {} if cache is None else cache.get_many(k for row_keys in keys if row_keys for k in row_keys.values())
+    logits = np.full((len(samples), len(model.emotions)), np.nan, dtype=np.float32)
+    features = np.full((len(samples), model.feature_dim), np.nan, dtype=np.float32)
+    faces: list[PreparedFace | None] = [None] * len(samples)
+    missing = []
+    for row, (sample, row_keys) in enumerate(zip(samples, keys)):
+        if row_keys and all(key in stored for key in row_keys.values()):
+            found, score, *box = (float(v) for v in stored[row_keys["face"]])
+            faces[row] = PreparedFace(sample, None, bool(found), score, tuple(box))
+            logits[row], features[row] = stored[row_keys["logits"]], stored[row_keys["embedding"]]
+        else:
+            missing.append(row)
+    on_progress(len(samples) - len(missing))
+    batches = [missing[i:i + batch_size] for i in range(0, len(missing), batch_size)]
+    prepared_batches = iter_prepared(dataset, preparer, [indices[row] for row in missing], batch_size, workers)
+    for rows, prepared in zip(batches, prepared_batches):
+        usable = [j for j, face in enumerate(prepared) if face.tensor is not None]
+        new: dict[CacheKey, np.ndarray] = {}
+        if usable:
+            batch = torch.stack([prepared[j].tensor for j in usable])
+            with torch.inference_mode():
+                batch_logits, batch_features = logits_and_features(model, batch)
+            for j, face_logits, face_features in zip(usable, batch_logits.float().cpu().numpy(),
+                                                     batch_features.float().cpu().numpy()):
+                row, face = rows[j], prepared[j]
+                logits[row], features[row] = face_logits, face_features
+                if keys[row]:
+                    new[keys[row]["logits"]] = face_logits
+                    new[keys[row]["embedding"]] = face_features
+                    new[keys[row]["face"]] = np.array([face.face_found, face.face_score, *face.box], np.float32)
+        for row, face in zip(rows, prepared):
+            faces[row] = dataclasses.replace(face, tensor=None)
+        if cache is not None and new:
+            cache.put_many(new)
+        on_progress(len(prepared))
+    return ForwardResults(faces, logits, features, len(missing))
+
+
+def _predicted_chunk(model: FerModel, dataset: FaceDataset, preparer: FacePreparer, chunk: Sequence[int],
+                     batch_size: int, cache: ResultCache | None, bar: tqdm) -> pd.DataFrame:
+    if cache is not None:
+        results = cached_forward(model, dataset, preparer, chunk, cache, batch_size, on_progress=bar.update)
+        usable = [row for row, face in enumerate(results.faces) if face.error is None]
+        return _rows(results.faces, results.logits[usable], dataset.emotions)
+    frames = []
+    for prepared in iter_prepared(dataset, preparer, chunk, batch_size):
+        tensors = [p.tensor for p in prepared if p.tensor is not None]
+        logits = None
+        if tensors:
+            with torch.inference_mode():
+                logits = model.logits(torch.stack(tensors)).float().cpu().numpy()
+        frames.append(_rows(prepared, logits, dataset.emotions))
+        bar.update(len(prepared))
+    return pd.concat(frames, ignore_index=True)
+
+
 def _job_signature(model: FerModel, dataset: FaceDataset, preparer: FacePreparer, indices: Sequence[int],
                    chunk_size: int) -> dict[str, str | int]:
     keys = hashlib.sha256("\n".join(dataset[i].key for i in indices).encode()).hexdigest()[:16]
@@ -132,12 +238,14 @@ def _job_signature(model: FerModel, dataset: FaceDataset, preparer: FacePreparer
 
 def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
                     face_pipeline: FacePipeline | None = None, batch_size: int = 32, chunk_size: int = 1024,
-                    limit: int | None = None, device: str = "cpu", progress: bool = True) -> pd.DataFrame:
+                    limit: int | None = None, device: str = "cpu", progress: bool = True,
+                    cache: ResultCache | None = None) -> pd.DataFrame:
     """Predict every face of ``dataset`` into ``out_dir/predictions.parquet`` and return the table.
 
     Work is saved in parts of ``chunk_size`` faces; calling again with the same model, data
     and settings after an interruption continues where it stopped. Different settings in
-    the same folder are an error rather than a silent mix.
+    the same folder are an error rather than a silent mix. With a ``cache``, faces whose
+    logits and features are stored are not run again, and the new ones are stored.
     """
     out_dir = Path(out_dir)
     indices = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
@@ -161,16 +269,7 @@ def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
         if part.is_file():
             bar.update(len(chunk))
             continue
-        frames = []
-        for prepared in iter_prepared(dataset, preparer, chunk, batch_size):
-            tensors = [p.tensor for p in prepared if p.tensor is not None]
-            logits = None
-            if tensors:
-                with torch.inference_mode():
-                    logits = model.logits(torch.stack(tensors)).float().cpu().numpy()
-            frames.append(_rows(prepared, logits, dataset.emotions))
-            bar.update(len(prepared))
-        write_parquet_atomic(pd.concat(frames, ignore_index=True), part)
+        write_parquet_atomic(_predicted_chunk(model, dataset, preparer, chunk, batch_size, cache, bar), part)
     bar.close()
     table = pd.concat([pd.read_parquet(parts_dir / f"part-{n:05d}.parquet") for n in range(len(chunks))],
                       ignore_index=True)
@@ -179,3 +278,30 @@ def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
         warnings.warn(f"{len(failed)} unreadable image(s) skipped: {failed}", stacklevel=2)
     write_parquet_atomic(table, out_dir / "predictions.parquet")
     return table
+
+
+def embed_dataset(model: FerModel, dataset: FaceDataset, cache: ResultCache | None,
+                  face_pipeline: FacePipeline | None = None, batch_size: int = 32, chunk_size: int = 1024,
+                  limit: int | None = None, device: str = "cpu", progress: bool = True) -> tuple[list[str], np.ndarray]:
+    """The pooled penultimate features of every readable face of ``dataset``: the sample keys
+    and a ``(N, feature_dim)`` float32 array, row for row. Stored features are read from
+    ``cache``; the others are computed (with their logits, in the same pass) and stored."""
+    indices = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
+    if not indices:
+        raise DataError(f"dataset {dataset.name} has no images")
+    preparer = FacePreparer(model, face_pipeline)
+    model.to(device).module.eval()
+    keys: list[str] = []
+    blocks: list[np.ndarray] = []
+    failed: list[str] = []
+    with tqdm(total=len(indices), desc=f"embed {dataset.name}", unit="face", disable=not progress) as bar:
+        for start in range(0, len(indices), chunk_size):
+            results = cached_forward(model, dataset, preparer, indices[start:start + chunk_size], cache, batch_size,
+                                     on_progress=bar.update)
+            usable = [row for row, face in enumerate(results.faces) if face.error is None]
+            keys.extend(results.faces[row].sample.key for row in usable)
+            blocks.append(results.features[usable])
+            failed.extend(face.sample.source for face in results.faces if face.error is not None)
+    if failed:
+        warnings.warn(f"{len(failed)} unreadable image(s) skipped: {failed}", stacklevel=2)
+    return keys, np.concatenate(blocks)
