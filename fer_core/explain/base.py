@@ -1,0 +1,209 @@
+"""The attribution registry and the one entry point over it, :func:`explain` (in the style of
+``timm.create_model``): every method takes a :class:`FerModel`, a preprocessed batch and the
+target classes, and returns one ``(N, H, W)`` map per face at the input resolution."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fer_core.errors import ConfigError
+from fer_core.models.factory import FerModel
+
+#: What :func:`explain` accepts as ``target``: one class for every face, one class per face,
+#: or ``"predicted"`` (each face's top class). Classes are indices or emotion names.
+Target = int | str | Sequence[int | str]
+
+#: Channel reductions of pixel attributions: sum of absolute values, or the signed sum.
+REDUCTIONS = ("abs", "signed")
+
+
+class AttributionMethod(Protocol):
+    """``(model, inputs, targets, **params) -> (N, H, W)`` maps; ``inputs`` is a detached
+    copy of the batch on the model's device, ``targets`` a ``(N,)`` long tensor."""
+
+    def __call__(self, model: FerModel, inputs: torch.Tensor, targets: torch.Tensor, **params: Any) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True, eq=False)
+class Attribution:
+    """Maps of one method over a batch: ``maps`` is ``(N, H, W)`` float32 at the input
+    resolution; ``targets`` the class explained for each face; ``params`` every setting used
+    (the method's defaults included)."""
+
+    maps: np.ndarray
+    method: str
+    targets: tuple[int, ...]
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings, JSON-ready (the maps are left out: they are arrays)."""
+        return {"method": self.method, "targets": list(self.targets), "params": _json_ready(dict(self.params)),
+                "shape": list(self.maps.shape)}
+
+
+_METHODS: dict[str, AttributionMethod] = {}
+#: Every registered attribution method, by name.
+METHODS: Mapping[str, AttributionMethod] = MappingProxyType(_METHODS)
+
+
+def register_method(name: str) -> Callable[[AttributionMethod], AttributionMethod]:
+    """Decorator registering an attribution method under ``name``."""
+    def register(function: AttributionMethod) -> AttributionMethod:
+        if name in _METHODS:
+            raise ConfigError(f"attribution method {name!r} is already registered")
+        _METHODS[name] = function
+        return function
+    return register
+
+
+def method_names() -> list[str]:
+    """Names :func:`explain` accepts."""
+    return sorted(_METHODS)
+
+
+def method_defaults(method: str) -> dict[str, Any]:
+    """Every parameter of ``method`` and its default value."""
+    signature = inspect.signature(_lookup(method))
+    return {name: p.default for name, p in list(signature.parameters.items())[3:]}
+
+
+def explain(model: FerModel, faces: torch.Tensor, method: str, target: Target = "predicted",
+            **params: Any) -> Attribution:
+    """Attribute ``model``'s ``target`` scores on ``faces`` (a preprocessed ``(N, 3, S, S)``
+    batch) with ``method`` (a name from :func:`method_names`); ``params`` are the method's
+    settings (see :func:`method_defaults`)."""
+    function = _lookup(method)
+    settings = method_defaults(method)
+    unknown = sorted(set(params) - set(settings))
+    if unknown:
+        raise ConfigError(f"{method} has no parameter(s) {unknown}; its parameters: {sorted(settings)}")
+    settings.update(params)
+    inputs = check_batch(model, faces)
+    targets = resolve_targets(model, inputs, target)
+    model.module.eval()
+    maps = function(model, inputs, targets, **settings)
+    maps = maps.detach().float().cpu().numpy().astype(np.float32, copy=False)
+    if maps.shape != (inputs.shape[0], *inputs.shape[2:]):
+        raise RuntimeError(f"{method} returned maps of shape {maps.shape} for inputs {tuple(inputs.shape)}")
+    return Attribution(maps, method, tuple(int(t) for t in targets.tolist()), MappingProxyType(settings))
+
+
+def _lookup(method: str) -> AttributionMethod:
+    function = _METHODS.get(method)
+    if function is None:
+        raise ConfigError(f"unknown attribution method {method!r}; registered methods: {method_names()}")
+    return function
+
+
+def check_batch(model: FerModel, faces: torch.Tensor) -> torch.Tensor:
+    """A detached float32 copy of ``faces`` on the model's device, checked to be ``(N, 3, H, W)``."""
+    if not isinstance(faces, torch.Tensor) or faces.ndim != 4 or faces.shape[1] != 3 or faces.shape[0] == 0:
+        shape = tuple(faces.shape) if isinstance(faces, torch.Tensor) else type(faces).__name__
+        raise ConfigError(f"faces: expected a preprocessed (N, 3, H, W) tensor with N >= 1, got {shape}")
+    if not torch.is_floating_point(faces):
+        raise ConfigError(f"faces: expected a float tensor (see FerModel.preprocessing), got {faces.dtype}")
+    return faces.detach().to(model.device, torch.float32).clone()
+
+
+def resolve_targets(model: FerModel, inputs: torch.Tensor, target: Target) -> torch.Tensor:
+    """``(N,)`` class indices of ``target`` for a batch of ``N`` faces."""
+    count = inputs.shape[0]
+    if isinstance(target, str) and target == "predicted":
+        with torch.no_grad():
+            return model.logits(inputs).argmax(dim=1)
+    if isinstance(target, (str, int, np.integer)):
+        target = [target] * count
+    elif not isinstance(target, Sequence) and not isinstance(target, (np.ndarray, torch.Tensor)):
+        raise ConfigError(f"target: expected a class index, an emotion name, one per face or 'predicted', "
+                          f"got {type(target).__name__}")
+    indices = [_class_index(model, value) for value in list(target)]
+    if len(indices) != count:
+        raise ConfigError(f"target: expected one class per face ({count}), got {len(indices)}")
+    return torch.tensor(indices, dtype=torch.long, device=inputs.device)
+
+
+def _class_index(model: FerModel, value: Any) -> int:
+    if isinstance(value, torch.Tensor) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, str) and value in model.emotions:
+        return model.emotions.index(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < len(model.emotions):
+        return int(value)
+    raise ConfigError(f"target: expected a class index in [0, {len(model.emotions)}) or one of "
+                      f"{list(model.emotions)}, got {value!r}")
+
+
+def reduce_channels(attributions: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``(N, C, H, W)`` -> ``(N, H, W)``: the sum of absolute values (``"abs"``) or the signed sum."""
+    if reduction == "abs":
+        return attributions.abs().sum(dim=1)
+    if reduction == "signed":
+        return attributions.sum(dim=1)
+    raise ConfigError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
+
+
+def gaussian_blur(batch: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``batch`` blurred per channel by a Gaussian of ``sigma`` pixels (reflect padding)."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or sigma <= 0:
+        raise ConfigError(f"blur sigma: expected a positive number of pixels, got {sigma!r}")
+    radius = max(1, min(math.ceil(3 * sigma), min(batch.shape[-2:]) - 1))
+    offsets = torch.arange(-radius, radius + 1, dtype=batch.dtype, device=batch.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = batch.shape[1]
+    rows = kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
+    cols = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+    padded = F.pad(batch, (radius, radius, radius, radius), mode="reflect")
+    return F.conv2d(F.conv2d(padded, rows, groups=channels), cols, groups=channels)
+
+
+#: Named baselines: what a face is compared with (IG) or replaced by (deletion/insertion).
+BASELINES = ("black", "blurred", "mean")
+
+
+def make_baseline(model: FerModel, inputs: torch.Tensor, baseline: str | torch.Tensor, *,
+                  mean_face: torch.Tensor | None = None, blur_sigma: float | None = None) -> torch.Tensor:
+    """A baseline batch shaped like ``inputs`` (preprocessed): ``"black"`` (zero pixels),
+    ``"blurred"`` (each face blurred, ``blur_sigma`` defaults to a tenth of the side),
+    ``"mean"`` (``mean_face``, a preprocessed ``(3, H, W)`` face), or a tensor broadcastable
+    to ``inputs``."""
+    if isinstance(baseline, torch.Tensor):
+        return _broadcast(baseline, inputs, "baseline")
+    if baseline == "black":
+        black = model.preprocessing.normalize(torch.zeros(3, 1, 1, dtype=torch.uint8)).to(inputs.device)
+        return black.expand_as(inputs).clone()
+    if baseline == "blurred":
+        return gaussian_blur(inputs, blur_sigma if blur_sigma is not None else inputs.shape[-1] / 10)
+    if baseline == "mean":
+        if mean_face is None:
+            raise ConfigError("baseline 'mean' needs mean_face: a preprocessed (3, H, W) mean face")
+        return _broadcast(mean_face, inputs, "mean_face")
+    raise ConfigError(f"baseline: expected one of {list(BASELINES)} or a tensor, got {baseline!r}")
+
+
+def _broadcast(tensor: torch.Tensor, inputs: torch.Tensor, name: str) -> torch.Tensor:
+    try:
+        return torch.broadcast_to(tensor.detach().to(inputs.device, inputs.dtype), inputs.shape).clone()
+    except RuntimeError as error:
+        raise ConfigError(f"{name}: expected a tensor broadcastable to {tuple(inputs.shape)}, "
+                          f"got {tuple(tensor.shape)}") from error
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return f"tensor{list(value.shape)}"
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

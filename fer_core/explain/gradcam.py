@@ -1,0 +1,123 @@
+"""Grad-CAM (Selvaraju et al.) and Grad-CAM++ (Chattopadhyay et al.) on a named layer of the
+timm network, upsampled to the input size.
+
+The layer's output is captured by a forward hook that hands the rest of the network a copy,
+so in-place activations after it (timm's EfficientNet SiLU) cannot overwrite what the
+gradient is taken with respect to.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fer_core.errors import ConfigError
+from fer_core.explain.base import register_method
+from fer_core.models.factory import FerModel
+
+
+def layers(model: FerModel, input_size: int | None = None) -> list[str]:
+    """Names of the network's :func:`stages` (e.g. ``conv_stem``, ``blocks.3``, ``conv_head``)
+    whose output is a spatial map larger than one
+    cell at ``input_size`` (default: the model's), in the order they run. The last one is
+    Grad-CAM's default layer: ``blocks.5`` (the last conv) for MobileNetV3-small, ``bn2``
+    (``conv_head`` after its BatchNorm and SiLU) for EfficientNet."""
+    size = input_size or model.input_size
+    candidates = dict(stages(model.module))
+    order: list[str] = []
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-1] * output.shape[-2] > 1:
+                order.append(name)
+        return hook
+
+    handles = [module.register_forward_hook(record(name)) for name, module in candidates.items()]
+    try:
+        with torch.no_grad():
+            model.module(torch.zeros(1, 3, size, size, device=model.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(dict.fromkeys(order))
+
+
+def stages(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The top-level modules, with top-level ``nn.Sequential`` containers (timm's ``blocks``)
+    replaced by their children (``blocks.0``, ``blocks.1``, ...)."""
+    found: list[tuple[str, nn.Module]] = []
+    for name, module in root.named_children():
+        if isinstance(module, nn.Sequential):
+            found.extend((f"{name}.{child}", submodule) for child, submodule in module.named_children())
+        else:
+            found.append((name, module))
+    return found
+
+
+def resolve_layer(model: FerModel, layer: str | None, input_size: int) -> tuple[str, nn.Module]:
+    """``layer``'s name and module (default: the last of :func:`layers`)."""
+    if layer is None:
+        names = layers(model, input_size)
+        if not names:
+            raise ConfigError(f"{model.architecture} has no spatial layer at {input_size} px for Grad-CAM")
+        layer = names[-1]
+    try:
+        return layer, model.module.get_submodule(layer)
+    except AttributeError as error:
+        raise ConfigError(f"layer: {model.architecture} has no module {layer!r}; "
+                          f"its stages: {layers(model, input_size)}") from error
+
+
+def activation_and_gradient(model: FerModel, inputs: torch.Tensor, targets: torch.Tensor,
+                            layer: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(N, K, h, w)`` output of ``layer`` and the gradient of each face's target logit
+    with respect to it."""
+    name, module = resolve_layer(model, layer, inputs.shape[-1])
+    captured: list[torch.Tensor] = []
+
+    def keep(module: nn.Module, args: tuple, output: object) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor) or output.ndim != 4:
+            raise ConfigError(f"layer {name!r} must output an (N, K, h, w) map; "
+                              "fer_core.explain.layers(model) lists the layers that do")
+        captured.append(output)
+        return output.clone()
+
+    handle = module.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            logits = model.module(inputs.detach().clone().requires_grad_(True))
+            score = logits.gather(1, targets[:, None]).sum()
+            (gradient,) = torch.autograd.grad(score, captured[0])
+    finally:
+        handle.remove()
+    return captured[0].detach(), gradient.detach()
+
+
+def _upsample(cam: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(cam[:, None], size=inputs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+@register_method("gradcam")
+def gradcam(model: FerModel, inputs: torch.Tensor, targets: torch.Tensor, layer: str | None = None) -> torch.Tensor:
+    """ReLU of the layer's channels weighted by their spatially averaged gradients."""
+    activation, gradient = activation_and_gradient(model, inputs, targets, layer)
+    weights = gradient.mean(dim=(2, 3), keepdim=True)
+    return _upsample(F.relu((weights * activation).sum(dim=1)), inputs)
+
+
+@register_method("gradcam++")
+def gradcam_plus_plus(model: FerModel, inputs: torch.Tensor, targets: torch.Tensor,
+                      layer: str | None = None) -> torch.Tensor:
+    """Grad-CAM++: channel weights are the positive gradients weighted per position by
+    alpha = g^2 / (2 g^2 + sum(A) g^3), the closed form for an exponential score."""
+    activation, gradient = activation_and_gradient(model, inputs, targets, layer)
+    squared, cubed = gradient ** 2, gradient ** 3
+    denominator = 2 * squared + activation.sum(dim=(2, 3), keepdim=True) * cubed
+    alpha = torch.where(denominator != 0, squared / torch.where(denominator != 0, denominator,
+                                                                 torch.ones_like(denominator)),
+                        torch.zeros_like(denominator))
+    weights = (alpha * F.relu(gradient)).sum(dim=(2, 3), keepdim=True)
+    return _upsample(F.relu((weights * activation).sum(dim=1)), inputs)

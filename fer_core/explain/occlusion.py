@@ -1,0 +1,29 @@
+"""Occlusion (Zeiler and Fergus): the drop of the target logit when a window is grayed out."""
+
+from __future__ import annotations
+
+import torch
+from captum.attr import Occlusion
+
+from fer_core.errors import ConfigError
+from fer_core.explain.base import make_baseline, reduce_channels, register_method
+from fer_core.models.factory import FerModel
+
+
+@register_method("occlusion")
+def occlusion(model: FerModel, inputs: torch.Tensor, targets: torch.Tensor, window: int = 8, stride: int = 4,
+              baseline: str | torch.Tensor = "blurred", mean_face: torch.Tensor | None = None,
+              blur_sigma: float | None = None, perturbations_per_eval: int = 16) -> torch.Tensor:
+    """Slide a ``window`` x ``window`` patch by ``stride`` pixels, replacing the face under it
+    with ``baseline`` (see :func:`make_baseline`); each pixel gets the mean logit drop of the
+    windows covering it (positive: the region supports the target)."""
+    side = min(inputs.shape[-2:])
+    for name, value in (("window", window), ("stride", stride)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= side:
+            raise ConfigError(f"{name}: expected an integer in [1, {side}] pixels, got {value!r}")
+    baselines = make_baseline(model, inputs, baseline, mean_face=mean_face, blur_sigma=blur_sigma)
+    attributions = Occlusion(model.module).attribute(
+        inputs, sliding_window_shapes=(3, window, window), strides=(3, stride, stride), baselines=baselines,
+        target=targets, perturbations_per_eval=perturbations_per_eval)
+    # The window spans the three channels, so every channel holds the same value.
+    return reduce_channels(attributions, "signed") / 3

@@ -1,0 +1,251 @@
+"""Attribution methods, overlays and sanity checks on real FER+ faces with the tiny model
+trained on real FER+ faces (48 px), and a randomly initialised EfficientNet-B0 at 64 px."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+
+from fer_core.data.datasets import FerPlusDataset
+from fer_core.errors import ConfigError
+from fer_core.explain import (Attribution, class_mean_maps, deletion_insertion, explain, layers, make_baseline,
+                              method_defaults, method_names, normalize_map, overlay, randomisation_check,
+                              sanity_report)
+from fer_core.models import FerModel, create_model, load_model
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model) -> FerModel:
+    return load_model(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def test_faces(ferplus_root) -> tuple[list[np.ndarray], np.ndarray]:
+    """32 FER+ test faces spread over the split, and their majority labels."""
+    dataset = FerPlusDataset(ferplus_root, "test")
+    picks = np.linspace(0, len(dataset) - 1, 32).astype(int)
+    return [dataset.read(dataset[int(i)]) for i in picks], dataset.labels[picks]
+
+
+@pytest.fixture(scope="module")
+def batch(model, test_faces) -> torch.Tensor:
+    return model.preprocessing.batch(test_faces[0])
+
+
+def test_method_registry_lists_the_methods():
+    assert method_names() == ["gradcam", "gradcam++", "integrated_gradients", "occlusion", "saliency", "smoothgrad"]
+    assert method_defaults("integrated_gradients")["baseline"] == "black"
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "integrated_gradients", "occlusion", "saliency",
+                                    "smoothgrad"])
+def test_every_method_gives_finite_maps_at_input_size(model, batch, method):
+    faces = batch[:4]
+    before = faces.clone()
+    attribution = explain(model, faces, method)
+    assert attribution.maps.shape == (4, 48, 48) and attribution.maps.dtype == np.float32
+    assert np.isfinite(attribution.maps).all()
+    assert (attribution.maps.reshape(4, -1).std(axis=1) > 0).all(), "every face gets a map with structure"
+    with torch.no_grad():
+        assert list(attribution.targets) == model.logits(faces).argmax(dim=1).tolist()
+    assert attribution.method == method and set(attribution.params) == set(method_defaults(method))
+    assert torch.equal(faces, before), "the caller's batch is left untouched"
+    np.testing.assert_array_equal(explain(model, faces, method).maps, attribution.maps)
+    json.dumps(attribution.to_dict())
+
+
+@pytest.mark.parametrize("method", ["gradcam", "integrated_gradients"])
+def test_maps_depend_on_the_target_class(model, batch, method):
+    faces = batch[:8]
+    with torch.no_grad():
+        logits = model.logits(faces)
+    top, bottom = logits.argmax(dim=1).tolist(), logits.argmin(dim=1).tolist()
+    first = explain(model, faces, method, target=top).maps
+    second = explain(model, faces, method, target=bottom).maps
+    assert all(not np.allclose(a, b) for a, b in zip(first, second))
+    # An empty Grad-CAM (no positive evidence for the class) shares no ranking with the other map.
+    correlations = [spearmanr(a.ravel(), b.ravel()).statistic if np.ptp(a) and np.ptp(b) else 0.0
+                    for a, b in zip(first, second)]
+    assert np.mean(correlations) < 0.5, correlations
+    emotion = model.emotions[top[0]]
+    np.testing.assert_allclose(explain(model, faces[:1], method, target=emotion).maps, first[:1],
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_gradcam_and_gradcam_plus_plus_follow_the_papers(model, batch):
+    """Weights from activations A and gradients g taken by a plain hook: Grad-CAM averages g;
+    Grad-CAM++ sums relu(g) * g^2 / (2 g^2 + sum(A) g^3) (Chattopadhyay et al., eq. 19)."""
+    faces, targets = batch[:6], [4, 5, 6, 7, 0, 3]
+    captured = []
+    handle = model.module.get_submodule("blocks.4").register_forward_hook(
+        lambda module, args, output: captured.append(output))
+    try:
+        score = model.module(faces).gather(1, torch.tensor(targets)[:, None]).sum()
+        (g,) = torch.autograd.grad(score, captured[0])
+    finally:
+        handle.remove()
+    a = captured[0].detach()
+    alpha = g ** 2 / (2 * g ** 2 + a.sum(dim=(2, 3), keepdim=True) * g ** 3)
+    alpha = torch.nan_to_num(alpha, nan=0.0)
+    for method, weights in (("gradcam", g.mean(dim=(2, 3), keepdim=True)),
+                            ("gradcam++", (alpha * torch.relu(g)).sum(dim=(2, 3), keepdim=True))):
+        cam = torch.relu((weights * a).sum(dim=1, keepdim=True))
+        expected = torch.nn.functional.interpolate(cam, size=(48, 48), mode="bilinear", align_corners=False)[:, 0]
+        maps = explain(model, faces, method, target=targets, layer="blocks.4").maps
+        np.testing.assert_allclose(maps, expected.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("baseline", "n_steps"), [("black", 128), ("blurred", 64)])
+def test_integrated_gradients_are_complete(model, batch, baseline, n_steps):
+    faces = batch[:8]
+    attribution = explain(model, faces, "integrated_gradients", baseline=baseline, n_steps=n_steps)
+    targets = torch.tensor(attribution.targets)[:, None]
+    with torch.no_grad():
+        difference = (model.logits(faces) - model.logits(make_baseline(model, faces, baseline))).gather(1, targets)
+    difference = difference[:, 0].numpy()
+    totals = attribution.maps.reshape(8, -1).sum(axis=1)
+    assert np.abs(totals - difference).sum() / np.abs(difference).sum() < 0.05
+    assert np.abs(totals - difference).max() < 0.15
+
+
+def test_integrated_gradients_batching_and_mean_face_baseline(model, batch):
+    faces, mean_face = batch[:3], batch.mean(dim=0)
+    whole = explain(model, faces, "integrated_gradients", baseline="mean", mean_face=mean_face, n_steps=16,
+                    internal_batch_size=None).maps
+    chunked = explain(model, faces, "integrated_gradients", baseline="mean", mean_face=mean_face, n_steps=16,
+                      internal_batch_size=5).maps
+    np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="mean_face"):
+        explain(model, faces, "integrated_gradients", baseline="mean")
+
+
+def test_randomisation_tells_the_trained_model_from_a_randomised_one(model, batch):
+    result = randomisation_check(model, batch[:8], "gradcam", depth=3)
+    assert result.layers == ["classifier", "conv_head", layers(model)[-1]]
+    assert result.repeat_spearman == pytest.approx(1.0)
+    assert result.spearman[-1] < 0.5 and min(result.spearman) < 0.5
+    assert result.passed
+    json.dumps(result.to_dict())
+
+
+def test_deletion_and_insertion_reward_faithful_maps(model, batch):
+    occlusion = explain(model, batch, "occlusion")
+    faithful = deletion_insertion(model, batch, occlusion)
+    assert faithful.deletion_win_rate >= 0.8 and faithful.insertion_win_rate >= 0.8
+    assert faithful.deletion_auc < faithful.random_deletion_auc < faithful.insertion_auc
+    assert faithful.passed
+    reversed_order = Attribution(-occlusion.maps, "reversed occlusion", occlusion.targets)
+    unfaithful = deletion_insertion(model, batch, reversed_order)
+    assert unfaithful.deletion_auc > unfaithful.random_deletion_auc and not unfaithful.passed
+
+
+def test_sanity_report_is_json_ready_for_each_method(model, batch):
+    report = sanity_report(model, batch[:6], ["gradcam", "saliency"], depth=2, steps=8)
+    assert set(report) == {"gradcam", "saliency"}
+    for entry in report.values():
+        assert entry["faces_per_second"] > 0
+        assert entry["passed"] == (entry["randomisation"]["passed"] and entry["faithfulness"]["passed"])
+    json.loads(json.dumps(report))
+
+
+def test_overlay_blends_the_heatmap_over_the_face(model, batch, test_faces):
+    image = test_faces[0][0]
+    big = np.ascontiguousarray(np.repeat(np.repeat(image, 2, axis=0), 2, axis=1))
+    attribution = explain(model, batch[:1], "gradcam").maps[0]
+    assert np.array_equal(overlay(big, attribution, alpha=0.0), big)
+    heat = overlay(big, attribution, alpha=1.0)
+    assert heat.shape == big.shape and heat.dtype == np.uint8
+    half = overlay(big, attribution, alpha=0.5).astype(int)
+    assert np.abs(half - (big.astype(int) + heat.astype(int)) / 2).max() <= 1
+    hottest = np.unravel_index(np.argmax(np.kron(normalize_map(attribution), np.ones((2, 2)))), big.shape[:2])
+    assert heat[hottest][0] > heat[hottest][2], "jet's top is red"
+
+
+def test_signed_overlay_uses_a_diverging_map():
+    image = np.full((4, 4, 3), 128, np.uint8)
+    signed = np.zeros((4, 4), np.float32)
+    signed[0, 0], signed[3, 3] = 1.0, -1.0
+    colored = overlay(image, signed, alpha=1.0, signed=True, percentile=100)
+    assert tuple(colored[0, 0]) == (255, 0, 0) and tuple(colored[3, 3]) == (0, 0, 255)
+    assert colored[1, 1].min() >= 250, "zero is white"
+    assert normalize_map(signed, signed=True, percentile=100).min() == -1.0
+    assert normalize_map(signed, percentile=100).min() == 0.0
+    with pytest.raises(ConfigError, match="colormap"):
+        overlay(image, signed, colormap="rainbow-unicorn")
+
+
+def test_class_mean_maps_average_normalised_maps_per_class(model, batch, test_faces):
+    labels = test_faces[1]
+    maps = explain(model, batch, "gradcam", target=labels.tolist()).maps
+    means = class_mean_maps(maps, labels, model.emotions)
+    assert set(means) == {model.emotions[i] for i in np.unique(labels)}
+    first = model.emotions[labels[0]]
+    expected = np.mean([normalize_map(m) for m, label in zip(maps, labels) if label == labels[0]], axis=0)
+    np.testing.assert_allclose(means[first], expected, rtol=1e-6)
+    assert means[first].shape == (48, 48) and 0 <= means[first].min() and means[first].max() <= 1
+
+
+def test_bad_requests_get_clear_errors(model, batch):
+    with pytest.raises(ConfigError, match="registered methods"):
+        explain(model, batch[:1], "lime")
+    with pytest.raises(ConfigError, match="n_step"):
+        explain(model, batch[:1], "integrated_gradients", n_step=8)
+    with pytest.raises(ConfigError, match="class index"):
+        explain(model, batch[:1], "saliency", target=8)
+    with pytest.raises(ConfigError, match="one class per face"):
+        explain(model, batch[:2], "saliency", target=[0])
+    with pytest.raises(ConfigError, match="its stages"):
+        explain(model, batch[:1], "gradcam", layer="blocks.99")
+    with pytest.raises(ConfigError, match="must output"):
+        explain(model, batch[:1], "gradcam", layer="classifier")
+    with pytest.raises(ConfigError, match=r"\(N, 3, H, W\)"):
+        explain(model, batch[0], "gradcam")
+    with pytest.raises(ConfigError, match="reduction"):
+        explain(model, batch[:1], "saliency", reduction="max")
+
+
+def test_efficientnet_b0_with_inplace_silu_runs_gradcam_and_ig(ferplus_root):
+    torch.manual_seed(0)
+    module = create_model("tf_efficientnet_b0_ns")
+    nn.init.normal_(module.get_classifier().weight, std=0.05)  # the factory's head is all zeros
+    model = FerModel(module, "tf_efficientnet_b0_ns", input_size=64)
+    assert any(getattr(m, "inplace", False) for m in model.module.modules())
+    dataset = FerPlusDataset(ferplus_root, "test")
+    faces = model.preprocessing.batch([dataset.read(dataset[i]) for i in range(2)])
+    assert layers(model)[-3:] == ["blocks.6", "conv_head", "bn2"]
+    for method, params in (("gradcam", {}), ("gradcam++", {"layer": "blocks.6"}),
+                           ("integrated_gradients", {"n_steps": 8})):
+        maps = explain(model, faces, method, **params).maps
+        assert maps.shape == (2, 64, 64) and np.isfinite(maps).all() and (maps.reshape(2, -1).std(axis=1) > 0).all()
+
+
+def test_gradcam_on_a_layer_that_an_inplace_silu_overwrites(ferplus_root):
+    """``bn1.drop`` is an Identity whose output the next SiLU(inplace=True) overwrites: the map
+    must be the one of the pre-activation values (as with an out-of-place SiLU)."""
+    torch.manual_seed(0)
+    module = create_model("tf_efficientnet_b0_ns")
+    nn.init.normal_(module.get_classifier().weight, std=0.05)
+    model = FerModel(module, "tf_efficientnet_b0_ns", input_size=64)
+    dataset = FerPlusDataset(ferplus_root, "test")
+    faces = model.preprocessing.batch([dataset.read(dataset[i]) for i in range(2)])
+    maps = explain(model, faces, "gradcam", target=[3, 4], layer="blocks.0.0.bn1.drop").maps
+
+    reference = copy.deepcopy(model.module)  # the same network with an out-of-place SiLU there
+    reference.get_submodule("blocks.0.0.bn1").act = nn.SiLU(inplace=False)
+    captured = []
+    handle = reference.get_submodule("blocks.0.0.bn1.drop").register_forward_hook(
+        lambda module, args, output: captured.append(output))
+    try:
+        score = reference(faces.clone().requires_grad_(True)).gather(1, torch.tensor([[3], [4]])).sum()
+        (gradient,) = torch.autograd.grad(score, captured[0])
+    finally:
+        handle.remove()
+    cam = torch.relu((gradient.mean(dim=(2, 3), keepdim=True) * captured[0].detach()).sum(dim=1, keepdim=True))
+    expected = torch.nn.functional.interpolate(cam, size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+    np.testing.assert_allclose(maps, expected.detach().numpy(), rtol=1e-4, atol=1e-3 * float(expected.abs().max()))
