@@ -26,13 +26,15 @@ if runs:
     table = pd.DataFrame([
         {"metric": name.replace("_", " "), "value": m[name], "95% CI low": m["ci95"][name][0],
          "95% CI high": m["ci95"][name][1]}
-        for name in ("accuracy", "balanced_accuracy", "macro_f1")]
-        + [{"metric": "valence accuracy", "value": m["valence"]["accuracy"], "95% CI low": float("nan"),
-            "95% CI high": float("nan")}])
-    st.dataframe(table.style.format(precision=4, na_rep="-"), hide_index=True)
+        for name in ("accuracy", "balanced_accuracy", "macro_f1")])
+    st.dataframe(table.style.format(precision=4), hide_index=True)
+    groups = ", ".join(f"{g} {r:.1%}" for g, r in m["valence"]["per_group_recall"].items())
+    st.write(f"Valence-group accuracy: **{m['valence']['accuracy']:.2%}** (recall per group: {groups})")
     st.subheader("Per class")
     st.plotly_chart(charts.per_class_bars(m["per_class"]), key="per-class")
-    st.dataframe(pd.DataFrame(m["per_class"]).T.style.format(precision=3), key="per-class-table")
+    per_class = pd.DataFrame(m["per_class"]).T.astype({"support": int})
+    st.dataframe(per_class.style.format({"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}),
+                 key="per-class-table")
     st.subheader("Confusion matrix")
     normalized = st.toggle("Row-normalized", value=True)
     st.plotly_chart(charts.confusion_heatmap(m["confusion"], normalized), key="confusion")

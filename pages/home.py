@@ -15,7 +15,7 @@ if config is not None:
     datasets = available_datasets(config.resolve(config.data.root))
     runs = list_runs(config.resolve(config.paths.runs_dir))
 
-    left, middle, right = st.columns(3)
+    left, middle, right = st.columns([2, 1, 1])
     left.metric("Model", model.architecture if model else "none")
     middle.metric("Datasets", len(datasets))
     right.metric("Evaluation runs", len([r for r in runs if r.kind == "evaluation"]))
@@ -44,7 +44,8 @@ if config is not None:
         "2. **How does fine-tuning on synthetic faces change accuracy on real faces?** "
         "Compare runs (McNemar's test) on *Baseline metrics*.\n"
         "3. **Which facial regions drive the decisions, on real vs synthetic faces?** "
-        "Saliency (Grad-CAM, Integrated Gradients, LRP) per face on *Upload*.\n"
+        "Saliency maps (Grad-CAM, Grad-CAM++, Integrated Gradients, SmoothGrad, occlusion) with sanity "
+        "checks: `fer_core.explain.explain(model, faces, method)`.\n"
         "4. **How do real and synthetic faces differ inside the model?** "
         "Penultimate embeddings: `fer_core.models.EmotionRecognizer.extract_features`.")
     ui.page_link("baseline_metrics.py")

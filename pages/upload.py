@@ -47,7 +47,8 @@ if config is not None:
             labels, scores = ui.get_recognizer(model).predict_emotions([f.image for f in faces])
         for number, face in enumerate(faces, start=1):
             crop, chart = st.columns([1, 2])
-            crop.image(face.image, caption=f"face {number} (aligned), score {face.detection.score:.2f}", width=200)
+            crop.image(face.image, caption=f"face {number} (aligned), score {face.detection.score:.2f}: what the "
+                       f"model sees at {crop_size} px", width=200)
             result = {"face": number, "box": [float(v) for v in face.detection.box],
                       "detection_score": float(face.detection.score)}
             if trained:

@@ -114,6 +114,7 @@ def test_baseline_metrics_shows_the_run(monkeypatch, app_config, project):
     assert accuracy["value"] == pytest.approx(metrics["accuracy"])
     assert accuracy["95% CI low"] == pytest.approx(metrics["ci95"]["accuracy"][0])
     assert len(app.get("plotly_chart")) == 2  # per-class bars and the confusion matrix
+    assert any(f"{metrics['valence']['accuracy']:.2%}" in m.value for m in app.markdown)
     app.toggle[0].set_value(False).run()
     assert not app.exception
     # The two runs of the same model on the same faces: McNemar finds no difference.
