@@ -1,0 +1,34 @@
+"""The shipped default model: loads offline, is what its card says, and recognises real faces."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fer_core.config import load_config
+from fer_core.data import FerPlusDataset, stratified_split
+from fer_core.inference import predict_dataset
+from fer_core.models import load_model
+from fer_core.workflows import SHIPPED_WEIGHTS, resolve_weights
+from tests.conftest import REPO
+
+WEIGHTS = REPO / SHIPPED_WEIGHTS
+
+
+def test_shipped_model_is_the_default_and_small():
+    assert resolve_weights(load_config()) == WEIGHTS
+    assert WEIGHTS.stat().st_size <= 16 * 2**20
+    meta = json.loads(WEIGHTS.with_suffix(".json").read_text())
+    assert meta["dtype"] == "float16" and meta["architecture"] == "tf_efficientnet_b0_ns"
+    model = load_model(WEIGHTS)
+    assert model.provenance["head_trained"] and model.input_size == meta["input_size"]
+
+
+def test_shipped_model_accuracy_on_real_ferplus_test_faces(ferplus_root, tmp_path):
+    model = load_model(WEIGHTS)
+    test = FerPlusDataset(ferplus_root, "test")
+    keep = stratified_split(test.labels, {"use": 600 / len(test), "rest": 1 - 600 / len(test)}, seed=1)["use"]
+    table = predict_dataset(model, test.subset(np.sort(keep)), tmp_path, progress=False)
+    accuracy = float((table["pred"] == table["label"]).mean())
+    # The model card reports 76.5% on all 3,375 test faces; 600 faces give about +-3.5 points.
+    assert accuracy == pytest.approx(0.765, abs=0.05)
