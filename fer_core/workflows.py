@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from fer_core import __version__
 from fer_core.config import Config
@@ -14,7 +13,6 @@ from fer_core.errors import ConfigError, DataError, ModelLoadError
 from fer_core.evaluation import classification_report, mcnemar
 from fer_core.faces import FacePipeline
 from fer_core.inference import predict_dataset
-from fer_core.labels import EMOTIONS
 from fer_core.models import FerModel, load_model
 from fer_core.runs import METRICS_FILE, RUN_FILE, Run, run_id, utc_now, write_json_atomic
 from fer_core.training import (GRADUAL_UNFREEZING_STAGES, HSEMOTION_STAGES, AugmentSettings, Stage, Trainer,
@@ -155,8 +153,3 @@ def device_for(config: Config) -> str:
     if config.model.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return config.model.device
-
-
-def probabilities_table(probabilities: np.ndarray) -> dict[str, float]:
-    """``{emotion: probability}`` for one face."""
-    return {e: float(p) for e, p in zip(EMOTIONS, probabilities)}

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from scipy.stats import spearmanr
 
 from fer_core.errors import ConfigError
