@@ -9,6 +9,8 @@ real B0 network at a small input size.
 
 from __future__ import annotations
 
+import copy
+
 import math
 import os
 import subprocess
@@ -132,6 +134,19 @@ def test_fingerprint_is_stable_and_follows_the_weights() -> None:
     with torch.no_grad():
         module.conv_stem.weight[0, 0, 0, 0] += 1e-3
     assert FerModel(module, TINY_ARCHITECTURE).fingerprint != first
+
+
+def test_a_changed_copy_or_an_edited_model_never_keeps_a_stale_fingerprint() -> None:
+    model = FerModel(create_model(TINY_ARCHITECTURE), TINY_ARCHITECTURE)
+    original = model.fingerprint
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        copied.module.get_classifier().weight.add_(1.0)
+    assert copied.fingerprint != original and model.fingerprint == original
+    with torch.no_grad():
+        model.module.get_classifier().bias.add_(1.0)
+    model.forget_fingerprint()
+    assert model.fingerprint not in (original, copied.fingerprint)
 
 
 # --- our own checkpoints ----------------------------------------------------------------------

@@ -7,6 +7,7 @@ Networks are always built with ``pretrained=False``: weights come only from file
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -154,6 +155,17 @@ class FerModel:
             digest.update(key.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
+
+    def forget_fingerprint(self) -> None:
+        """Drop the kept fingerprint: call after changing the weights in place."""
+        self.__dict__.pop("fingerprint", None)
+
+    def __deepcopy__(self, memo: dict) -> "FerModel":
+        """A deep copy that computes its own fingerprint (a copy is made to be changed)."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update({name: copy.deepcopy(value, memo) for name, value in self.__dict__.items()
+                               if name != "fingerprint"})
+        return clone
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, len(emotions))`` logits of a preprocessed ``(N, 3, S, S)`` batch."""
