@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +13,12 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from fer_core.config import load_config
 from fer_core.data.datasets import FerPlusDataset
-from fer_core.errors import ConfigError
-from fer_core.explain import (Attribution, class_mean_maps, deletion_insertion, explain, layers, make_baseline,
-                              method_defaults, method_names, normalize_map, overlay, randomisation_check,
-                              sanity_report)
+from fer_core.errors import ConfigError, DataError
+from fer_core.explain import (Attribution, class_mean_maps, default_layer, deletion_insertion, explain, layers,
+                              load_quality, make_baseline, method_defaults, method_names, normalize_map, overlay, quality_path,
+                              randomisation_check, record_quality, sanity_report)
 from fer_core.models import FerModel, create_model, load_model
 
 
@@ -39,7 +41,8 @@ def batch(model, test_faces) -> torch.Tensor:
 
 
 def test_method_registry_lists_the_methods():
-    assert method_names() == ["gradcam", "gradcam++", "integrated_gradients", "occlusion", "saliency", "smoothgrad"]
+    assert method_names() == ["gradcam", "gradcam++", "integrated_gradients", "lrp", "occlusion", "saliency",
+                              "smoothgrad"]
     assert method_defaults("integrated_gradients")["baseline"] == "black"
 
 
@@ -249,3 +252,66 @@ def test_gradcam_on_a_layer_that_an_inplace_silu_overwrites(ferplus_root):
     cam = torch.relu((gradient.mean(dim=(2, 3), keepdim=True) * captured[0].detach()).sum(dim=1, keepdim=True))
     expected = torch.nn.functional.interpolate(cam, size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
     np.testing.assert_allclose(maps, expected.detach().numpy(), rtol=1e-4, atol=1e-3 * float(expected.abs().max()))
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "fer_b0_ferplus.safetensors"
+
+
+def test_gradcam_deletion_beats_the_random_order_on_the_shipped_model(ferplus_root, tmp_path):
+    """The shipped B0 (64 px) on 32 real FER+ test faces, blurred replacement. Grad-CAM on its
+    default layer removes the evidence faster than a random pixel order. That layer is
+    ``blocks.4`` (4 x 4): measured on two samples of 32 faces, the 2 x 2 stages (``blocks.5``,
+    ``bn2``) did no better than random (deletion 0.43-0.49 vs random 0.42-0.47) while every
+    4 x 4 or finer stage did (0.33-0.38)."""
+    model = load_model(SHIPPED)
+    assert default_layer(model) == "blocks.4" and default_layer(model, 224) == "bn2"
+    dataset = FerPlusDataset(ferplus_root, "test")
+    picks = np.linspace(0, len(dataset) - 1, 32).astype(int)
+    faces = model.preprocessing.batch([dataset.read(dataset[int(i)]) for i in picks])
+    results = record_quality(tmp_path, model, faces, ["gradcam"], source="ferplus:test, 32 spread", depth=3,
+                             steps=16)
+    gradcam = results["gradcam"]
+    faithful = gradcam["faithfulness"]
+    assert faithful["baseline"] == "blurred"
+    assert faithful["deletion_auc"] < faithful["random_deletion_auc"] - 0.03, faithful["deletion_auc"]
+    assert faithful["deletion_p_value"] < 0.05 and faithful["deletion_win_rate"] > 0.5
+    assert faithful["insertion_auc"] > faithful["random_insertion_auc"]
+    assert gradcam["randomisation"]["passed"] and gradcam["passed"]
+    assert load_quality(tmp_path, model.fingerprint) == json.loads(json.dumps(results))
+
+
+def test_quality_results_are_stored_merged_and_loaded(model, batch, project):
+    config = load_config(project / "configs" / "config.yaml")
+    assert load_quality(config, model.fingerprint) == {}, "nothing stored yet"
+    first = record_quality(config, model, batch[:6], ["gradcam", "saliency"], source="ferplus:test", depth=2, steps=8)
+    second = record_quality(config, model, batch[:6], ["occlusion"], source="ferplus:test", depth=2, steps=8)
+    path = quality_path(config, model.fingerprint)
+    assert path == project / "cache" / "quality" / f"{model.fingerprint}.json"
+    stored = load_quality(project / "cache", model.fingerprint)
+    assert set(stored) == {"gradcam", "saliency", "occlusion"}
+    assert stored["occlusion"]["passed"] == second["occlusion"]["passed"]
+    for method, entry in {**first, **second}.items():
+        assert stored[method]["passed"] == (entry["randomisation"]["passed"] and entry["faithfulness"]["passed"])
+        assert stored[method]["faces"] == {"n": 6, "source": "ferplus:test"}
+    assert json.loads(path.read_text())["architecture"] == model.architecture
+    assert not list(path.parent.glob(".*.tmp")), "written atomically"
+    path.write_text("{ half a file")
+    with pytest.raises(DataError, match="unreadable saliency-quality file"):
+        load_quality(config, model.fingerprint)
+    with pytest.raises(ConfigError, match="fingerprint"):
+        load_quality(config, "../../etc/passwd")
+
+
+def test_sanity_command_stores_what_the_dashboard_flags(project, tiny_model, capsys):
+    from fer_core.cli import main
+    config_file = str(project / "configs" / "config.yaml")
+    assert main(["--config", config_file, "sanity", "--dataset", "ferplus:test", "--model", str(tiny_model),
+                 "--method", "gradcam", "--method", "saliency", "--faces", "8", "--depth", "2", "--steps", "8"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    stored = load_quality(project / "cache", load_model(tiny_model).fingerprint)
+    assert set(printed) == {"gradcam", "saliency"} and set(stored) >= {"gradcam", "saliency"}
+    for method, summary in printed.items():
+        assert stored[method]["passed"] == summary["passed"]
+        assert stored[method]["faces"] == {"n": 8, "source": "ferplus:test, 8 faces spread"}
+    assert main(["--config", config_file, "sanity", "--dataset", "ferplus:test", "--method", "nosuch"]) == 2
+    assert "unknown attribution method" in capsys.readouterr().err

@@ -26,10 +26,12 @@ REDUCTIONS = ("abs", "signed")
 
 
 class AttributionMethod(Protocol):
-    """``(model, inputs, targets, **params) -> (N, H, W)`` maps; ``inputs`` is a detached
-    copy of the batch on the model's device, ``targets`` a ``(N,)`` long tensor."""
+    """``(model, inputs, targets, **params) -> (N, H, W)`` maps (or a :class:`MethodResult`
+    with diagnostics); ``inputs`` is a detached copy of the batch on the model's device,
+    ``targets`` a ``(N,)`` long tensor."""
 
-    def __call__(self, model: FerModel, inputs: torch.Tensor, targets: torch.Tensor, **params: Any) -> torch.Tensor: ...
+    def __call__(self, model: FerModel, inputs: torch.Tensor, targets: torch.Tensor,
+                 **params: Any) -> "torch.Tensor | MethodResult": ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,11 +44,22 @@ class Attribution:
     method: str
     targets: tuple[int, ...]
     params: Mapping[str, Any] = field(default_factory=dict)
+    #: What the method measured about its own maps (e.g. LRP's per-face conservation error).
+    diagnostics: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings, JSON-ready (the maps are left out: they are arrays)."""
+        """The settings and diagnostics, JSON-ready (the maps are left out: they are arrays)."""
         return {"method": self.method, "targets": list(self.targets), "params": _json_ready(dict(self.params)),
-                "shape": list(self.maps.shape)}
+                "shape": list(self.maps.shape), "diagnostics": _json_ready(dict(self.diagnostics))}
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """What a method may return instead of bare ``(N, H, W)`` maps: the maps and its
+    diagnostics of them (JSON-ready values, per-face lists in batch order)."""
+
+    maps: torch.Tensor
+    diagnostics: Mapping[str, Any]
 
 
 _METHODS: dict[str, AttributionMethod] = {}
@@ -89,11 +102,13 @@ def explain(model: FerModel, faces: torch.Tensor, method: str, target: Target = 
     inputs = check_batch(model, faces)
     targets = resolve_targets(model, inputs, target)
     model.module.eval()
-    maps = function(model, inputs, targets, **settings)
+    result = function(model, inputs, targets, **settings)
+    maps, diagnostics = (result.maps, result.diagnostics) if isinstance(result, MethodResult) else (result, {})
     maps = maps.detach().float().cpu().numpy().astype(np.float32, copy=False)
     if maps.shape != (inputs.shape[0], *inputs.shape[2:]):
         raise RuntimeError(f"{method} returned maps of shape {maps.shape} for inputs {tuple(inputs.shape)}")
-    return Attribution(maps, method, tuple(int(t) for t in targets.tolist()), MappingProxyType(settings))
+    return Attribution(maps, method, tuple(int(t) for t in targets.tolist()), MappingProxyType(settings),
+                       MappingProxyType(dict(diagnostics)))
 
 
 def _lookup(method: str) -> AttributionMethod:

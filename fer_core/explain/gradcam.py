@@ -18,21 +18,39 @@ from fer_core.errors import ConfigError
 from fer_core.explain.base import register_method
 from fer_core.models.factory import FerModel
 
+#: Grad-CAM's default layer is the last whose map has at least this many cells a side.
+MIN_CAM_SIDE = 3
+
 
 def layers(model: FerModel, input_size: int | None = None) -> list[str]:
     """Names of the network's :func:`stages` (e.g. ``conv_stem``, ``blocks.3``, ``conv_head``)
-    whose output is a spatial map larger than one
-    cell at ``input_size`` (default: the model's), in the order they run. The last one is
-    Grad-CAM's default layer: ``blocks.5`` (the last conv) for MobileNetV3-small, ``bn2``
-    (``conv_head`` after its BatchNorm and SiLU) for EfficientNet."""
-    size = input_size or model.input_size
+    whose output is a spatial map larger than one cell at ``input_size`` (default: the
+    model's), in the order they run."""
+    return list(_map_sides(model, input_size or model.input_size))
+
+
+def default_layer(model: FerModel, input_size: int | None = None) -> str:
+    """Grad-CAM's default layer: the last stage whose map is at least :data:`MIN_CAM_SIDE`
+    cells a side (the last conv stage, ``bn2``, for EfficientNet at 224 px; ``blocks.4`` for
+    B0 at 64 px, where ``bn2`` is 2 x 2 and its maps measured no better than a random order
+    in the deletion test), else the last spatial one."""
+    sides = _map_sides(model, input_size or model.input_size)
+    if not sides:
+        raise ConfigError(f"{model.architecture} has no spatial layer at {input_size or model.input_size} px "
+                          "for Grad-CAM")
+    wide_enough = [name for name, side in sides.items() if side >= MIN_CAM_SIDE]
+    return (wide_enough or list(sides))[-1]
+
+
+def _map_sides(model: FerModel, size: int) -> dict[str, int]:
+    """Each spatial stage's output side (the smaller one), in the order the stages run."""
     candidates = dict(stages(model.module))
-    order: list[str] = []
+    order: dict[str, int] = {}
 
     def record(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-1] * output.shape[-2] > 1:
-                order.append(name)
+                order.setdefault(name, int(min(output.shape[-2:])))
         return hook
 
     handles = [module.register_forward_hook(record(name)) for name, module in candidates.items()]
@@ -42,7 +60,7 @@ def layers(model: FerModel, input_size: int | None = None) -> list[str]:
     finally:
         for handle in handles:
             handle.remove()
-    return list(dict.fromkeys(order))
+    return order
 
 
 def stages(root: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -58,12 +76,9 @@ def stages(root: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def resolve_layer(model: FerModel, layer: str | None, input_size: int) -> tuple[str, nn.Module]:
-    """``layer``'s name and module (default: the last of :func:`layers`)."""
+    """``layer``'s name and module (default: :func:`default_layer`)."""
     if layer is None:
-        names = layers(model, input_size)
-        if not names:
-            raise ConfigError(f"{model.architecture} has no spatial layer at {input_size} px for Grad-CAM")
-        layer = names[-1]
+        layer = default_layer(model, input_size)
     try:
         return layer, model.module.get_submodule(layer)
     except AttributeError as error:

@@ -7,7 +7,14 @@ a method that fails:
 * deletion / insertion (Petsiuk et al. 2018): remove (or insert) pixels in the order of the
   attribution, replacing them with a baseline, and take the area under the target class
   probability curve; a faithful map beats a random order (lower deletion, higher insertion
-  area).
+  area), tested per face with a one-sided Wilcoxon signed-rank test.
+
+Measured with the shipped B0 (64 px) on 24-32 FER+ test faces, blurred replacement: Grad-CAM
+on its default layer (``bn2``, a 2 x 2 map at 64 px) does not beat the random order (deletion
+area 0.44-0.47 vs 0.41-0.44 on three samples of faces); on ``blocks.3`` (4 x 4, stride 16) it
+does (0.33-0.38 vs 0.41-0.44, p 0.001-0.1). Saliency, integrated gradients and occlusion beat
+it clearly (deletion 0.13-0.33 vs 0.41). A random order over 4 or 8 px patches instead of pixels
+changed the random areas by less than 0.01.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from scipy.stats import spearmanr
+from scipy.stats import spearmanr, wilcoxon
 
 from fer_core.errors import ConfigError
 from fer_core.explain.base import Attribution, Target, check_batch, explain, make_baseline, resolve_targets
@@ -51,8 +58,9 @@ class RandomisationResult:
 class FaithfulnessResult:
     """Deletion and insertion areas (target probability over the fraction of pixels changed,
     mean over faces) in attribution order and in a random order; ``*_win_rate`` is the
-    fraction of faces on which the attribution order beats the random one. ``passed``: it
-    beats random on most faces, in deletion and in insertion."""
+    fraction of faces on which the attribution order beats the random one, ``*_p_value`` the
+    one-sided Wilcoxon signed-rank p-value of that (paired over faces; NaN for one face).
+    ``passed``: the mean area beats the random order's, in deletion and in insertion."""
 
     method: str
     steps: int
@@ -63,6 +71,8 @@ class FaithfulnessResult:
     random_insertion_auc: float
     deletion_win_rate: float
     insertion_win_rate: float
+    deletion_p_value: float
+    insertion_p_value: float
     deletion_per_face: list[float]
     random_deletion_per_face: list[float]
     insertion_per_face: list[float]
@@ -136,6 +146,7 @@ def randomisation_check(model: FerModel, faces: torch.Tensor, method: str, targe
     per_face: list[list[float]] = []
     for step, name in enumerate(order):
         reinitialise(randomised.module.get_submodule(name), seed + step)
+        randomised.forget_fingerprint()
         randomised.module.eval()
         maps = explain(randomised, inputs, method, targets, **params).maps
         per_face.append(_correlations(reference.maps, maps, absolute))
@@ -196,15 +207,26 @@ def deletion_insertion(model: FerModel, faces: torch.Tensor, attribution: Attrib
         attribution.method, steps, name, float(deletion.mean()), float(random_deletion.mean()),
         float(insertion.mean()), float(random_insertion.mean()),
         float(np.mean(deletion < random_deletion)), float(np.mean(insertion > random_insertion)),
+        _paired_p_value(deletion, random_deletion, "less"), _paired_p_value(insertion, random_insertion, "greater"),
         deletion.tolist(), random_deletion.tolist(), insertion.tolist(), random_insertion.tolist(),
-        passed=bool(np.mean(deletion < random_deletion) > 0.5 and np.mean(insertion > random_insertion) > 0.5))
+        passed=bool(deletion.mean() < random_deletion.mean() and insertion.mean() > random_insertion.mean()))
+
+
+def _paired_p_value(areas: np.ndarray, random_areas: np.ndarray, alternative: str) -> float:
+    """One-sided Wilcoxon signed-rank p-value that ``areas`` are ``alternative`` than ``random_areas``."""
+    if len(areas) < 2 or np.all(areas == random_areas):
+        return float("nan")
+    return float(wilcoxon(areas, random_areas, alternative=alternative).pvalue)
 
 
 def sanity_report(model: FerModel, faces: torch.Tensor, methods: Sequence[str], target: Target = "predicted",
                   params: Mapping[str, Mapping[str, Any]] | None = None, depth: int | None = None,
-                  steps: int = 20, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Both checks for each of ``methods`` (``params[method]`` are its settings), JSON-ready:
-    ``{method: {"faces_per_second", "randomisation", "faithfulness", "passed"}}``."""
+                  steps: int = 20, seed: int = 0, baseline: str | torch.Tensor = "blurred",
+                  mean_face: torch.Tensor | None = None, blur_sigma: float | None = None) -> dict[str, dict[str, Any]]:
+    """Both checks for each of ``methods`` (``params[method]`` are its settings; deleted
+    pixels are taken from ``baseline``, see :func:`deletion_insertion`), JSON-ready:
+    ``{method: {"faces_per_second", "params", "diagnostics", "randomisation", "faithfulness",
+    "passed"}}``."""
     params = params or {}
     inputs = check_batch(model, faces)
     targets = resolve_targets(model, inputs, target).tolist()
@@ -215,8 +237,11 @@ def sanity_report(model: FerModel, faces: torch.Tensor, methods: Sequence[str], 
         attribution = explain(model, inputs, method, targets, **settings)
         seconds = time.perf_counter() - started
         randomisation = randomisation_check(model, inputs, method, targets, depth=depth, seed=seed, **settings)
-        faithfulness = deletion_insertion(model, inputs, attribution, steps=steps, seed=seed)
-        report[method] = {"faces_per_second": inputs.shape[0] / seconds, "params": attribution.to_dict()["params"],
+        faithfulness = deletion_insertion(model, inputs, attribution, steps=steps, baseline=baseline, seed=seed,
+                                          mean_face=mean_face, blur_sigma=blur_sigma)
+        described = attribution.to_dict()
+        report[method] = {"faces_per_second": inputs.shape[0] / seconds, "params": described["params"],
+                          "diagnostics": described["diagnostics"],
                           "randomisation": randomisation.to_dict(), "faithfulness": faithfulness.to_dict(),
                           "passed": randomisation.passed and faithfulness.passed}
     return report
