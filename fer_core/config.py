@@ -79,6 +79,7 @@ class InferenceConfig:
     batch_size: int = 32
     num_workers: int = 0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    backend: str = "torch"  # a name from fer_core.backends.BACKENDS: torch | torch-channels-last | onnx
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,10 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"config key 'data.val_fraction': must be in [0, 1), got {config.data.val_fraction}")
     if config.faces.margin < 0:
         raise ConfigError(f"config key 'faces.margin': must be >= 0, got {config.faces.margin}")
+    from fer_core.backends import BACKENDS  # the registry is the one list of names (imports torch)
+    if config.inference.backend not in BACKENDS:
+        raise ConfigError(f"config key 'inference.backend': {config.inference.backend!r} is not one of "
+                          f"{sorted(BACKENDS)}")
 
 
 def config_from_dict(values: Mapping[str, Any] | None = None, root: Path | str = PROJECT_ROOT) -> Config:
@@ -238,6 +243,8 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | N
         raise ConfigError(f"config file not found: {path}")
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(values, dict):
@@ -259,4 +266,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or "." not in key:
         raise ConfigError(f"override {text!r}: expected section.key=value, e.g. model.input_size=64")
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc})") from None

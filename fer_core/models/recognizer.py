@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from fer_core.backends import DEFAULT_BACKEND, InferenceBackend, check_backend_name, load_backend
 from fer_core.errors import ConfigError, DataError
 from fer_core.models.factory import FerModel
 
@@ -21,14 +22,22 @@ class EmotionRecognizer:
     """Emotions and features of RGB uint8 face crops, batched, under ``torch.inference_mode``.
 
     Mirrors HSEmotion's ``HSEmotionRecognizer``: one face gives one label and a score per
-    emotion; a list of faces gives a list of labels and an ``(N, C)`` array.
+    emotion; a list of faces gives a list of labels and an ``(N, C)`` array. The network runs
+    through ``backend`` (a name from :data:`fer_core.backends.BACKENDS`, built on first use).
     """
 
-    def __init__(self, model: FerModel, device: str | torch.device = "cpu", batch_size: int = 32) -> None:
+    def __init__(self, model: FerModel, device: str | torch.device = "cpu", batch_size: int = 32,
+                 backend: str = DEFAULT_BACKEND) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model = model.to(_device(device))
         self.batch_size = batch_size
+        self.backend_name = check_backend_name(backend)
+
+    @property
+    def backend(self) -> InferenceBackend:
+        """The loaded inference backend."""
+        return load_backend(self.model, self.backend_name)
 
     @property
     def emotions(self) -> tuple[str, ...]:
@@ -41,7 +50,7 @@ class EmotionRecognizer:
         ``(H, W, 3)`` or of a list of faces."""
         single = isinstance(face_img, np.ndarray) and face_img.ndim == 3
         faces = [face_img] if single else list(face_img)
-        scores = self._run(faces, self.model.logits, len(self.emotions))
+        scores = self._run(faces, self.backend.logits, len(self.emotions))
         if not logits:
             scores = torch.from_numpy(scores).softmax(dim=1).numpy()
         labels = [self.emotions[i] for i in scores.argmax(axis=1)]
@@ -50,7 +59,7 @@ class EmotionRecognizer:
     def extract_features(self, faces: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """``(N, feature_dim)`` pooled penultimate features of a face or a list of faces."""
         single = isinstance(faces, np.ndarray) and faces.ndim == 3
-        return self._run([faces] if single else list(faces), self.model.features, self.model.feature_dim)
+        return self._run([faces] if single else list(faces), self.backend.features, self.model.feature_dim)
 
     def _run(self, faces: list[np.ndarray], forward: Callable[[torch.Tensor], torch.Tensor], width: int) -> np.ndarray:
         for i, face in enumerate(faces):
@@ -60,8 +69,6 @@ class EmotionRecognizer:
                 raise DataError(f"face {i}: expected an (H, W, 3) uint8 RGB array, got {described}")
         preprocessing = self.model.preprocessing
         outputs = [np.empty((0, width), np.float32)]
-        with torch.inference_mode():
-            for start in range(0, len(faces), self.batch_size):
-                batch = preprocessing.batch(faces[start:start + self.batch_size])
-                outputs.append(forward(batch).float().cpu().numpy())
+        for start in range(0, len(faces), self.batch_size):
+            outputs.append(forward(preprocessing.batch(faces[start:start + self.batch_size])).numpy())
         return np.concatenate(outputs)

@@ -1,0 +1,81 @@
+"""Shared pieces of the benchmark scripts: real faces, the shipped model at any input size,
+interleaved timing and a note of the machine's load.
+
+Every benchmark compares things measured in the same run, in alternating rounds, so that
+load from other jobs on a shared machine hits every contender alike; figures are the
+median over rounds.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from fer_core.data import FaceDataset, open_dataset
+from fer_core.models import FerModel, load_model
+
+SHIPPED = Path("weights") / "fer_b0_ferplus.safetensors"
+
+
+def machine_note() -> str:
+    """Threads and the load average, to print next to every figure."""
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, torch threads {torch.get_num_threads()}, "
+            f"{os.cpu_count()} CPUs, load average {load}")
+
+
+def shipped_model(input_size: int | None = None, weights: Path = SHIPPED) -> FerModel:
+    """The shipped B0 (float32), run at ``input_size`` (its own 64 px by default): a fully
+    convolutional network takes any size, so the 224 px speed figures use real weights."""
+    model = load_model(weights)
+    model.module.float()
+    if input_size is not None:
+        model = FerModel(model.module, model.architecture, model.emotions, input_size, model.mean, model.std,
+                         dict(model.provenance))
+    return model
+
+
+def dataset(spec: str, data_root: Path) -> FaceDataset:
+    """An installed dataset by name (``ferplus:test``)."""
+    return open_dataset(spec, data_root)
+
+
+def real_faces(spec: str, data_root: Path, count: int, seed: int = 0) -> list[np.ndarray]:
+    """``count`` decoded RGB faces of ``spec``, drawn at random (fixed seed)."""
+    faces = dataset(spec, data_root)
+    rows = np.random.default_rng(seed).choice(len(faces), size=min(count, len(faces)), replace=False)
+    return [faces.read(faces[int(i)]) for i in rows]
+
+
+def interleaved_seconds(contenders: Mapping[str, Callable[[], object]], rounds: int,
+                        warmup: int = 1) -> dict[str, float]:
+    """Median seconds of one call of each contender, over ``rounds`` rounds that call each
+    once in turn (after ``warmup`` untimed calls each)."""
+    for run in contenders.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    """Rows of equal keys as a fixed-width text table."""
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    cells = [[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)

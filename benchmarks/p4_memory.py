@@ -1,0 +1,114 @@
+"""P4: peak memory of streaming extraction, 35k faces against 3.5k faces.
+
+FER2013 train + test (28,709 + 7,178 faces) are run through ``predict_dataset`` with a
+result cache (decode, preprocess, forward, cache write, parquet parts), the first 3,500 and
+the first 35,000 of them, each in a fresh subprocess whose peak RSS (``ru_maxrss``) is
+reported. Streaming means memory does not grow with the dataset: goal ratio <= 1.2. The
+network is MobileNetV3-small at 48 px (random weights: memory does not depend on them) so
+both runs finish in minutes on 2 cores; ``--architecture tf_efficientnet_b0_ns`` works too.
+``embed_dataset`` returns every feature vector as one array, so its memory grows by design
+(35,000 x feature_dim float32); ``--embed`` measures it as well.
+
+    OMP_NUM_THREADS=1 python benchmarks/p4_memory.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+GOAL = 1.2
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("data"))
+    parser.add_argument("--sizes", type=int, nargs=2, default=[3500, 35000])
+    parser.add_argument("--architecture", default="mobilenetv3_small_050")
+    parser.add_argument("--input-size", type=int, default=48)
+    parser.add_argument("--backend", default="torch")
+    parser.add_argument("--embed", action="store_true", help="also embed_dataset (returns an O(N) array)")
+    parser.add_argument("--worker", nargs=2, metavar=("TASK", "FACES"), help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def worker(args: argparse.Namespace, task: str, count: int) -> dict[str, float]:
+    """Run ``task`` over the first ``count`` FER2013 faces in this process; its peak RSS."""
+    from fer_core.cache import ResultCache
+    from fer_core.data import FaceDataset, Sample, open_dataset
+    from fer_core.inference import embed_dataset, predict_dataset
+    from fer_core.models import FerModel
+
+    class Joined(FaceDataset):
+        """Datasets one after the other (FER2013 train, then test)."""
+
+        def __init__(self, parts: list[FaceDataset]) -> None:
+            super().__init__("fer2013:train+test", parts[0].emotions, parts[0].pre_cropped, parts[0].domain)
+            self.parts = parts
+            self.starts = np.cumsum([0] + [len(p) for p in parts])
+            self._labels = np.concatenate([p.labels for p in parts])
+
+        @property
+        def labels(self) -> np.ndarray:
+            return self._labels
+
+        def _sample(self, index: int) -> Sample:
+            part = int(np.searchsorted(self.starts, index, side="right")) - 1
+            return self.parts[part][index - int(self.starts[part])]
+
+        def read(self, sample: Sample) -> np.ndarray:
+            return self.parts[0].read(sample)
+
+    faces = Joined([open_dataset("fer2013:train", args.data), open_dataset("fer2013:test", args.data)])
+    model = FerModel.from_architecture(args.architecture)
+    model = FerModel(model.module, model.architecture, model.emotions, args.input_size)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, ResultCache(Path(tmp) / "cache.sqlite") as cache:
+        if task == "predict":
+            table = predict_dataset(model, faces, Path(tmp) / "out", limit=count, progress=False, cache=cache,
+                                    backend=args.backend)
+            done = len(table)
+        else:
+            keys, _ = embed_dataset(model, faces, cache, limit=count, progress=False, backend=args.backend)
+            done = len(keys)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"faces": done, "peak_rss_mib": peak, "seconds": time.perf_counter() - start}
+
+
+def main() -> int:
+    args = parse_args()
+    if args.worker:
+        print(json.dumps(worker(args, args.worker[0], int(args.worker[1]))))
+        return 0
+    results: dict[str, list[dict[str, float]]] = {}
+    ok = True
+    for task in ("predict", "embed") if args.embed else ("predict",):
+        results[task] = []
+        for count in args.sizes:
+            command = [sys.executable, __file__, "--data", str(args.data), "--architecture", args.architecture,
+                       "--input-size", str(args.input_size), "--backend", args.backend, "--worker", task, str(count)]
+            output = subprocess.run(command, check=True, capture_output=True, text=True, env=os.environ).stdout
+            results[task].append(json.loads(output.strip().splitlines()[-1]))
+            print(f"{task} {count} faces: {results[task][-1]}", flush=True)
+        small, large = results[task]
+        ratio = large["peak_rss_mib"] / small["peak_rss_mib"]
+        met = ratio <= GOAL
+        ok &= met or task == "embed"
+        print(f"P4 ({task}, {args.architecture} at {args.input_size} px, backend {args.backend}): peak RSS "
+              f"{large['peak_rss_mib']:.0f} MiB over {large['faces']} faces vs {small['peak_rss_mib']:.0f} MiB over "
+              f"{small['faces']}: {ratio:.3f}x (goal <= {GOAL}x): {'met' if met else 'NOT met'}; "
+              f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
