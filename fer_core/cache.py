@@ -31,12 +31,18 @@ from fer_core.errors import ConfigError, DataError
 RESULTS_FILE = "results.sqlite"
 
 #: Every kind of result, with the dtype it is stored in: attribution maps are kept in
-#: float16 (downsample them before storing), everything else exactly as computed.
+#: float16 (downsample them before storing), everything else exactly as computed. ``face`` is
+#: ``[found, score, x0, y0, x1, y1]`` in source pixels; ``keypoints`` the 6 detector keypoints on
+#: the model's input crop as fractions of its side (``(6, 2)``, NaN where no face was located);
+#: ``diagnostics`` an attribution's per-face record as UTF-8 JSON bytes: the scale its float16
+#: map was divided by and the method's own measurements (e.g. LRP's conservation error).
 KINDS: Mapping[str, np.dtype] = MappingProxyType({
     "logits": np.dtype(np.float32),
     "embedding": np.dtype(np.float32),
     "face": np.dtype(np.float32),
+    "keypoints": np.dtype(np.float32),
     "attribution": np.dtype(np.float16),
+    "diagnostics": np.dtype(np.uint8),
     "projection": np.dtype(np.float32),
 })
 
@@ -182,10 +188,16 @@ class ResultCache:
             raise DataError(f"result cache {self.path} stayed locked by another writer ({exc})") from None
         try:
             yield
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:  # e.g. "database or disk is full"
+            if self._db.in_transaction:  # SQLite may have rolled back already
+                self._db.execute("ROLLBACK")
+            raise DataError(f"result cache {self.path}: the write failed and was rolled back ({exc}); "
+                            "the entries stored before it are intact") from None
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def get(self, key: CacheKey) -> np.ndarray | None:
         """The array stored under ``key``, or None."""

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from fer_core.backends import DEFAULT_BACKEND, load_backend
 from fer_core.cache import CacheKey, ResultCache, content_hash
 from fer_core.data import FaceDataset, Sample
 from fer_core.errors import DataError, ImageDecodeError
@@ -49,6 +50,9 @@ class PreparedFace:
     face_score: float
     box: tuple[float, float, float, float]
     error: str | None = None
+    #: The detector's 6 keypoints on the crop, as fractions of its side (``(6, 2)`` float32), when
+    #: the face was detected; None for pre-cropped data and whole-image fallbacks.
+    keypoints: np.ndarray | None = None
 
 
 def find_face(rgb: np.ndarray, pre_cropped: bool, face_pipeline: FacePipeline | None) -> tuple[Face, bool]:
@@ -81,9 +85,10 @@ class FacePreparer:
         except ImageDecodeError as exc:
             return PreparedFace(sample, None, False, float("nan"), nan_box, str(exc))
         face, found = find_face(rgb, dataset.pre_cropped, self.face_pipeline)
+        keypoints = None if face.keypoints is None else (face.keypoints / face.image.shape[0]).astype(np.float32)
         return PreparedFace(sample, self.preprocessing.to_tensor(face.image), found,
                             float(face.detection.score) if found else float("nan"),
-                            tuple(float(v) for v in face.detection.box))
+                            tuple(float(v) for v in face.detection.box), keypoints=keypoints)
 
 
 def iter_prepared(dataset: FaceDataset, preparer: FacePreparer, indices: Sequence[int], batch_size: int,
@@ -129,13 +134,6 @@ def _rows(prepared: list[PreparedFace], logits: np.ndarray | None, emotions: Seq
     return frame
 
 
-def logits_and_features(model: FerModel, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass: the logits (as :meth:`FerModel.logits`) and the pooled penultimate
-    features the classifier computed them from (as :meth:`FerModel.features`)."""
-    features = model.features(batch)
-    return model.module.get_classifier()(features), features
-
-
 def sample_hash(dataset: FaceDataset, sample: Sample) -> str | None:
     """sha256 of the sample's image file (of its decoded pixels when it is no file, such as a
     CSV row); None when it cannot be read."""
@@ -159,17 +157,23 @@ class ForwardResults:
     logits: np.ndarray
     features: np.ndarray
     computed: int
+    #: Each face's image content hash (:func:`sample_hash`; None when unreadable).
+    contents: tuple[str | None, ...] = ()
 
 
 def cached_forward(model: FerModel, dataset: FaceDataset, preparer: FacePreparer, indices: Sequence[int],
                    cache: ResultCache | None, batch_size: int = 32, workers: int = 2,
-                   on_progress: Callable[[int], object] = lambda n: None) -> ForwardResults:
+                   on_progress: Callable[[int], object] = lambda n: None,
+                   backend: str = DEFAULT_BACKEND) -> ForwardResults:
     """Logits and features of the faces at ``indices``: read from ``cache`` where every part is
-    stored, computed in one pass otherwise and stored batch by batch (each batch atomically)."""
+    stored, computed in one pass of the ``backend`` (:data:`fer_core.backends.BACKENDS`)
+    otherwise and stored batch by batch (each batch atomically)."""
     preparation = preparer.fingerprint(dataset.pre_cropped)
     samples = [dataset[i] for i in indices]
+    groups = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]  # a task per batch, not per face
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        digests = list(pool.map(lambda sample: sample_hash(dataset, sample), samples))
+        digests = [digest for group in pool.map(lambda group: [sample_hash(dataset, s) for s in group], groups)
+                   for digest in group]
     keys = [None if digest is None else
             {kind: CacheKey(kind, model.fingerprint, preparation, digest) for kind in FORWARD_KINDS}
             for digest in digests]
@@ -193,10 +197,8 @@ def cached_forward(model: FerModel, dataset: FaceDataset, preparer: FacePreparer
         new: dict[CacheKey, np.ndarray] = {}
         if usable:
             batch = torch.stack([prepared[j].tensor for j in usable])
-            with torch.inference_mode():
-                batch_logits, batch_features = logits_and_features(model, batch)
-            for j, face_logits, face_features in zip(usable, batch_logits.float().cpu().numpy(),
-                                                     batch_features.float().cpu().numpy()):
+            batch_logits, batch_features = load_backend(model, backend).forward(batch)
+            for j, face_logits, face_features in zip(usable, batch_logits.numpy(), batch_features.numpy()):
                 row, face = rows[j], prepared[j]
                 logits[row], features[row] = face_logits, face_features
                 if keys[row]:
@@ -208,22 +210,20 @@ def cached_forward(model: FerModel, dataset: FaceDataset, preparer: FacePreparer
         if cache is not None and new:
             cache.put_many(new)
         on_progress(len(prepared))
-    return ForwardResults(faces, logits, features, len(missing))
+    return ForwardResults(faces, logits, features, len(missing), tuple(digests))
 
 
 def _predicted_chunk(model: FerModel, dataset: FaceDataset, preparer: FacePreparer, chunk: Sequence[int],
-                     batch_size: int, cache: ResultCache | None, bar: tqdm) -> pd.DataFrame:
+                     batch_size: int, cache: ResultCache | None, bar: tqdm, backend: str) -> pd.DataFrame:
     if cache is not None:
-        results = cached_forward(model, dataset, preparer, chunk, cache, batch_size, on_progress=bar.update)
+        results = cached_forward(model, dataset, preparer, chunk, cache, batch_size, on_progress=bar.update,
+                                 backend=backend)
         usable = [row for row, face in enumerate(results.faces) if face.error is None]
         return _rows(results.faces, results.logits[usable], dataset.emotions)
     frames = []
     for prepared in iter_prepared(dataset, preparer, chunk, batch_size):
         tensors = [p.tensor for p in prepared if p.tensor is not None]
-        logits = None
-        if tensors:
-            with torch.inference_mode():
-                logits = model.logits(torch.stack(tensors)).float().cpu().numpy()
+        logits = load_backend(model, backend).logits(torch.stack(tensors)).numpy() if tensors else None
         frames.append(_rows(prepared, logits, dataset.emotions))
         bar.update(len(prepared))
     return pd.concat(frames, ignore_index=True)
@@ -239,13 +239,14 @@ def _job_signature(model: FerModel, dataset: FaceDataset, preparer: FacePreparer
 def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
                     face_pipeline: FacePipeline | None = None, batch_size: int = 32, chunk_size: int = 1024,
                     limit: int | None = None, device: str = "cpu", progress: bool = True,
-                    cache: ResultCache | None = None) -> pd.DataFrame:
+                    cache: ResultCache | None = None, backend: str = DEFAULT_BACKEND) -> pd.DataFrame:
     """Predict every face of ``dataset`` into ``out_dir/predictions.parquet`` and return the table.
 
     Work is saved in parts of ``chunk_size`` faces; calling again with the same model, data
     and settings after an interruption continues where it stopped. Different settings in
     the same folder are an error rather than a silent mix. With a ``cache``, faces whose
-    logits and features are stored are not run again, and the new ones are stored.
+    logits and features are stored are not run again, and the new ones are stored. The
+    model runs through ``backend`` (:data:`fer_core.backends.BACKENDS`).
     """
     out_dir = Path(out_dir)
     indices = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
@@ -269,7 +270,7 @@ def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
         if part.is_file():
             bar.update(len(chunk))
             continue
-        write_parquet_atomic(_predicted_chunk(model, dataset, preparer, chunk, batch_size, cache, bar), part)
+        write_parquet_atomic(_predicted_chunk(model, dataset, preparer, chunk, batch_size, cache, bar, backend), part)
     bar.close()
     table = pd.concat([pd.read_parquet(parts_dir / f"part-{n:05d}.parquet") for n in range(len(chunks))],
                       ignore_index=True)
@@ -282,26 +283,28 @@ def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
 
 def embed_dataset(model: FerModel, dataset: FaceDataset, cache: ResultCache | None,
                   face_pipeline: FacePipeline | None = None, batch_size: int = 32, chunk_size: int = 1024,
-                  limit: int | None = None, device: str = "cpu", progress: bool = True) -> tuple[list[str], np.ndarray]:
+                  limit: int | None = None, device: str = "cpu", progress: bool = True,
+                  backend: str = DEFAULT_BACKEND) -> tuple[list[str], np.ndarray]:
     """The pooled penultimate features of every readable face of ``dataset``: the sample keys
     and a ``(N, feature_dim)`` float32 array, row for row. Stored features are read from
-    ``cache``; the others are computed (with their logits, in the same pass) and stored."""
+    ``cache``; the others are computed by ``backend`` (with their logits, in the same pass)
+    and stored."""
     indices = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
     if not indices:
         raise DataError(f"dataset {dataset.name} has no images")
     preparer = FacePreparer(model, face_pipeline)
     model.to(device).module.eval()
     keys: list[str] = []
-    blocks: list[np.ndarray] = []
+    features = np.empty((len(indices), model.feature_dim), np.float32)  # filled in place: no second copy
     failed: list[str] = []
     with tqdm(total=len(indices), desc=f"embed {dataset.name}", unit="face", disable=not progress) as bar:
         for start in range(0, len(indices), chunk_size):
             results = cached_forward(model, dataset, preparer, indices[start:start + chunk_size], cache, batch_size,
-                                     on_progress=bar.update)
+                                     on_progress=bar.update, backend=backend)
             usable = [row for row, face in enumerate(results.faces) if face.error is None]
+            features[len(keys):len(keys) + len(usable)] = results.features[usable]
             keys.extend(results.faces[row].sample.key for row in usable)
-            blocks.append(results.features[usable])
             failed.extend(face.sample.source for face in results.faces if face.error is not None)
     if failed:
         warnings.warn(f"{len(failed)} unreadable image(s) skipped: {failed}", stacklevel=2)
-    return keys, np.concatenate(blocks)
+    return keys, features[:len(keys)]

@@ -1,0 +1,530 @@
+"""Dataset-level precomputation over the one result cache: attribution maps, embeddings with
+their 2-D projections, and the real-vs-synthetic domain-gap report.
+
+Everything here reads what :class:`~fer_core.cache.ResultCache` already holds and computes
+only the missing entries, batch by batch, each batch stored in one transaction: a killed job
+leaves whole batches or nothing, and running it again continues where it stopped. A
+:class:`Shard` (``--shard K/N``, or ``torchrun``'s ``RANK``/``WORLD_SIZE``) splits a dataset
+into contiguous blocks so several processes fill one cache; together they store exactly the
+entries one process would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from fer_core.backends import DEFAULT_BACKEND
+from fer_core.cache import CacheKey, ResultCache
+from fer_core.data import FaceDataset
+from fer_core.domain_gap import PROJECTIONS, domain_gap_report, project
+from fer_core.errors import ConfigError, DataError
+from fer_core.explain import explain, method_defaults, method_names
+from fer_core.explain.regions import crop_keypoints
+from fer_core.faces import FaceDetector, FacePipeline
+from fer_core.inference import FacePreparer, PreparedFace, cached_forward, iter_prepared, sample_hash
+from fer_core.labels import EMOTIONS
+from fer_core.models import FerModel
+from fer_core.runs import PREDICTIONS_FILE, utc_now, write_json_atomic, write_parquet_atomic
+
+#: What ``target`` may be besides an emotion name: each face's top class, or its label.
+TARGET_MODES = ("predicted", "true")
+#: Side of the stored attribution maps unless asked otherwise (never above the model's input).
+DEFAULT_MAP_SIZE = 56
+#: Faces per dataset the domain-gap report draws at most (its kernels are quadratic in size).
+DEFAULT_GAP_SAMPLE = 2000
+_NO_KEYPOINTS = np.full((6, 2), np.nan, dtype=np.float32)
+#: The entry of a face's ``diagnostics`` record that holds the scale of its float16 map.
+SCALE = "map_scale"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Block ``index`` of ``count`` contiguous blocks of a dataset (``index`` counts from 0)."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+            raise ConfigError(f"shard: expected a positive number of shards, got {self.count!r}")
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or not 0 <= self.index < self.count:
+            raise ConfigError(f"shard: index {self.index!r} is outside 0..{self.count - 1} "
+                              f"(K counts from 0: 0/{self.count} .. {self.count - 1}/{self.count})")
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        """``"K/N"`` (e.g. ``"0/4"``) as a shard."""
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+        if not match:
+            raise ConfigError(f"shard: expected K/N such as 0/2 (K counts from 0), got {text!r}")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @classmethod
+    def from_environment(cls) -> "Shard | None":
+        """This process's shard under ``torchrun`` (``RANK`` of ``WORLD_SIZE``); None outside it."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return None
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"]))
+
+    def block(self, size: int) -> range:
+        """The positions ``0 <= i < size`` this shard owns (blocks differ in size by at most one)."""
+        return range(self.index * size // self.count, (self.index + 1) * size // self.count)
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def select(dataset: FaceDataset, limit: int | None = None, shard: Shard | None = None) -> FaceDataset:
+    """The first ``limit`` faces of ``dataset`` (all when None), then this ``shard``'s block of them."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit: expected a positive number of faces, got {limit!r}")
+    size = len(dataset) if limit is None else min(limit, len(dataset))
+    if size == 0:
+        raise DataError(f"dataset {dataset.name} has no images")
+    block = (shard or Shard(0, 1)).block(size)
+    if block == range(len(dataset)):
+        return dataset
+    return dataset.subset(np.arange(block.start, block.stop))
+
+
+def shard_folder(out_dir: Path | str, shard: Shard) -> Path:
+    """Where a sharded ``predict`` writes its part: ``out_dir/shards/<K>-of-<N>/``."""
+    return Path(out_dir) / "shards" / f"{shard.index}-of-{shard.count}"
+
+
+def merge_shard_predictions(out_dir: Path | str, count: int) -> pd.DataFrame | None:
+    """Once every one of ``count`` shards has written its table, their concatenation (the
+    single-process table, row for row) written to ``out_dir/predictions.parquet``; else None."""
+    parts = [shard_folder(out_dir, Shard(k, count)) / PREDICTIONS_FILE for k in range(count)]
+    if not all(part.is_file() for part in parts):
+        return None
+    table = pd.concat([pd.read_parquet(part) for part in parts], ignore_index=True)
+    write_parquet_atomic(table, Path(out_dir) / PREDICTIONS_FILE)
+    return table
+
+
+def _digests(dataset: FaceDataset, workers: int = 4) -> list[str | None]:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda i: sample_hash(dataset, dataset[i]), range(len(dataset))))
+
+
+def _json_param(name: str, value: Any) -> str:
+    if isinstance(value, torch.Tensor | np.ndarray):
+        raise ConfigError(f"parameter {name!r} is an array; dataset attributions are cached by their settings, "
+                          "so give it by name (e.g. baseline='blurred')")
+    try:
+        return json.dumps(value, sort_keys=True)
+    except TypeError:
+        raise ConfigError(f"parameter {name!r}: expected a JSON value, got {type(value).__name__}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# attribution maps
+
+
+@dataclass(frozen=True)
+class AttributionSet:
+    """One method's maps over a dataset, in dataset order (explained faces only).
+
+    ``table`` has a row per face: ``key``, ``source``, ``content`` (image hash), ``label``
+    (index into :data:`EMOTIONS`, -1 unknown) and ``target`` / ``target_emotion`` (the class
+    explained, an index into the model's emotions). ``maps`` is ``(N, S, S)`` float32 (stored as
+    float16), ``keypoints`` ``(N, 6, 2)`` fractions of the model's input crop (NaN where no
+    face was located), ``diagnostics`` the method's per-face measurements (e.g. LRP's
+    ``conservation_error``), one column each. ``computed`` faces were run now, the rest read
+    from the cache; ``skipped`` lists sample keys not explained (unreadable, or no label for
+    ``target="true"``).
+    """
+
+    table: pd.DataFrame
+    maps: np.ndarray
+    keypoints: np.ndarray
+    diagnostics: pd.DataFrame
+    method: str
+    params: Mapping[str, Any]
+    computed: int
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and settings, JSON-ready."""
+        located = int(np.isfinite(self.keypoints).all(axis=(1, 2)).sum()) if len(self.keypoints) else 0
+        return {"method": self.method, "params": dict(self.params), "faces": len(self.table),
+                "computed": self.computed, "cached": len(self.table) - self.computed, "skipped": len(self.skipped),
+                "map_size": int(self.maps.shape[-1]) if self.maps.ndim == 3 else None, "keypoints_located": located}
+
+
+def stored_map_size(model: FerModel, map_size: int) -> int:
+    """The side attribution maps are stored at: ``map_size``, but never above the model's input."""
+    if isinstance(map_size, bool) or not isinstance(map_size, int) or map_size < 4:
+        raise ConfigError(f"map_size: expected an integer of at least 4 pixels, got {map_size!r}")
+    return min(map_size, model.input_size)
+
+
+def downsample_maps(maps: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, H, W)`` maps area-averaged to ``(N, side, side)`` and divided by their largest
+    absolute value, as float16 (what the cache stores: float16's range and precision then fit
+    any method's scale), and those ``(N,)`` scales. ``float16 map * scale`` is the map; each value
+    is a mean over the pixels it covers, so a map's sum scales by ``side² / (H W)``."""
+    tensor = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+    if tensor.shape[-1] != side or tensor.shape[-2] != side:
+        tensor = F.interpolate(tensor, size=(side, side), mode="area")
+    small = tensor[:, 0].numpy().astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        scales = np.abs(small).max(axis=(1, 2)) if len(small) else np.zeros(0)
+    scales = np.where(np.isfinite(scales) & (scales > 0), scales, 1.0)
+    return (small / scales[:, None, None]).astype(np.float16), scales
+
+
+def locate_keypoints(prepared: PreparedFace, model: FerModel, locator: FaceDetector | None) -> np.ndarray:
+    """The face's 6 keypoints as fractions of the model's input crop: the face pipeline's
+    when it detected the face, else ``locator`` run on the crop itself (pre-cropped data, by
+    :func:`fer_core.explain.regions.crop_keypoints`), else NaN (where
+    ``regions.PRECROPPED_TEMPLATE`` can stand in)."""
+    if prepared.keypoints is not None:
+        return np.asarray(prepared.keypoints, dtype=np.float32)
+    if locator is None or prepared.tensor is None:
+        return _NO_KEYPOINTS
+    crop = model.preprocessing.to_image(prepared.tensor)
+    points, detected = crop_keypoints([crop], locator)
+    return (points[0] / crop.shape[0]).astype(np.float32) if detected[0] else _NO_KEYPOINTS
+
+
+def _target_classes(model: FerModel, dataset: FaceDataset, cache: ResultCache | None, preparer: FacePreparer,
+                    target: str, batch_size: int, progress: bool, backend: str) -> np.ndarray:
+    """Per face, the model class to explain (-1: none)."""
+    if target == "predicted":
+        with tqdm(total=len(dataset), desc=f"logits {dataset.name}", unit="face", disable=not progress,
+                  leave=False) as bar:
+            logits = cached_forward(model, dataset, preparer, range(len(dataset)), cache, batch_size,
+                                    on_progress=bar.update, backend=backend).logits
+        readable = np.isfinite(logits).all(axis=1)
+        return np.where(readable, np.nan_to_num(logits).argmax(axis=1), -1)
+    if target == "true":
+        index = {emotion: i for i, emotion in enumerate(model.emotions)}
+        return np.array([index.get(EMOTIONS[label], -1) if label >= 0 else -1 for label in dataset.labels])
+    if target not in model.emotions:
+        raise ConfigError(f"target: expected one of {list(TARGET_MODES)} or an emotion of the model "
+                          f"{list(model.emotions)}, got {target!r}")
+    return np.full(len(dataset), model.emotions.index(target))
+
+
+def _per_face(diagnostics: Mapping[str, Any], count: int) -> list[dict[str, float]]:
+    """The method's per-face diagnostics (lists with one number per face) as one dict per face;
+    batch-level values are left out (they would depend on how faces were batched)."""
+    columns = {name: values for name, values in diagnostics.items()
+               if isinstance(values, (list, tuple, np.ndarray)) and len(values) == count
+               and all(isinstance(v, (int, float, np.number)) for v in values)}
+    return [{name: float(values[i]) for name, values in columns.items()} for i in range(count)]
+
+
+def explain_dataset(model: FerModel, dataset: FaceDataset, cache: ResultCache, method: str,
+                    target: str = "predicted", layer: str | None = None, map_size: int = DEFAULT_MAP_SIZE,
+                    face_pipeline: FacePipeline | None = None, batch_size: int = 16, limit: int | None = None,
+                    shard: Shard | None = None, device: str = "cpu", progress: bool = True,
+                    on_batch: Callable[[int], object] = lambda n: None, backend: str = DEFAULT_BACKEND,
+                    **params: Any) -> AttributionSet:
+    """Attribution maps of ``method`` (any name of :func:`fer_core.explain.method_names`) for
+    every face of ``dataset``, read from ``cache`` where stored and computed otherwise.
+
+    Args:
+        target: ``"predicted"`` (each face's top class over all the model's classes),
+            ``"true"`` (its label; unlabelled faces are skipped) or an emotion name.
+        layer: the layer of layer-based methods (Grad-CAM); None is the method's default.
+        map_size: side of the stored maps (area-averaged, float16; at most the input size).
+        face_pipeline: finds and aligns faces in images that are not pre-cropped; its
+            detector also places keypoints on pre-cropped faces.
+        limit, shard: the first ``limit`` faces, then this shard's block of them.
+        on_batch: called with the number of faces after each stored batch.
+        backend: what computes the logits that ``target="predicted"`` needs (the maps always
+            come from the torch model: they need its gradients).
+        params: the method's settings (:func:`fer_core.explain.method_defaults`).
+
+    Each entry is keyed by the model's fingerprint, the preprocessing and face pipeline, the
+    image's content hash and ``method``, the explained class, every method setting and the
+    map size; each batch's maps, keypoints and diagnostics are stored in one transaction.
+    """
+    if method not in method_names():
+        raise ConfigError(f"unknown attribution method {method!r}; registered methods: {method_names()}")
+    settings = method_defaults(method)
+    if layer is not None:
+        if "layer" not in settings:
+            raise ConfigError(f"method {method!r} has no layer; layer-based methods: "
+                              f"{[m for m in method_names() if 'layer' in method_defaults(m)]}")
+        params = {**params, "layer": layer}
+    unknown = sorted(set(params) - set(settings))
+    if unknown:
+        raise ConfigError(f"{method} has no parameter(s) {unknown}; its parameters: {sorted(settings)}")
+    settings.update(params)
+    key_settings = json.dumps({name: json.loads(_json_param(name, value)) for name, value in settings.items()},
+                              sort_keys=True)
+    side = stored_map_size(model, map_size)
+    dataset = select(dataset, limit, shard)
+    model.to(device).module.eval()
+    preparer = FacePreparer(model, face_pipeline)
+    preparation = preparer.fingerprint(dataset.pre_cropped)
+    locator = face_pipeline.detector if face_pipeline is not None else None
+    locator_name = locator.fingerprint() if locator is not None else "none"
+    targets = _target_classes(model, dataset, cache, preparer, target, batch_size, progress, backend)
+    contents = _digests(dataset)
+
+    def keys(row: int) -> dict[str, CacheKey]:
+        entry = {"method": method, "target": model.emotions[targets[row]], "settings": key_settings,
+                 "map_size": side}
+        return {"attribution": CacheKey("attribution", model.fingerprint, preparation, contents[row], entry),
+                "diagnostics": CacheKey("diagnostics", model.fingerprint, preparation, contents[row], entry),
+                "keypoints": CacheKey("keypoints", model.fingerprint, preparation, contents[row],
+                                      {"locator": locator_name})}
+
+    wanted = [row for row in range(len(dataset)) if contents[row] is not None and targets[row] >= 0]
+    row_keys = {row: keys(row) for row in wanted}
+    stored = cache.get_many(key for entry in row_keys.values() for key in entry.values())
+    missing = [row for row in wanted if not all(key in stored for key in row_keys[row].values())]
+    bar = tqdm(total=len(wanted), desc=f"{method} {dataset.name}", unit="face", disable=not progress)
+    bar.update(len(wanted) - len(missing))
+    batches = [missing[start:start + batch_size] for start in range(0, len(missing), batch_size)]
+    for rows, prepared in zip(batches, iter_prepared(dataset, preparer, missing, batch_size)):
+        usable = [(row, face) for row, face in zip(rows, prepared) if face.tensor is not None]
+        new: dict[CacheKey, np.ndarray] = {}
+        if usable:
+            batch = torch.stack([face.tensor for _, face in usable])
+            result = explain(model, batch, method, target=[int(targets[row]) for row, _ in usable], **settings)
+            maps, scales = downsample_maps(result.maps, side)
+            measurements = _per_face(result.diagnostics, len(usable))
+            for (row, face), face_map, scale, measured in zip(usable, maps, scales, measurements):
+                new[row_keys[row]["attribution"]] = face_map
+                record = {SCALE: float(scale), **measured}
+                new[row_keys[row]["diagnostics"]] = np.frombuffer(json.dumps(record, sort_keys=True).encode(),
+                                                                  dtype=np.uint8)
+                new[row_keys[row]["keypoints"]] = locate_keypoints(face, model, locator)
+        cache.put_many(new)
+        stored.update(new)
+        bar.update(len(rows))
+        on_batch(len(rows))
+    bar.close()
+    done = [row for row in wanted if row_keys[row]["attribution"] in stored]
+    samples = [dataset[row] for row in done]
+    table = pd.DataFrame({
+        "key": [s.key for s in samples], "source": [s.source for s in samples],
+        "content": [contents[row] for row in done],
+        "label": np.array([s.label for s in samples], dtype=np.int64),
+        "target": targets[done].astype(np.int64),
+        "target_emotion": [model.emotions[targets[row]] for row in done]})
+    records = pd.DataFrame([json.loads(stored[row_keys[row]["diagnostics"]].tobytes()) for row in done],
+                           index=table.index, columns=None if done else [SCALE])
+    scales = records.pop(SCALE).to_numpy(np.float64)
+    maps = np.stack([stored[row_keys[row]["attribution"]].astype(np.float64) * scale
+                     for row, scale in zip(done, scales)]).astype(np.float32) if done \
+        else np.zeros((0, side, side), np.float32)
+    keypoints = np.stack([stored[row_keys[row]["keypoints"]] for row in done]) if done \
+        else np.zeros((0, 6, 2), np.float32)
+    explained = set(done)
+    skipped = [dataset[row].key for row in range(len(dataset)) if row not in explained]
+    return AttributionSet(table, maps, keypoints, records, method, json.loads(key_settings), len(missing),
+                          skipped)
+
+
+# --------------------------------------------------------------------------------------------
+# embeddings and projections
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Penultimate features of one or more datasets, row for row with ``table``: ``dataset``,
+    ``domain``, ``key``, ``source``, ``content``, ``label`` / ``emotion`` (label name, ``""``
+    unknown), ``pred`` / ``pred_emotion`` / ``confidence`` (top class over the dataset's own
+    classes and its softmax probability over all classes), then ``<projection>_x`` and
+    ``<projection>_y`` for each projection asked for. ``computed`` faces were run now."""
+
+    table: pd.DataFrame
+    features: np.ndarray
+    computed: int
+    projections: tuple[str, ...] = ()
+    projections_computed: tuple[str, ...] = ()
+
+    def summary(self) -> dict[str, Any]:
+        """Counts per dataset and what was computed, JSON-ready."""
+        return {"faces": len(self.table), "computed": self.computed, "cached": len(self.table) - self.computed,
+                "datasets": {str(k): int(v) for k, v in self.table["dataset"].value_counts(sort=False).items()},
+                "feature_dim": int(self.features.shape[1]) if self.features.ndim == 2 else None,
+                "projections": list(self.projections), "projections_computed": list(self.projections_computed)}
+
+
+def _dataset_rows(model: FerModel, name: str, dataset: FaceDataset, cache: ResultCache | None,
+                  face_pipeline: FacePipeline | None, batch_size: int, chunk_size: int,
+                  bar: tqdm, backend: str) -> tuple[pd.DataFrame, np.ndarray, int]:
+    preparer = FacePreparer(model, face_pipeline)
+    preparation = preparer.fingerprint(dataset.pre_cropped)
+    frames, blocks, computed = [], [], 0
+    for start in range(0, len(dataset), chunk_size):
+        results = cached_forward(model, dataset, preparer, range(start, min(start + chunk_size, len(dataset))),
+                                 cache, batch_size, on_progress=bar.update, backend=backend)
+        usable = [row for row, face in enumerate(results.faces) if face.error is None]
+        computed += results.computed
+        logits = results.logits[usable].astype(np.float64)
+        restricted = np.full_like(logits, -np.inf)
+        own = [model.emotions.index(e) for e in dataset.emotions if e in model.emotions]
+        restricted[:, own] = logits[:, own]
+        probabilities = np.exp(logits - logits.max(1, keepdims=True))
+        probabilities /= probabilities.sum(1, keepdims=True)
+        predicted = restricted.argmax(1)
+        labels = np.array([results.faces[row].sample.label for row in usable], dtype=np.int64)
+        frames.append(pd.DataFrame({
+            "dataset": name, "domain": dataset.domain,
+            "key": [results.faces[row].sample.key for row in usable],
+            "source": [results.faces[row].sample.source for row in usable],
+            "content": [results.contents[row] for row in usable],
+            "preparation": preparation,
+            "label": labels, "emotion": [EMOTIONS[label] if label >= 0 else "" for label in labels],
+            "pred": np.array([EMOTIONS.index(model.emotions[p]) for p in predicted], dtype=np.int64),
+            "pred_emotion": [model.emotions[p] for p in predicted],
+            "confidence": probabilities[np.arange(len(usable)), predicted].astype(np.float32)}))
+        blocks.append(results.features[usable])
+    return pd.concat(frames, ignore_index=True), np.concatenate(blocks), computed
+
+
+def projection_key(model: FerModel, table: pd.DataFrame, method: str, seed: int,
+                   params: Mapping[str, Any]) -> tuple[CacheKey, list[str]]:
+    """The cache key of ``method``'s projection of the faces in ``table`` (keyed by the *set* of
+    their ``preparation:content`` ids, so order and repeats do not matter) and those ids, sorted:
+    the stored projection's rows."""
+    ids = sorted(set(table["preparation"] + ":" + table["content"]))
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    preparations = hashlib.sha256("\n".join(sorted(set(table["preparation"]))).encode()).hexdigest()[:16]
+    key = CacheKey("projection", model.fingerprint, preparations, digest,
+                   {"method": method, "seed": seed, "params": _json_param("params", dict(params))})
+    return key, ids
+
+
+def cached_projection(model: FerModel, table: pd.DataFrame, features: np.ndarray, cache: ResultCache | None,
+                      method: str, seed: int = 0, **params: Any) -> tuple[np.ndarray, bool]:
+    """``(N, 2)`` coordinates of ``method`` (see :data:`fer_core.domain_gap.PROJECTIONS`) for the
+    rows of ``table``/``features``, and whether they were computed now (else read from ``cache``).
+    Identical images are projected once."""
+    if method not in PROJECTIONS:
+        raise ConfigError(f"unknown projection {method!r}; expected one of {sorted(PROJECTIONS)}")
+    key, ids = projection_key(model, table, method, seed, params)
+    row_ids = (table["preparation"] + ":" + table["content"]).to_numpy()
+    position = {identifier: i for i, identifier in enumerate(ids)}
+    order = np.array([position[identifier] for identifier in row_ids], dtype=np.int64)
+    stored = None if cache is None else cache.get(key)
+    if stored is not None and stored.shape == (len(ids), 2):
+        return stored[order].astype(np.float64), False
+    first_row = np.full(len(ids), -1, dtype=np.int64)
+    first_row[order[::-1]] = np.arange(len(order))[::-1]
+    coordinates = project(features[first_row], method, seed=seed, **params).astype(np.float32)
+    if cache is not None:
+        cache.put(key, coordinates)
+    return coordinates[order].astype(np.float64), True
+
+
+def embed_datasets(model: FerModel, datasets: Mapping[str, FaceDataset], cache: ResultCache | None,
+                   face_pipeline: FacePipeline | None = None, projections: Sequence[str] = ("pca",),
+                   projection_params: Mapping[str, Mapping[str, Any]] | None = None, seed: int = 0,
+                   batch_size: int = 32, chunk_size: int = 1024, limit: int | None = None,
+                   shard: Shard | None = None, device: str = "cpu", progress: bool = True,
+                   backend: str = DEFAULT_BACKEND) -> Embeddings:
+    """Features of every readable face of ``datasets`` (``{name: dataset}``) and their 2-D
+    ``projections`` (``pca``, ``tsne``, ``umap``) computed over all datasets together.
+
+    Features (with logits, in the same pass) and projections are read from ``cache`` when
+    stored and stored when computed. ``limit`` applies per dataset, then ``shard``; a shard
+    only stores features (projections need every face: run again without a shard).
+    """
+    unknown = [p for p in projections if p not in PROJECTIONS]
+    if unknown:
+        raise ConfigError(f"unknown projection(s) {unknown}; expected some of {sorted(PROJECTIONS)}")
+    if not datasets:
+        raise ConfigError("embed_datasets needs at least one dataset")
+    chosen = {name: select(dataset, limit, shard) for name, dataset in datasets.items()}
+    model.to(device).module.eval()
+    frames, blocks, computed = [], [], 0
+    with tqdm(total=sum(len(d) for d in chosen.values()), desc="embed " + ", ".join(chosen), unit="face",
+              disable=not progress) as bar:
+        for name, dataset in chosen.items():
+            frame, block, count = _dataset_rows(model, name, dataset, cache, face_pipeline, batch_size,
+                                                chunk_size, bar, backend)
+            frames.append(frame)
+            blocks.append(block)
+            computed += count
+    table = pd.concat(frames, ignore_index=True)
+    features = np.concatenate(blocks)
+    made: list[str] = []
+    if shard is None or shard.count == 1:
+        params = projection_params or {}
+        for method in projections:
+            coordinates, new = cached_projection(model, table, features, cache, method, seed,
+                                                 **dict(params.get(method, {})))
+            table[f"{method}_x"], table[f"{method}_y"] = coordinates[:, 0], coordinates[:, 1]
+            made += [method] if new else []
+    return Embeddings(table, features, computed, tuple(projections) if shard is None or shard.count == 1 else (),
+                      tuple(made))
+
+
+# --------------------------------------------------------------------------------------------
+# domain gap
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def gap_report(model: FerModel, real: FaceDataset, synthetic: FaceDataset, cache: ResultCache | None,
+               face_pipeline: FacePipeline | None = None, sample: int | None = DEFAULT_GAP_SAMPLE,
+               limit: int | None = None, seed: int = 0, out_dir: Path | str | None = None,
+               batch_size: int = 32, device: str = "cpu", progress: bool = True,
+               backend: str = DEFAULT_BACKEND) -> dict[str, Any]:
+    """:func:`fer_core.domain_gap.domain_gap_report` between ``real`` and ``synthetic`` faces on
+    the model's cached penultimate features, with what it was computed on.
+
+    At most ``sample`` faces per domain enter the metrics (a seeded random draw; None: all);
+    the per-class centroid distances use the labelled faces. With ``out_dir`` the report is
+    also written to ``out_dir/<model fingerprint>-<real>-<synthetic>.json``.
+    """
+    if real.label == synthetic.label:
+        raise ConfigError(f"real and synthetic are the same dataset ({real.label}); compare two different ones")
+    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 5):
+        raise ConfigError(f"sample: expected at least 5 faces per domain (or None for all), got {sample!r}")
+    embeddings = embed_datasets(model, {real.label: real, synthetic.label: synthetic}, cache, face_pipeline,
+                                projections=(), batch_size=batch_size, limit=limit, device=device,
+                                progress=progress, backend=backend)
+    rng = np.random.default_rng(seed)
+    parts = {}
+    for name in (real.label, synthetic.label):
+        rows = np.flatnonzero(embeddings.table["dataset"].to_numpy() == name)
+        if sample is not None and len(rows) > sample:
+            rows = np.sort(rng.choice(rows, sample, replace=False))
+        parts[name] = rows
+    real_rows, synthetic_rows = parts[real.label], parts[synthetic.label]
+    labels = embeddings.table["label"].to_numpy()
+    report = domain_gap_report(embeddings.features[real_rows], embeddings.features[synthetic_rows], seed=seed)
+    labelled_real, labelled_synthetic = real_rows[labels[real_rows] >= 0], synthetic_rows[labels[synthetic_rows] >= 0]
+    if len(labelled_real) and len(labelled_synthetic):
+        from fer_core.domain_gap import centroid_distances
+        report["centroid_distances"] = centroid_distances(
+            embeddings.features[labelled_real], labels[labelled_real],
+            embeddings.features[labelled_synthetic], labels[labelled_synthetic])
+    report = {"model": {"fingerprint": model.fingerprint, "architecture": model.architecture,
+                        "input_size": model.input_size},
+              "real": {"dataset": real.label, "faces": int((embeddings.table["dataset"] == real.label).sum())},
+              "synthetic": {"dataset": synthetic.label,
+                            "faces": int((embeddings.table["dataset"] == synthetic.label).sum())},
+              "sample": sample, "limit": limit, "seed": seed, "computed_features": embeddings.computed,
+              "created": utc_now(), **report}
+    if out_dir is not None:
+        path = Path(out_dir) / f"{model.fingerprint}-{_slug(real.label)}-{_slug(synthetic.label)}.json"
+        write_json_atomic(path, report)
+        report["path"] = str(path)
+    return report
