@@ -81,26 +81,81 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     parser.add_argument("--cache", action="store_true",
                         help="reuse logits and features stored in paths.cache_dir/results.sqlite, and store new ones")
+    _shard_argument(parser)
+
+
+def _shard_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shard", metavar="K/N",
+                        help="process only block K of N (K from 0) so N processes split the data; under torchrun "
+                             "the split comes from RANK/WORLD_SIZE")
 
 
 @command("predict", "predict every face of a dataset into a parquet table (resumable)", _predict_arguments)
 def _predict(args: argparse.Namespace, config: Config) -> int:
     from fer_core.cache import ResultCache
     from fer_core.inference import predict_dataset
-    from fer_core.workflows import dataset_for, device_for, face_pipeline_for, load_configured_model
+    from fer_core.precompute import merge_shard_predictions, select, shard_folder
+    from fer_core.workflows import dataset_for, face_pipeline_for, load_configured_model
     config = _with_trust(args, config)
+    shard = _shard(args)
     model = load_configured_model(config, args.model)
-    dataset = dataset_for(config, args.dataset)
+    dataset = select(dataset_for(config, args.dataset), args.limit, shard)
+    out = args.out if shard is None else shard_folder(args.out, shard)
     cache = ResultCache.from_config(config) if args.cache else None
     try:
-        table = predict_dataset(model, dataset, args.out, face_pipeline=face_pipeline_for(config, model),
-                                batch_size=config.inference.batch_size, limit=args.limit, device=device_for(config),
-                                cache=cache)
+        with _shard_group(config, shard) as device:
+            table = predict_dataset(model, dataset, out, face_pipeline=face_pipeline_for(config, model),
+                                    batch_size=config.inference.batch_size, device=device, cache=cache,
+                                    backend=config.inference.backend)
+            _wait_for_every_shard(shard)
     finally:
         if cache is not None:
             cache.close()
-    print(f"{len(table)} predictions -> {args.out / 'predictions.parquet'}")
+    print(f"{len(table)} predictions -> {out / 'predictions.parquet'}")
+    merged = merge_shard_predictions(args.out, shard.count) if shard is not None else None
+    if merged is not None:
+        print(f"all {shard.count} shards done: {len(merged)} predictions -> {args.out / 'predictions.parquet'}")
     return 0
+
+
+def _shard(args: argparse.Namespace):
+    """``--shard K/N``, else torchrun's rank of its world size, else None (everything)."""
+    from fer_core.precompute import Shard
+    from_torchrun = Shard.from_environment()
+    if args.shard is None:
+        return from_torchrun
+    if from_torchrun is not None:
+        raise ConfigError("--shard and torchrun both split the data; under torchrun leave --shard out")
+    return Shard.parse(args.shard)
+
+
+def _shard_group(config: Config, shard):
+    """Under torchrun: join its process group (so ranks can wait for each other) and use this
+    rank's GPU; yields the device to run on."""
+    from contextlib import contextmanager
+    from fer_core.training import distributed
+    from fer_core.workflows import device_for
+
+    @contextmanager
+    def group():
+        device = device_for(config)
+        if not distributed.launched_by_torchrun():
+            yield device
+            return
+        import os
+        if device.startswith("cuda"):
+            device = f"cuda:{os.environ['LOCAL_RANK']}"
+        with distributed.process_group(device):
+            yield device
+    return group()
+
+
+def _wait_for_every_shard(shard) -> None:
+    """Under torchrun, wait until every rank has finished its shard."""
+    from fer_core.training import distributed
+    if shard is not None and distributed.is_active():
+        import torch.distributed as dist
+        dist.barrier()
 
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -240,16 +295,23 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("weights", type=Path, help="a model file (e.g. runs/<run>/best.safetensors)")
     parser.add_argument("--out", type=Path, required=True, help="output stem or .safetensors path")
     parser.add_argument("--fp16", action="store_true", help="store weights as float16 (half the size)")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also write a float32 ONNX graph (outputs logits and features) as <stem>.onnx")
     parser.add_argument("--trust-pickle", action="store_true")
 
 
-@command("export", "re-save a model in fer_core's safetensors + JSON format (optionally fp16)", _export_arguments)
+@command("export", "re-save a model in fer_core's safetensors + JSON format (optionally fp16, optionally ONNX too)",
+         _export_arguments)
 def _export(args: argparse.Namespace, config: Config) -> int:
     import torch
+    from fer_core.backends import export_onnx
     from fer_core.models import load_model, save_model
     model = load_model(args.weights, trust_pickle=args.trust_pickle or config.model.trust_pickle)
     path = save_model(model, args.out, dtype=torch.float16 if args.fp16 else torch.float32)
     print(f"{path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    if args.onnx:
+        graph = export_onnx(model, path.with_suffix(".onnx"))
+        print(f"{graph} ({graph.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 
@@ -304,13 +366,22 @@ def _compare(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _emotion(text: str) -> str:
+    from fer_core.labels import parse_emotion
+    try:
+        return parse_emotion(text)
+    except FerCoreError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("prompts", "generate", "import", "extract", "report", "ledger"),
                         help="prompts: print them; generate: make grids (credits from the ledger); import: register "
                              "grids made elsewhere; extract: cut, check and save the faces; report: counts and a "
                              "contact sheet; ledger: credits and pending reservations")
     parser.add_argument("files", type=Path, nargs="*", help="grid images (import)")
-    parser.add_argument("--emotion", action="append", help="emotion (repeatable; default: all 8)")
+    parser.add_argument("--emotion", action="append", type=_emotion,
+                        help="emotion, any case (fear, Fear, happy; repeatable; default: all 8)")
     parser.add_argument("--gender", action="append", choices=("women", "men"), help="repeatable; default: both")
     parser.add_argument("--intensity", action="append", choices=("slight", "moderate", "extreme"), help="repeatable")
     parser.add_argument("--age-range", help="e.g. 20-35 (default: diverse age ranges)")
@@ -343,7 +414,8 @@ def _cache_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("info", "prune"),
                         help="info: entries and bytes per kind and model; prune: remove entries (then compact)")
     parser.add_argument("--model", help="prune: only this model fingerprint")
-    parser.add_argument("--kind", help="prune: only this kind (logits, embedding, face, attribution, projection)")
+    parser.add_argument("--kind", help="prune: only this kind (logits, embedding, face, keypoints, attribution, "
+                                       "diagnostics, projection)")
     parser.add_argument("--older-than", type=float, metavar="DAYS", help="prune: only entries unused for DAYS days")
     parser.add_argument("--keep-models", type=int, metavar="N", help="prune: spare the N most recently used models")
 
@@ -358,6 +430,177 @@ def _cache(args: argparse.Namespace, config: Config) -> int:
         removed = cache.prune(args.model, args.kind, args.older_than, args.keep_models)
         saved = cache.vacuum()
         print(f"removed {removed} entries, {saved / 2**20:.1f} MiB freed; {len(cache)} left in {cache.path}")
+    return 0
+
+
+def _embed_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, help="weights file (default: model.weights_path or the shipped model)")
+    parser.add_argument("--dataset", action="append", required=True,
+                        help="dataset name[:split] or folder (repeatable: projected together)")
+    parser.add_argument("--projection", default="pca",
+                        help="comma-separated projections of all datasets together: pca, tsne, umap ('' for none)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of t-SNE and UMAP")
+    parser.add_argument("--limit", type=int, help="only the first N faces of each dataset")
+    parser.add_argument("--trust-pickle", action="store_true", help="allow pickled .pt model files (they run code)")
+    _shard_argument(parser)
+
+
+@command("embed", "precompute penultimate features (and 2-D projections) of datasets into the result cache",
+         _embed_arguments)
+def _embed(args: argparse.Namespace, config: Config) -> int:
+    import time
+    from fer_core.cache import ResultCache
+    from fer_core.precompute import embed_datasets
+    from fer_core.training import distributed
+    from fer_core.workflows import dataset_for, face_pipeline_for, load_configured_model
+    config = _with_trust(args, config)
+    shard = _shard(args)
+    projections = tuple(p.strip() for p in args.projection.split(",") if p.strip())
+    datasets = {spec: dataset_for(config, spec) for spec in dict.fromkeys(args.dataset)}
+    model = load_configured_model(config, args.model)
+    started = time.perf_counter()
+    with ResultCache.from_config(config) as cache, _shard_group(config, shard) as device:
+        options = dict(face_pipeline=face_pipeline_for(config, model), seed=args.seed, limit=args.limit,
+                       batch_size=config.inference.batch_size, device=device, backend=config.inference.backend)
+        result = embed_datasets(model, datasets, cache, projections=projections, shard=shard, **options)
+        summary = {"shard": None if shard is None else str(shard), **result.summary()}
+        _wait_for_every_shard(shard)
+        if shard is not None and distributed.is_active() and distributed.is_main() and projections:
+            whole = embed_datasets(model, datasets, cache, projections=projections, progress=False, **options)
+            summary.update(projections=list(whole.projections), projections_computed=list(whole.projections_computed))
+        elif shard is not None and projections:
+            summary["note"] = "projections need every face: run fer-core embed again without --shard"
+    _print_json({**summary, "cache": str(cache.path), "seconds": round(time.perf_counter() - started, 2)})
+    return 0
+
+
+def _explain_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_and_data(parser)
+    parser.add_argument("--method", required=True, help="attribution method (gradcam, saliency, lrp, ...)")
+    parser.add_argument("--target", default="predicted",
+                        help="class to explain: predicted (default), true (the label) or an emotion name")
+    parser.add_argument("--layer", help="layer of layer-based methods (default: the last conv stage)")
+    parser.add_argument("--map-size", type=int, default=56, help="side of the stored maps (at most the input size)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="a method setting, VALUE as JSON or text (repeatable), e.g. --param n_steps=16")
+    parser.add_argument("--batch-size", type=int, default=16, help="faces per attribution batch")
+    _shard_argument(parser)
+
+
+def _method_params(pairs: Sequence[str]) -> dict[str, object]:
+    params: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--param: expected NAME=VALUE, got {pair!r}")
+        try:
+            params[name.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            params[name.strip()] = text
+    return params
+
+
+@command("explain", "precompute attribution maps of a dataset into the result cache", _explain_arguments)
+def _explain(args: argparse.Namespace, config: Config) -> int:
+    import time
+    from fer_core.cache import ResultCache
+    from fer_core.explain import method_names
+    from fer_core.precompute import explain_dataset
+    from fer_core.workflows import dataset_for, face_pipeline_for, load_configured_model
+    if args.method not in method_names():
+        raise ConfigError(f"unknown attribution method {args.method!r}; registered methods: {method_names()}")
+    config = _with_trust(args, config)
+    shard = _shard(args)
+    dataset = dataset_for(config, args.dataset)
+    model = load_configured_model(config, args.model)
+    started = time.perf_counter()
+    with ResultCache.from_config(config) as cache, _shard_group(config, shard) as device:
+        result = explain_dataset(model, dataset, cache, args.method, target=args.target, layer=args.layer,
+                                 map_size=args.map_size, face_pipeline=face_pipeline_for(config, model),
+                                 batch_size=args.batch_size, limit=args.limit, shard=shard, device=device,
+                                 backend=config.inference.backend, **_method_params(args.param))
+        _wait_for_every_shard(shard)
+    summary = {"dataset": args.dataset, "target": args.target, "shard": None if shard is None else str(shard),
+               **result.summary()}
+    if len(result.diagnostics.columns):
+        summary["diagnostics_median"] = {name: float(result.diagnostics[name].median())
+                                         for name in result.diagnostics.columns}
+    _print_json({**summary, "cache": str(cache.path), "seconds": round(time.perf_counter() - started, 2)})
+    return 0
+
+
+def _gap_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, help="weights file (default: model.weights_path or the shipped model)")
+    parser.add_argument("--real", required=True, help="real faces, e.g. fer2013:test")
+    parser.add_argument("--synthetic", required=True, help="synthetic faces, e.g. sd_faces")
+    parser.add_argument("--limit", type=int, help="only the first N faces of each dataset")
+    parser.add_argument("--sample", type=int, default=2000,
+                        help="at most N faces per domain enter the metrics (seeded draw; 0: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trust-pickle", action="store_true", help="allow pickled .pt model files (they run code)")
+
+
+@command("gap", "domain-gap report (domain classifier, MMD, KID, centroids, nearest real face) on cached features",
+         _gap_arguments)
+def _gap(args: argparse.Namespace, config: Config) -> int:
+    from fer_core.cache import ResultCache
+    from fer_core.precompute import gap_report
+    from fer_core.workflows import dataset_for, device_for, face_pipeline_for, load_configured_model
+    config = _with_trust(args, config)
+    real, synthetic = dataset_for(config, args.real), dataset_for(config, args.synthetic)
+    model = load_configured_model(config, args.model)
+    with ResultCache.from_config(config) as cache:
+        report = gap_report(model, real, synthetic, cache, face_pipeline_for(config, model),
+                            sample=args.sample or None, limit=args.limit, seed=args.seed,
+                            out_dir=config.resolve(config.paths.cache_dir) / "gap",
+                            batch_size=config.inference.batch_size, device=device_for(config),
+                            backend=config.inference.backend)
+    _print_json({name: report[name] for name in ("real", "synthetic", "domain_classifier", "mmd_rbf", "kid",
+                                                 "nearest_real", "computed_features", "path")})
+    return 0
+
+
+def _sanity_arguments(parser: argparse.ArgumentParser) -> None:
+    _model_and_data(parser)
+    parser.add_argument("--method", action="append", dest="methods", metavar="METHOD",
+                        help="attribution method to check (repeatable; default: every registered method)")
+    parser.add_argument("--faces", type=int, default=32, help="faces to check on, spread over the dataset")
+    parser.add_argument("--depth", type=int, default=3, help="top layers re-initialised in the randomisation check")
+    parser.add_argument("--steps", type=int, default=16, help="deletion / insertion steps")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+@command("sanity", "saliency sanity checks (model randomisation, deletion / insertion vs a random order) per "
+                   "method, stored for the dashboard's flags", _sanity_arguments)
+def _sanity(args: argparse.Namespace, config: Config) -> int:
+    import numpy as np
+    import torch
+    from fer_core.explain import method_names, record_quality
+    from fer_core.inference import FacePreparer
+    from fer_core.workflows import dataset_for, face_pipeline_for, load_configured_model
+    methods = args.methods or method_names()
+    unknown = sorted(set(methods) - set(method_names()))
+    if unknown:
+        raise ConfigError(f"unknown attribution method(s) {unknown}; registered methods: {method_names()}")
+    if args.faces < 2:
+        raise ConfigError(f"--faces: expected at least 2 faces, got {args.faces}")
+    config = _with_trust(args, config)
+    dataset = dataset_for(config, args.dataset)
+    model = load_configured_model(config, args.model)
+    preparer = FacePreparer(model, face_pipeline_for(config, model))
+    available = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    picks = np.unique(np.linspace(0, available - 1, min(args.faces, available)).astype(int))
+    tensors = [face.tensor for face in (preparer.prepare(dataset, dataset[int(i)]) for i in picks)
+               if face.tensor is not None]
+    if len(tensors) < 2:
+        raise ConfigError(f"{args.dataset}: fewer than 2 readable faces to check on")
+    results = record_quality(config, model, torch.stack(tensors), methods,
+                             source=f"{args.dataset}, {len(tensors)} faces spread", depth=args.depth,
+                             steps=args.steps, seed=args.seed)
+    _print_json({method: {"passed": result["passed"], "randomisation_passed": result["randomisation"]["passed"],
+                          "deletion_auc": result["faithfulness"]["deletion_auc"],
+                          "random_deletion_auc": result["faithfulness"]["random_deletion_auc"]}
+                 for method, result in results.items()})
     return 0
 
 
@@ -379,7 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; a :class:`FerCoreError` becomes one clear line on stderr and exit code 2."""
+    """Run the CLI; a :class:`FerCoreError` becomes one clear line on stderr and exit code 2, a
+    failing disk or file system (full, read-only, no permission) one line and exit code 1."""
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, dict(parse_override(o) for o in args.overrides))
@@ -387,6 +631,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FerCoreError as exc:
         print(f"fer-core: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # finished work is kept (atomic writes): the same command resumes
+        print(f"fer-core: error: {exc}; free the disk or fix the permissions, then run the same command "
+              "again to resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("fer-core: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

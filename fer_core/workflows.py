@@ -14,7 +14,7 @@ from fer_core.evaluation import classification_report, mcnemar
 from fer_core.faces import FacePipeline
 from fer_core.inference import predict_dataset
 from fer_core.models import FerModel, load_model
-from fer_core.runs import METRICS_FILE, RUN_FILE, Run, run_id, utc_now, write_json_atomic
+from fer_core.runs import METRICS_FILE, RUN_FILE, Run, run_id, run_path, utc_now, write_json_atomic
 from fer_core.training import (GRADUAL_UNFREEZING_STAGES, HSEMOTION_STAGES, AugmentSettings, Stage, Trainer,
                                TrainSettings, distributed)
 
@@ -64,7 +64,7 @@ def evaluate_model(config: Config, model: FerModel, dataset: FaceDataset, weight
     """
     runs_dir = config.resolve(config.paths.runs_dir)
     label = dataset.label
-    path = runs_dir / (name or run_id("eval", model.architecture, label))
+    path = run_path(runs_dir, name or run_id("eval", model.architecture, label))
     info: dict[str, Any] = {
         "kind": "evaluation", "created": utc_now(), "fer_core_version": __version__,
         "model": {"path": str(weights_path) if weights_path else None, "architecture": model.architecture,
@@ -80,7 +80,7 @@ def evaluate_model(config: Config, model: FerModel, dataset: FaceDataset, weight
     write_json_atomic(path / RUN_FILE, info)
     table = predict_dataset(model, dataset, path, face_pipeline=face_pipeline_for(config, model),
                             batch_size=config.inference.batch_size, limit=limit,
-                            device=device_for(config), progress=progress)
+                            device=device_for(config), progress=progress, backend=config.inference.backend)
     scored = table[(table["label"] >= 0) & table["error"].isna()]
     if scored.empty:
         raise DataError(f"{dataset.name}: no readable labelled faces to evaluate")
@@ -132,7 +132,7 @@ def train_model(config: Config, args: Any) -> dict[str, Any]:
         channels_last=device_for(config).startswith("cuda"), mixed_precision=device_for(config).startswith("cuda"))
     with distributed.process_group(settings.device):  # data-parallel under torchrun
         name = distributed.broadcast_object(args.name or run_id("train", architecture, args.train))  # one run dir
-        run_dir = config.resolve(config.paths.runs_dir) / name
+        run_dir = run_path(config.resolve(config.paths.runs_dir), name)
         if (run_dir / "checkpoint.pt").is_file() and not args.resume:
             raise ConfigError(f"{run_dir} already holds a training run: pass --resume to continue it, "
                               f"or another --name")
