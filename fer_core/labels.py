@@ -122,6 +122,18 @@ LABEL_MAPS: Mapping[str, LabelMap] = MappingProxyType(
 )
 
 
+def parse_emotion(text: str) -> str:
+    """The canonical emotion a person typed: a canonical name or class-folder name in any case
+    (``fear``, ``Happy``, ``happiness`` -> ``Fear``, ``Happiness``, ``Happiness``)."""
+    folded = text.strip().lower()
+    for emotion in EMOTIONS:
+        if emotion.lower() == folded:
+            return emotion
+    if CLASS_FOLDERS.to_emotion.get(folded):
+        return CLASS_FOLDERS.to_emotion[folded]
+    raise DataError(f"unknown emotion {text!r}; expected one of {list(EMOTIONS)} (any case)")
+
+
 def folder_name(emotion: str) -> str:
     """The class-folder name written for a canonical emotion (``Happiness`` -> ``happy``)."""
     return CLASS_FOLDERS.source_name(emotion)

@@ -5,7 +5,7 @@ import pytest
 
 from fer_core.errors import DataError
 from fer_core.labels import (AFFECTNET, CLASS_FOLDERS, EMOTIONS, FER2013_CSV, FER2013_FOLDERS, FERPLUS_VOTES,
-                             LABEL_MAPS, VALENCE_GROUPS, folder_name, restrict_logits, valence_index)
+                             LABEL_MAPS, VALENCE_GROUPS, folder_name, parse_emotion, restrict_logits, valence_index)
 
 
 def test_hsemotion_order():
@@ -52,3 +52,15 @@ def test_valence_groups_cover_every_emotion_once():
     groups = list(VALENCE_GROUPS)
     assert [groups[g] for g in valence_index(np.arange(8))] == [
         "negative", "negative", "negative", "negative", "positive", "neutral", "negative", "positive"]
+
+
+@pytest.mark.parametrize(("typed", "emotion"), [("fear", "Fear"), ("FEAR", "Fear"), ("happy", "Happiness"),
+                                                ("Happiness", "Happiness"), (" surprised ", "Surprise"),
+                                                ("angry", "Anger")])
+def test_parse_emotion_accepts_any_case_and_folder_names(typed, emotion):
+    assert parse_emotion(typed) == emotion
+
+
+def test_parse_emotion_names_the_choices():
+    with pytest.raises(DataError, match="unknown emotion 'joy'"):
+        parse_emotion("joy")

@@ -457,3 +457,10 @@ def test_diffusers_backend_never_downloads(tmp_path):
             create_backend("diffusers", model_dir=tmp_path)
     with pytest.raises(ConfigError, match="unknown grid backend"):
         create_backend("dall-e")
+
+
+@pytest.mark.parametrize(("emotion", "intensity", "phrase"), [("Fear", "extreme", "showing an extremely fearful"),
+                                                              ("Anger", None, "showing an angry"),
+                                                              ("Sadness", "slight", "showing a slightly sad")])
+def test_current_template_reads_as_english(emotion, intensity, phrase):
+    assert phrase in build_prompt(PromptSpec(emotion, "women", intensity)).text

@@ -128,7 +128,7 @@ def _plan_professional(spec: PromptSpec) -> str:
 _NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine", 10: "ten"}
 
 
-@register_template("current", "1")
+@register_template("current", "2")
 def _current(spec: PromptSpec) -> str:
     """The cleaned-up template: emotion first, the grid spelled out, no "realistic"."""
     n, words = spec.layout, _NUMBER_WORDS[spec.layout]
@@ -141,9 +141,15 @@ def _current(spec: PromptSpec) -> str:
     return (f"{emotion.capitalize()} facial expressions: a movie photo of a {n}x{n} dimension grid of headshot "
             f"movie portraits, so {words} images for height and {words} images for width, {n * n} cells in all. "
             f"Each cell shows one distinct {people} {ages}, with diverse ethnicities, hair and skin tones, "
-            f"front-facing, showing a {emotion} emotional expression, in a well-lit environment with a uniform "
+            f"front-facing, showing {_article(emotion)} {emotion} emotional expression, in a well-lit environment "
+            f"with a uniform "
             f"grey background. The layout must be equally spaced, and each face should be fully shown and "
             f"clearly separated from the others.")
+
+
+def _article(word: str) -> str:
+    """``an`` before a vowel (an extremely angry...), else ``a``."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def build_prompt(spec: PromptSpec, template: str = "current") -> Prompt:
