@@ -5,15 +5,17 @@ Pages call these and ``fer_core``; no ML logic lives in the dashboard.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 
-from fer_core.config import Config, load_config
+from fer_core.config import ENV_CONFIG, Config, load_config
 from fer_core.errors import FerCoreError, ModelLoadError
 from fer_core.faces import FacePipeline
 from fer_core.models import EmotionRecognizer, FerModel
+from fer_core.runs import Run, list_runs
 from fer_core.workflows import load_configured_model, resolve_weights
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,8 +40,14 @@ class PageSpec:
 
 PAGE_SPECS = (
     PageSpec("home.py", "Home", ":material/home:"),
-    PageSpec("upload.py", "Upload", ":material/upload:"),
     PageSpec("baseline_metrics.py", "Baseline metrics", ":material/analytics:"),
+    PageSpec("confusion.py", "Confusion", ":material/grid_on:"),
+    PageSpec("saliency.py", "Saliency browser", ":material/visibility:"),
+    PageSpec("embeddings.py", "Embeddings", ":material/scatter_plot:"),
+    PageSpec("cross_domain.py", "Cross-domain", ":material/compare_arrows:"),
+    PageSpec("upload.py", "Upload", ":material/upload:"),
+    PageSpec("synthetic.py", "Synthetic data", ":material/auto_awesome:"),
+    PageSpec("runs.py", "Runs", ":material/history:"),
 )
 
 
@@ -70,6 +78,17 @@ def _load_model(config: Config, weights: str, mtime: float) -> FerModel:
     return load_configured_model(config, weights)
 
 
+def config_file() -> Path | None:
+    """The config file in use when it is not the project's default (``$FER_CORE_CONFIG``)."""
+    value = os.environ.get(ENV_CONFIG)
+    return Path(value) if value else None
+
+
+def load_model_file(config: Config, weights: Path) -> FerModel:
+    """The model in ``weights``, loaded once per file version."""
+    return _load_model(config, str(weights), weights.stat().st_mtime)
+
+
 def get_model(config: Config) -> FerModel | None:
     """The configured model, loaded once per file version; ``None`` with an explanation if absent."""
     try:
@@ -87,9 +106,9 @@ def get_face_pipeline(config: Config, crop_size: int) -> FacePipeline:
     return FacePipeline.from_config(config, crop_size=crop_size)
 
 
-def get_recognizer(model: FerModel) -> EmotionRecognizer:
-    """An HSEmotion-style recognizer around ``model``."""
-    return EmotionRecognizer(model)
+def get_recognizer(model: FerModel, config: Config) -> EmotionRecognizer:
+    """An HSEmotion-style recognizer around ``model``, on the configured inference backend."""
+    return EmotionRecognizer(model, backend=config.inference.backend)
 
 
 def head_is_trained(model: FerModel) -> bool:
@@ -103,3 +122,20 @@ def empty_state(message: str, command: str | None = None) -> None:
     if command:
         st.code(command, language="bash")
 
+
+def display_width(shape: tuple[int, ...], width: int) -> int | str:
+    """``width`` for ``st.image``, or ``"content"`` when scaling to it would leave the image
+    less than one pixel high (a 400x1 strip)."""
+    height, image_width = shape[:2]
+    return width if height * width >= image_width else "content"
+
+
+def finished_evaluations(config: Config | None) -> list[Run]:
+    """Every finished evaluation run; with a config but none, an empty state saying how to make one."""
+    if config is None:
+        return []
+    runs = [r for r in list_runs(config.resolve(config.paths.runs_dir), kind="evaluation") if r.complete]
+    if not runs:
+        empty_state("No finished evaluation runs yet. Evaluate a model on a dataset:",
+                    "fer-core evaluate --dataset ferplus:test")
+    return runs

@@ -5,20 +5,17 @@ import streamlit as st
 
 from dashboard import charts, ui
 from fer_core.errors import DataError
-from fer_core.runs import list_runs
+from fer_core.views import comparable_runs, per_class_deltas
 from fer_core.workflows import compare_runs
 
 st.title("Baseline metrics")
 config = ui.get_config()
-runs = [] if config is None else [r for r in list_runs(config.resolve(config.paths.runs_dir), kind="evaluation")
-                                   if r.complete]
-if config is not None and not runs:
-    ui.empty_state("No finished evaluation runs yet. Evaluate a model on a dataset:",
-                   "fer-core evaluate --dataset ferplus:test")
+runs = ui.finished_evaluations(config)
 if runs:
     labels = {r.id: f"{r.id}  ({r.info['dataset'].get('label', r.info['dataset']['name'])}, "
                      f"{r.info['model']['architecture']})" for r in runs}
-    run = next(r for r in runs if r.id == st.selectbox("Run", list(labels), format_func=labels.get))
+    chosen = st.selectbox("Run", list(labels), format_func=labels.get)
+    run = next(r for r in runs if r.id == chosen)
     m = run.metrics
     st.caption(f"{m['n']} faces of {run.info['dataset'].get('label', run.info['dataset']['name'])} "
                f"({run.info['dataset']['domain']}); "
@@ -40,21 +37,28 @@ if runs:
     st.plotly_chart(charts.confusion_heatmap(m["confusion"], normalized), key="confusion")
 
     st.subheader("Compare with another run")
-    same_faces = run.info["dataset"].get("label"), run.info["dataset"].get("limit"), m["n"]
-    others = [r for r in runs if r.id != run.id and
-              (r.info["dataset"].get("label"), r.info["dataset"].get("limit"), r.metrics["n"]) == same_faces]
+    others = comparable_runs(run, runs)
     if not others:
-        ui.empty_state(f"No other run on the same faces ({same_faces[0]}). Evaluate another model on them:",
-                       f"fer-core evaluate --model path/to/other.safetensors --dataset {same_faces[0]}")
+        label = run.info["dataset"].get("label")
+        ui.empty_state(f"No other run on the same faces ({label}). Evaluate another model on them:",
+                       f"fer-core evaluate --model path/to/other.safetensors --dataset {label}")
     else:
-        other = next(r for r in others if r.id == st.selectbox("Second run", [r.id for r in others],
-                                                                format_func=labels.get))
+        second = st.selectbox("Second run", [r.id for r in others], format_func=labels.get)
+        other = next(r for r in others if r.id == second)
         try:
             result = compare_runs(run, other)
+            deltas = per_class_deltas(run, other)
         except DataError as exc:
             st.info(f"These runs cannot be compared: {exc}")
             st.stop()
         test = result["mcnemar"]
+        a, b, c = st.columns(3)
+        a.metric("Accuracy (first)", f"{test['accuracy_a']:.2%}")
+        b.metric("Accuracy (second)", f"{test['accuracy_b']:.2%}", f"{test['accuracy_b'] - test['accuracy_a']:+.2%}")
+        c.metric("McNemar p", f"{test['p_value']:.4g}")
         st.write(f"McNemar's exact test on {test['n']} shared faces: p = {test['p_value']:.4g} "
                  f"({test['a_only_correct']} faces only the first got right, {test['b_only_correct']} only the second)")
-        st.bar_chart(pd.Series(result["f1_delta_b_minus_a"], name="F1 (second - first)"))
+        st.plotly_chart(charts.delta_bars(deltas), key="per-class-deltas")
+        st.dataframe(deltas.style.format({c: "{:+.3f}" if c.endswith("delta") else "{:.3f}"
+                                          for c in deltas.columns if c not in ("emotion", "support")}),
+                     hide_index=True, key="delta-table")

@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's chromium + chromium-driver, Selenium):
-start `streamlit run dashboard/Home.py` on 127.0.0.1, open the pages, upload a real Stable
-Diffusion face and see a prediction appear. Screenshots go to the ignored screenshots/."""
+start `streamlit run dashboard/Home.py` on 127.0.0.1, open every page, upload a real Stable
+Diffusion face and see a prediction and its heatmap appear, switch the attribution method on
+the Upload and Saliency pages. Screenshots of each page go to the ignored screenshots/."""
 
 import os
 import shutil
@@ -9,7 +10,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -95,23 +95,66 @@ def shoot(driver, name: str) -> None:
     driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
 
+#: Every page: its URL path, its title and an element that shows it rendered its content.
+PAGES = (
+    ("", "Facial emotion recognition", "[data-testid='stMetric']"),
+    ("/baseline_metrics", "Baseline metrics", "[data-testid='stPlotlyChart']"),
+    ("/confusion", "Confusion", "[data-testid='stImage'] img"),
+    ("/saliency", "Saliency browser", "[data-testid='stImage'] img"),
+    ("/embeddings", "Embeddings", "[data-testid='stPlotlyChart']"),
+    ("/cross_domain", "Cross-domain", "[data-testid='stPlotlyChart']"),
+    ("/upload", "Upload a photo", "input[type='file']"),
+    ("/synthetic", "Synthetic data", "[data-testid='stCode']"),
+    ("/runs", "Runs", "[data-testid='stDataFrame']"),
+)
+
+
 def test_every_page_renders(server, browser):
-    for path, title, content in (("", "Facial emotion recognition", "[data-testid='stMetric']"),
-                                 ("/baseline_metrics", "Baseline metrics", "[data-testid='stPlotlyChart']"),
-                                 ("/upload", "Upload a photo", "input[type='file']")):
+    for path, title, content in PAGES:
         browser.get(server + path)
         wait_for(browser, "h1", title)
         wait_for(browser, content)
-        assert not browser.find_elements("css selector", "[data-testid='stException']")
+        assert not browser.find_elements("css selector", "[data-testid='stException']"), path
         shoot(browser, path.strip("/") or "home")
 
 
-def test_upload_a_face_and_see_its_prediction(server, browser, synthetic_root):
+def choose(driver, label: str, option: str) -> None:
+    """Pick ``option`` in the selectbox labelled ``label`` (Streamlit's baseweb select)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def labelled(d):
+        return next((b for b in d.find_elements(By.CSS_SELECTOR, "[data-testid='stSelectbox']") if label in b.text),
+                    False)
+    box = WebDriverWait(driver, 60).until(labelled)
+    field = box.find_element(By.CSS_SELECTOR, "input")
+    field.click()
+    field.send_keys(option)
+    field.send_keys(Keys.ENTER)
+
+
+def test_upload_a_face_see_its_prediction_and_switch_the_method(server, browser, synthetic_root):
     browser.get(server + "/upload")
     wait_for(browser, "h1", "Upload a photo")
     wait_for(browser, "input[type='file']")
-    browser.find_element("css selector", "input[type='file']").send_keys(str(synthetic_root / "happy" / "happy_001.jpg"))
+    face = synthetic_root / "happy" / "happy_001.jpg"
+    browser.find_element("css selector", "input[type='file']").send_keys(str(face))
     wait_for(browser, "[data-testid='stPlotlyChart']")
     wait_for(browser, "[data-testid='stMain']", "face 1 (aligned)")
-    assert browser.find_elements("css selector", "[data-testid='stImage'] img")
+    wait_for(browser, "[data-testid='stMain']", "gradcam map of")
+    assert len(browser.find_elements("css selector", "[data-testid='stImage'] img")) >= 3  # photo, crop, heatmap
     shoot(browser, "upload_prediction")
+    choose(browser, "Attribution method", "integrated_gradients")
+    wait_for(browser, "[data-testid='stMain']", "integrated_gradients map of")
+    shoot(browser, "upload_integrated_gradients")
+
+
+def test_switch_the_saliency_method(server, browser):
+    browser.get(server + "/saliency")
+    wait_for(browser, "h1", "Saliency browser")
+    wait_for(browser, "[data-testid='stMain']", "Mean gradcam map of Happiness")
+    choose(browser, "Method", "smoothgrad")
+    wait_for(browser, "[data-testid='stMain']", "Mean smoothgrad map of Happiness")
+    assert not browser.find_elements("css selector", "[data-testid='stException']")
+    shoot(browser, "saliency_smoothgrad")

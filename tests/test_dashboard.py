@@ -1,27 +1,32 @@
-"""The dashboard with Streamlit's AppTest: every page, with data and a trained model, and empty."""
+"""The dashboard with Streamlit's AppTest: every page, on real faces with a trained model, and empty."""
 
 import io
 import json
+import time
 from pathlib import Path
 
+import cv2
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from fer_core.config import load_config
 from fer_core.data import open_dataset
+from fer_core.labels import EMOTIONS
 from fer_core.models import load_model
-from fer_core.workflows import evaluate_model
+from fer_core.runs import Run
+from fer_core.workflows import evaluate_model, face_pipeline_for
 
 REPO = Path(__file__).resolve().parent.parent
 HOME = str(REPO / "dashboard" / "Home.py")
 PAGES = REPO / "pages"
 
 
-def write_config(project: Path, name: str, **model_keys: str) -> Path:
+def write_config(project: Path, name: str, **keys: str) -> Path:
     text = (REPO / "configs" / "config.yaml").read_text()
-    for key, value in model_keys.items():
+    for key, value in keys.items():
         text = text.replace(f"  {key}: null", f"  {key}: {value}")
     path = project / "configs" / name
     path.write_text(text)
@@ -36,12 +41,15 @@ def app_config(project, tiny_model, face_model_path):
     subset = faces.subset(np.arange(0, len(faces), 20))
     for name in ("dash-eval-first", "dash-eval"):
         evaluate_model(config, load_model(tiny_model), subset, name=name, n_bootstrap=100, progress=False)
+    sd_faces = open_dataset("sd_faces", config.resolve(config.data.root))
+    evaluate_model(config, load_model(tiny_model), sd_faces.subset(np.arange(0, len(sd_faces), 8)),  # all 5 classes
+                   name="dash-eval-sd", n_bootstrap=100, progress=False)
     return path
 
 
 def open_page(monkeypatch, config_path: Path, page: str | None = None) -> AppTest:
     monkeypatch.setenv("FER_CORE_CONFIG", str(config_path))
-    app = AppTest.from_file(HOME, default_timeout=120)
+    app = AppTest.from_file(HOME, default_timeout=180)
     app.run()
     if page:
         app.switch_page(str(PAGES / page))
@@ -53,37 +61,83 @@ def open_page(monkeypatch, config_path: Path, page: str | None = None) -> AppTes
 def texts(app: AppTest) -> str:
     parts = [m.value for m in app.markdown] + [i.value for i in app.info] + [w.value for w in app.warning]
     parts += [e.value for e in app.error] + [c.value for c in app.code] + [c.value for c in app.caption]
+    parts += [s.value for s in app.subheader] + [s.value for s in app.success]
     return "\n".join(map(str, parts))
+
+
+def images(app: AppTest) -> list:
+    """Every picture on the page (an ``st.image`` call with a list gives several)."""
+    return [img for element in app.get("image") for img in element.proto.imgs]
+
+
+def plotly_array(value) -> np.ndarray:
+    """A trace's data as an array: plotly writes numpy data as base64 typed arrays."""
+    if isinstance(value, dict) and "bdata" in value:
+        import base64
+        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        return array if shape is None else array.reshape([int(n) for n in str(shape).split(",")])
+    return np.asarray(value, dtype=float)
 
 
 def sd_face_bytes(synthetic_root: Path) -> bytes:
     return (synthetic_root / "happy" / "happy_001.jpg").read_bytes()
 
 
-def test_home_lists_model_datasets_and_questions(monkeypatch, app_config, tiny_model):
+def test_home_lists_what_is_installed_and_links_each_question(monkeypatch, app_config, tiny_model):
     app = open_page(monkeypatch, app_config)
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["Model"] == "mobilenetv3_small_050"
     assert int(metrics["Datasets"]) >= 5  # fer2013 train/test, ferplus train/valid/test, sd_faces
-    assert int(metrics["Evaluation runs"]) >= 1
+    assert int(metrics["Evaluation runs"]) >= 2 and int(metrics["Training runs"]) >= 1
     body = texts(app)
     assert "Research questions" in [s.value for s in app.subheader]
-    assert "synthetic" in body and load_model(tiny_model).fingerprint in body
+    assert load_model(tiny_model).fingerprint in body and "`sd_faces`" in body
+    links = {link.proto.label: link.proto.page for link in app.get("page_link")}
+    assert {"Cross-domain", "Saliency browser", "Embeddings"} <= set(links)
+    for code in ("RQ1", "RQ2", "RQ3", "RQ4"):
+        assert code in body
+    assert "fer-core sweep" in body  # no sweep yet: the next step says how to make one
 
 
-def test_upload_detects_and_predicts_a_real_sd_face(monkeypatch, app_config, synthetic_root):
+def test_upload_detects_predicts_and_explains_a_real_sd_face(monkeypatch, app_config, synthetic_root):
     app = open_page(monkeypatch, app_config, "upload.py")
     assert "mediapipe" in texts(app)
+    assert app.selectbox(key="upload-model").value.startswith("configured: ")
+    assert app.selectbox(key="upload-method").value == "gradcam"
     app.file_uploader[0].set_value(("happy_001.jpg", sd_face_bytes(synthetic_root), "image/jpeg")).run()
     assert not app.exception, [e.value for e in app.exception]
-    captions = [image.proto.imgs[0].caption for image in app.get("image")]
-    assert captions[0] == "1 face(s)" and captions[1].startswith("face 1 (aligned)")
+    pictures = images(app)
+    assert pictures[0].caption == "1 face(s)" and pictures[1].caption.startswith("face 1 (aligned)")
+    assert pictures[2].caption.startswith("face 1: gradcam map of ")
     charts = app.get("plotly_chart")
     assert len(charts) == 1
     figure = json.loads(charts[0].proto.spec)
     probabilities = figure["data"][0]["x"]
     assert len(probabilities) == 8 and abs(sum(probabilities) - 1) < 1e-4
-    assert len(app.get("download_button")) == 1
+    assert pictures[2].caption.endswith(figure["data"][0]["y"][int(np.argmax(probabilities))])
+    buttons = app.get("download_button")
+    assert [b.proto.label for b in buttons] == ["Overlay (PNG)", "Download the result (JSON)"]
+    gradcam_overlay = pictures[2].url
+    app.selectbox(key="upload-method").set_value("saliency").run()
+    assert not app.exception
+    assert images(app)[2].caption.startswith("face 1: saliency map of ") and images(app)[2].url != gradcam_overlay
+
+
+def test_upload_finds_every_face_of_a_group_photo(monkeypatch, app_config, synthetic_root):
+    from fer_core.images import load_rgb
+    faces = [cv2.resize(load_rgb(synthetic_root / folder / f"{folder}_001.jpg"), (256, 256))
+             for folder in ("happy", "sad", "angry", "neutral")]
+    photo = np.vstack([np.hstack(faces[:2]), np.hstack(faces[2:])])  # four people, two rows
+    app = open_page(monkeypatch, app_config, "upload.py")
+    png = cv2.imencode(".png", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))[1].tobytes()
+    app.file_uploader[0].set_value(("group.png", png, "image/png")).run()
+    assert not app.exception, [e.value for e in app.exception]
+    pictures = images(app)
+    assert pictures[0].caption == "4 face(s)"
+    assert sum(p.caption.startswith("face ") and " gradcam map of " in p.caption for p in pictures) == 4
+    assert len(app.get("plotly_chart")) == 4
+    assert [b.proto.label for b in app.get("download_button")].count("Overlay (PNG)") == 4
 
 
 def test_upload_rejects_a_corrupt_file_clearly(monkeypatch, app_config):
@@ -106,33 +160,266 @@ def test_upload_withholds_predictions_of_an_untrained_head(monkeypatch, project,
     assert not app.exception and len(app.get("plotly_chart")) == 0
 
 
-def test_baseline_metrics_shows_the_run(monkeypatch, app_config, project):
+def test_baseline_metrics_shows_the_run_and_compares_two(monkeypatch, app_config, project):
     app = open_page(monkeypatch, app_config, "baseline_metrics.py")
+    app.selectbox[0].set_value("dash-eval").run()
     metrics = json.loads((project / "runs" / "dash-eval" / "metrics.json").read_text())
     table = app.dataframe[0].value
     accuracy = table.loc[table["metric"] == "accuracy"].iloc[0]
     assert accuracy["value"] == pytest.approx(metrics["accuracy"])
     assert accuracy["95% CI low"] == pytest.approx(metrics["ci95"]["accuracy"][0])
-    assert len(app.get("plotly_chart")) == 2  # per-class bars and the confusion matrix
+    assert len(app.get("plotly_chart")) == 3  # per-class bars, the confusion matrix, per-class deltas
     assert any(f"{metrics['valence']['accuracy']:.2%}" in m.value for m in app.markdown)
     app.toggle[0].set_value(False).run()
     assert not app.exception
-    # The two runs of the same model on the same faces: McNemar finds no difference.
+    # The two runs of the same model on the same faces: McNemar finds no difference, every delta is 0.
     assert app.selectbox[1].value == "dash-eval-first"
     assert any("McNemar's exact test on 359 shared faces: p = 1 " in m.value for m in app.markdown)
+    deltas = app.dataframe[-1].value  # the per-class deltas
+    assert list(deltas["emotion"]) == metrics["emotions"]
+    assert (deltas[["precision_delta", "recall_delta", "f1_delta"]] == 0).all().all()
+    assert list(deltas["f1_a"]) == pytest.approx([metrics["per_class"][e]["f1"] for e in metrics["emotions"]])
+
+
+def test_confusion_cell_lists_its_faces_with_probabilities_and_maps(monkeypatch, app_config, project):
+    app = open_page(monkeypatch, app_config, "confusion.py")
+    app.selectbox[0].set_value("dash-eval").run()
+    run = Run.load(project / "runs" / "dash-eval")
+    counts = np.array(run.metrics["confusion"]["counts"])
+    emotions = run.metrics["confusion"]["labels"]
+    off = counts - np.diag(np.diag(counts))
+    i, j = np.unravel_index(off.argmax(), counts.shape)  # the default cell: the most frequent confusion
+    picked = app.selectbox(key="cell-true").value, app.selectbox(key="cell-predicted").value
+    assert picked == (emotions[i], emotions[j])
+    assert f"{counts[i, j]} face(s): true {emotions[i]}, predicted {emotions[j]}" in texts(app)
+    table = app.dataframe[0].value
+    predictions = run.predictions
+    expected = predictions[(predictions["label"] == EMOTIONS.index(emotions[i]))
+                           & (predictions["pred"] == EMOTIONS.index(emotions[j]))]
+    shown = min(8, counts[i, j])
+    assert len(table) == shown
+    assert set(table["key"]) <= set(expected["key"])
+    assert list(table["p_predicted"]) == sorted(table["p_predicted"], reverse=True)
+    assert len(images(app)) == 2 * shown  # each face and its Grad-CAM overlay
+    # a diagonal cell: the correctly classified faces of the largest class
+    k = int(np.diag(counts).argmax())
+    app.selectbox(key="cell-true").set_value(emotions[k])
+    app.selectbox(key="cell-predicted").set_value(emotions[k]).run()
+    assert not app.exception
+    assert f"{counts[k, k]} face(s): true {emotions[k]}, predicted {emotions[k]}" in texts(app)
+    app.toggle[0].set_value(True).run()
+    heatmap = json.loads(app.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert np.allclose(plotly_array(heatmap["z"]), run.metrics["confusion"]["normalized"])
+
+
+def test_runs_lists_runs_shows_curves_and_runs_a_background_job(monkeypatch, app_config, project, tiny_model):
+    app = open_page(monkeypatch, app_config, "runs.py")
+    table = app.dataframe[0].value
+    assert {"dash-eval", "dash-eval-first", "tiny"} <= set(table["run"])
+    assert table.set_index("run").loc["dash-eval", "n"] == 359
+    app.selectbox[0].set_value("tiny").run()
+    history = json.loads((project / "runs" / "tiny" / "history.json").read_text())["history"]
+    curves = json.loads(app.get("plotly_chart")[0].proto.spec)["data"]
+    accuracy = next(trace for trace in curves if trace["name"] == "val accuracy")
+    assert plotly_array(accuracy["y"]) == pytest.approx([row["val_accuracy"] for row in history])
+
+    app.radio(key="job-kind").set_value("evaluate")
+    app.selectbox(key="job-dataset").set_value("fer2013:test")
+    app.number_input(key="job-limit").set_value(30)
+    app.text_input(key="job-name").set_value("job-eval").run()
+    command = app.code[0].value
+    assert command.startswith("fer-core --config ") and " evaluate --model " in command
+    assert command.endswith("--dataset fer2013:test --name job-eval --limit 30")
+    app.button(key="job-start").click().run()
+    assert any("keeps running if you leave this page" in s.value for s in app.success)
+    app.switch_page(str(PAGES / "home.py")).run()  # leave the page: the job goes on
+    metrics_file = project / "runs" / "job-eval" / "metrics.json"
+    deadline = time.time() + 240
+    while not metrics_file.is_file() and time.time() < deadline:
+        time.sleep(2)
+    assert json.loads(metrics_file.read_text())["n"] == 30
+    app.switch_page(str(PAGES / "runs.py")).run()
+    assert "finished" in texts(app) or "running" in texts(app)
+    app.radio(key="job-kind").set_value("explain").run()  # the precompute jobs get their own arguments
+    assert " explain --model " in app.code[0].value and "--method " in app.code[0].value
+    app.radio(key="job-kind").set_value("gap").run()
+    assert "--real " in app.code[0].value and "--synthetic sd_faces" in app.code[0].value
+
+
+def test_saliency_browser_puts_real_and_synthetic_maps_side_by_side(monkeypatch, app_config):
+    import streamlit as st
+    app = open_page(monkeypatch, app_config, "saliency.py")
+    app.slider(key="sal-count").set_value(4)
+    app.toggle(key="sal-per-area").set_value(False)
+    app.slider(key="sal-shown").set_value(4).run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert [s.value for s in app.subheader][:2] == ["real: fer2013:test", "synthetic: sd_faces"]
+    captions = [c.value for c in app.caption if "Happiness face(s)" in c.value]
+    assert len(captions) == 2 and all(c.startswith("4 Happiness face(s)") for c in captions)
+    assert len(images(app)) == 8  # 4 real + 4 synthetic overlays
+    charts = [json.loads(chart.proto.spec)["data"] for chart in app.get("plotly_chart")]
+    real, synthetic, difference = (plotly_array(chart[0]["z"]).astype(float) for chart in charts[:3])
+    assert real.shape == synthetic.shape and np.allclose(difference, synthetic - real, atol=1e-5, equal_nan=True)
+    assert np.isfinite(real).mean() > 0.5 and np.nanstd(real) > 0 and np.nanstd(synthetic) > 0  # NaN: no face there
+    regions = {trace["name"]: plotly_array(trace["y"]) for trace in charts[3]}  # mean share per region and domain
+    assert set(regions) == {"real", "synthetic"}
+    assert all(abs(shares.sum() - 1) < 1e-6 for shares in regions.values())  # every face's attribution is placed
+    assert "No sanity check stored for gradcam" in texts(app)
+    # a new session with the page memo cleared reads every map back from the result cache
+    st.cache_data.clear()
+    again = open_page(monkeypatch, app_config, "saliency.py")
+    again.slider(key="sal-count").set_value(4)
+    again.slider(key="sal-shown").set_value(4).run()
+    assert [c.value for c in again.caption if "Happiness face(s)" in c.value] == \
+        ["4 Happiness face(s); 0 computed now, 4 from the cache"] * 2
+    before = [img.url for img in images(again)]
+    again.selectbox(key="sal-method").set_value("saliency").run()
+    assert not again.exception
+    assert len(images(again)) == 8 and [img.url for img in images(again)] != before
+    assert "Mean saliency map of Happiness on aligned faces" in texts(again)
+    # a stored sanity check flags the method
+    from fer_core.explain import record_quality
+    config = load_config(app_config)
+    model = load_model(config.model.weights_path)
+    faces = open_dataset("fer2013:test", config.resolve(config.data.root)).subset(np.arange(0, 800, 100))
+    result = record_quality(config, model, model.preprocessing.batch([faces.read(s) for s in faces]), ["gradcam"],
+                            source="fer2013:test[0:800:100]")["gradcam"]
+    checked = open_page(monkeypatch, app_config, "saliency.py")
+    verdict = "failed the sanity check" if not result["passed"] else "gradcam passed the sanity check"
+    assert verdict in texts(checked)
+
+
+def test_embeddings_plot_both_domains_and_measure_the_gap(monkeypatch, app_config, project):
+    from fer_core.cache import ResultCache
+    from fer_core.domain_gap import project as projection
+    from fer_core.precompute import embed_datasets
+    app = open_page(monkeypatch, app_config, "embeddings.py")
+    app.radio(key="emb-projection").set_value("pca")
+    app.number_input(key="emb-limit").set_value(40).run()
+    assert not app.exception, [e.value for e in app.exception]
+    traces = json.loads(app.get("plotly_chart")[0].proto.spec)["data"]
+    names = [t["name"] for t in traces]
+    assert names[0] == "real (40)" and names[1].startswith("synthetic (")
+    config = load_config(app_config)
+    model = load_model(config.model.weights_path)
+    with ResultCache.from_config(config) as cache:
+        found = embed_datasets(model, {s: open_dataset(s, config.resolve(config.data.root))
+                                       for s in ("fer2013:test", "sd_faces")},
+                               cache, face_pipeline_for(config, model), projections=(), limit=40, progress=False)
+    assert found.computed == 0  # the page stored every face's features
+    xy = projection(found.features, "pca")
+    real_rows = np.flatnonzero(found.table["domain"] == "real")
+    # PCA's sign is arbitrary
+    assert np.allclose(np.abs(plotly_array(traces[0]["x"])), np.abs(xy[real_rows, 0]), atol=1e-3)
+    # a lasso around three points (as the browser reports it: customdata, or trace and index) lists their faces
+    lasso = [{"customdata": 0}, {"customdata": 3}, {"curve_number": 1, "point_index": 2}]
+    app.session_state["embedding-scatter"] = {"selection": {"points": lasso, "point_indices": [], "box": [],
+                                                            "lasso": []}}
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert "3 selected face(s)" in texts(app) and len(images(app)) == 3
+    synthetic_rows = np.flatnonzero(found.table["domain"] == "synthetic")
+    listed = app.dataframe[0].value
+    assert list(listed["key"]) == list(found.table["key"].iloc[[0, 3, synthetic_rows[2]]])
+    app.radio(key="emb-color").set_value("emotion").run()
+    traces = json.loads(app.get("plotly_chart")[0].proto.spec)["data"]
+    counts = found.table["emotion"].value_counts()
+    assert {t["name"] for t in traces} == {f"{e} ({n})" for e, n in counts.items()}
+    app.button(key="gap-button").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    metrics = {m.label: m.value for m in app.metric}
+    assert float(metrics["Domain classifier (balanced acc.)"].rstrip("%")) > 75  # 48 px FER vs SD photos
+    assert "p = " in str([m.proto.delta for m in app.metric])
+
+
+def test_cross_domain_shows_the_matrix_and_per_class_accuracy(monkeypatch, app_config, project):
+    app = open_page(monkeypatch, app_config, "cross_domain.py")
+    assert not app.exception, [e.value for e in app.exception]
+    sd = json.loads((project / "runs" / "dash-eval-sd" / "metrics.json").read_text())
+    on_fer = [Run.load(p.parent) for p in (project / "runs").glob("*/metrics.json")
+              if Run.load(p.parent).info["dataset"]["label"] == "fer2013:test"]
+    real = max(on_fer, key=lambda r: r.info["created"]).metrics  # a model's newest evaluation counts
+    matrix = json.loads(app.get("plotly_chart")[0].proto.spec)["data"][0]
+    cells = {(y, x): z for y, row in zip(matrix["y"], plotly_array(matrix["z"])) for x, z in zip(matrix["x"], row)}
+    assert cells[("real", "sd_faces")] == pytest.approx(sd["accuracy"])
+    assert cells[("real", "fer2013:test")] == pytest.approx(real["accuracy"])
+    assert "fer-core sweep" in texts(app)  # one synthetic share only: the sweep is what is missing
+    table = app.dataframe[0].value
+    table = table[table["evaluation"] == "dash-eval-sd"].set_index("emotion")
+    for emotion, scores in sd["per_class"].items():
+        assert table.loc[emotion, "accuracy"] == pytest.approx(scores["recall"])
+        assert table.loc[emotion, "support"] == scores["support"]
+
+
+def build_grid(faces: list[np.ndarray], cell: int = 220, gutter: int = 12) -> np.ndarray:
+    """A 3x3 grid on grey: eight faces and one empty cell (bottom right)."""
+    side = 3 * cell + 4 * gutter
+    grid = np.full((side, side, 3), 128, np.uint8)
+    for n, face in enumerate(faces[:8]):
+        r, c = divmod(n, 3)
+        y, x = gutter + r * (cell + gutter), gutter + c * (cell + gutter)
+        grid[y:y + cell, x:x + cell] = cv2.resize(face, (cell, cell), interpolation=cv2.INTER_AREA)
+    return grid
+
+
+def test_synthetic_data_imports_a_grid_and_shows_every_cell(monkeypatch, tmp_path, synthetic_root, face_model_path,
+                                                              tiny_model):
+    from fer_core.faces.detectors import MediaPipeDetector
+    from fer_core.images import load_rgb
+    from fer_core.synthetic import CreditLedger, ExtractSettings, committed_grids, extract_faces, write_report
+    (tmp_path / "configs").mkdir()
+    config = write_config(tmp_path, "config.yaml", mediapipe_model=str(face_model_path))
+    app = open_page(monkeypatch, config, "synthetic.py")
+    assert "No extraction manifest yet" in texts(app) and "The credit ledger is empty" in texts(app)
+    faces = [load_rgb(p) for p in sorted((synthetic_root / "happy").glob("*.jpg"))[:8]]
+    png = cv2.imencode(".png", cv2.cvtColor(build_grid(faces), cv2.COLOR_RGB2BGR))[1].tobytes()
+    app.file_uploader[0].set_value(("grid.png", png, "image/png"))
+    app.number_input[1].set_value(3)  # the credit budget
+    app.button[0].click().run()  # the form's "Import" button
+    assert not app.exception, [e.value for e in app.exception]
+    assert any("1 of 1 grid(s) imported" in s.value for s in app.success), texts(app)
+    root = tmp_path / "data" / "synthetic"
+    ledger = CreditLedger(root / "ledger.json")
+    assert ledger.summary()["grids"]["committed"] == 1 and ledger.spent == 1
+    manifest = extract_faces(committed_grids(ledger), MediaPipeDetector(face_model_path), root / "processed",
+                             root / "manifest.parquet", ExtractSettings(face_size=64, test_fraction=1.0),
+                             progress=False)
+    write_report(root / "manifest.parquet", root / "processed", root / "report")
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Grids"] == "1" and metrics["Cells"] == str(len(manifest))
+    assert metrics["Accepted faces"] == str(int(manifest["accepted"].sum()))
+    assert metrics["Budget"] == "3" and metrics["Spent"] == "1" and metrics["Remaining"] == "2"
+    assert "3x3" in texts(app) and len(manifest) == 9
+    rejected = app.dataframe[1].value  # after the cells of the grid
+    assert "no face" in set(rejected["reject_reason"])  # the empty cell, with its reason
+    assert len(rejected) == int((~manifest["accepted"]).sum())
+    assert any(img.caption == "accepted faces, one row per emotion" for img in images(app))
+    assert pd.read_parquet(root / "manifest.parquet")["accepted"].sum() >= 6
+
+    # the extracted faces, scored: the Cross-domain page gives their accuracy by prompted intensity
+    loaded = load_config(config)
+    run = evaluate_model(loaded, load_model(tiny_model), open_dataset("synthetic:test", loaded.resolve("data")),
+                         name="synth-eval", n_bootstrap=100, progress=False)
+    page = open_page(monkeypatch, config, "cross_domain.py")
+    intensity = page.dataframe[1].value.set_index("intensity")
+    assert list(intensity.index) == ["unstated"]  # the grid was imported without an intensity
+    assert intensity.loc["unstated", "accuracy"] == pytest.approx(run.metrics["accuracy"])
+    assert intensity.loc["unstated", "support"] == run.metrics["n"] == int(manifest["accepted"].sum())
 
 
 def test_empty_states_say_what_to_do(monkeypatch, tmp_path):
     (tmp_path / "configs").mkdir()
     config = tmp_path / "configs" / "config.yaml"
     config.write_text((REPO / "configs" / "config.yaml").read_text())
-    home = open_page(monkeypatch, config)
-    body = texts(home)
+    body = texts(open_page(monkeypatch, config))
     assert "No usable model" in body and "No datasets" in body and "fer-core data install" in body
-    metrics_page = open_page(monkeypatch, config, "baseline_metrics.py")
-    assert "fer-core evaluate" in texts(metrics_page)
-    upload = open_page(monkeypatch, config, "upload.py")
-    assert "Upload a photo" in texts(upload)
+    for page, command in (("baseline_metrics.py", "fer-core evaluate"), ("confusion.py", "fer-core evaluate"),
+                          ("runs.py", "fer-core train"), ("synthetic.py", "fer-core synth extract"),
+                          ("upload.py", "Upload a photo"), ("cross_domain.py", "fer-core evaluate"),
+                          ("saliency.py", "No usable model"), ("embeddings.py", "No usable model")):
+        assert command in texts(open_page(monkeypatch, config, page)), page
 
 
 def test_invalid_config_is_reported(monkeypatch, tmp_path):

@@ -1,0 +1,236 @@
+"""Tables the dashboard shows, shaped from run directories, the synthetic manifest and the
+credit ledger: joins and selections only, no model is run here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from fer_core.config import Config
+from fer_core.data import FaceDataset
+from fer_core.errors import DataError, ModelLoadError
+from fer_core.faces import Face, FacePipeline
+from fer_core.images import load_rgb
+from fer_core.inference import PROB_COLUMNS, find_face
+from fer_core.labels import EMOTIONS
+from fer_core.runs import Run
+from fer_core.training.trainer import HISTORY
+from fer_core.workflows import SHIPPED_WEIGHTS, resolve_weights
+
+
+def _dataset_label(run: Run) -> str:
+    data = run.info.get("dataset") or {}
+    return data.get("label") or data.get("name") or ""
+
+
+def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """One row per run: id, kind, when, model, data and (when finished) the headline scores."""
+    rows = []
+    for run in runs:
+        info = run.info
+        row: dict[str, Any] = {"run": run.id, "kind": run.kind, "created": info.get("created", "")[:19]}
+        if run.kind == "evaluation":
+            row.update(model=info.get("model", {}).get("architecture"), data=_dataset_label(run),
+                       domain=info.get("dataset", {}).get("domain"))
+            if run.complete:
+                row.update(n=run.metrics["n"], accuracy=run.metrics["accuracy"], macro_f1=run.metrics["macro_f1"])
+        elif run.kind == "training":
+            settings, data = info.get("settings", {}), info.get("data", {})
+            row.update(model=settings.get("architecture"), data=(data.get("train") or {}).get("name"),
+                       domain=(data.get("train") or {}).get("domain"))
+            history = _read_history(run.path)
+            if history:
+                best = max(history, key=lambda r: r.get("val_accuracy", float("-inf")))
+                row.update(epochs=len(history), best_val_accuracy=best.get("val_accuracy"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    file = path / HISTORY
+    if not file.is_file():
+        return []
+    try:
+        return list(json.loads(file.read_text(encoding="utf-8")).get("history", []))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"corrupt {file}: {exc}") from None
+
+
+def training_history(run: Run) -> pd.DataFrame:
+    """A training run's per-epoch record (loss, validation accuracy and macro-F1, learning rate);
+    empty while its first epoch has not finished."""
+    return pd.DataFrame(_read_history(run.path))
+
+
+def confusion_cell(run: Run, true: str, predicted: str) -> pd.DataFrame:
+    """The faces of an evaluation that are ``true`` and predicted ``predicted``, most confident
+    first: key, source, the probability of both classes and all eight."""
+    for name, emotion in (("true", true), ("predicted", predicted)):
+        if emotion not in EMOTIONS:
+            raise DataError(f"{name}: expected one of {list(EMOTIONS)}, got {emotion!r}")
+    table = run.predictions
+    cell = table[(table["label"] == EMOTIONS.index(true)) & (table["pred"] == EMOTIONS.index(predicted))
+                 & table["error"].isna()].copy()
+    cell["p_predicted"] = cell[f"prob_{predicted}"]
+    cell["p_true"] = cell[f"prob_{true}"]
+    return cell.sort_values("p_predicted", ascending=False)[
+        ["key", "source", "p_predicted", "p_true", *PROB_COLUMNS]].reset_index(drop=True)
+
+
+def per_class_deltas(a: Run, b: Run) -> pd.DataFrame:
+    """Precision, recall and F1 of each class in both evaluations and their differences (b - a)."""
+    first, second = a.metrics["per_class"], b.metrics["per_class"]
+    rows = []
+    for emotion in (e for e in first if e in second):
+        row: dict[str, Any] = {"emotion": emotion, "support": first[emotion]["support"]}
+        for metric in ("precision", "recall", "f1"):
+            row[f"{metric}_a"] = first[emotion][metric]
+            row[f"{metric}_b"] = second[emotion][metric]
+            row[f"{metric}_delta"] = second[emotion][metric] - first[emotion][metric]
+        rows.append(row)
+    if not rows:
+        raise DataError(f"runs {a.id} and {b.id} score no class in common")
+    return pd.DataFrame(rows)
+
+
+def comparable_runs(run: Run, runs: Sequence[Run]) -> list[Run]:
+    """The other finished evaluations of the same faces (same data, limit and face count)."""
+    def faces(r: Run) -> tuple:
+        return _dataset_label(r), r.info.get("dataset", {}).get("limit"), r.metrics["n"]
+    return [r for r in runs if r.id != run.id and r.kind == "evaluation" and r.complete and faces(r) == faces(run)]
+
+
+def model_files(config: Config) -> dict[str, Path]:
+    """Loadable weights by a short label: the configured model first, then the files under
+    ``weights/`` and every training run's ``best.safetensors``."""
+    found: dict[str, Path] = {}
+    try:
+        configured = resolve_weights(config)
+        found[f"configured: {configured.name}"] = configured
+    except ModelLoadError:
+        configured = None
+    for path in sorted(config.resolve(SHIPPED_WEIGHTS.parent).glob("*.safetensors")):
+        if path != configured:
+            found[f"weights/{path.name}"] = path
+    runs_dir = config.resolve(config.paths.runs_dir)
+    for path in sorted(runs_dir.glob("*/best.safetensors")) + sorted(runs_dir.glob("*/*/best.safetensors")):
+        if path != configured:
+            found[str(path.relative_to(runs_dir).parent)] = path
+    return found
+
+
+def rows_for_keys(dataset: FaceDataset, keys: Sequence[str]) -> list[int]:
+    """Positions in ``dataset`` of the samples with these ``keys`` (in that order)."""
+    position = {dataset[i].key: i for i in range(len(dataset))}
+    missing = [k for k in keys if k not in position]
+    if missing:
+        raise DataError(f"{dataset.name} has no sample(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    return [position[k] for k in keys]
+
+
+def faces_of(dataset: FaceDataset, rows: Sequence[int], pipeline: FacePipeline | None) -> list[Face]:
+    """The face the model classifies for each sample at ``rows`` (aligned crop at the pipeline's size;
+    the whole image for pre-cropped data or when no face is found)."""
+    faces = []
+    for row in rows:
+        face, _ = find_face(dataset.read(dataset[row]), dataset.pre_cropped, pipeline)
+        faces.append(face)
+    return faces
+
+
+def synthetic_state(data_root: Path) -> dict[str, Any]:
+    """What the synthetic pipeline left under ``data_root/synthetic``: the ledger, the manifest,
+    the report and the contact sheet (paths, None when absent)."""
+    root = data_root / "synthetic"
+    files = {"ledger": root / "ledger.json", "manifest": root / "manifest.parquet",
+             "report": root / "report" / "report.json", "contact_sheet": root / "report" / "contact_sheet.png"}
+    return {name: (path if path.is_file() else None) for name, path in files.items()} | {"root": root}
+
+
+def rejected_cells(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The rejected cells of an extraction manifest: grid, row, column and the reason."""
+    rejected = manifest[~manifest["accepted"].astype(bool)]
+    columns = [c for c in ("grid_file", "emotion", "row", "column", "faces_found", "reject_reason") if c in rejected]
+    return rejected[columns].reset_index(drop=True)
+
+
+def grid_cells(manifest: pd.DataFrame, grid_file: str) -> pd.DataFrame:
+    """The manifest rows of one grid (its cells with boxes and verdicts)."""
+    cells = manifest[manifest["grid_file"] == grid_file]
+    if cells.empty:
+        raise DataError(f"no grid {grid_file!r} in the manifest")
+    return cells.reset_index(drop=True)
+
+
+def grid_image(ledger_dir: Path, grid_file: str) -> np.ndarray:
+    """A grid's image, as the ledger recorded it (relative to the ledger's folder)."""
+    return load_rgb(ledger_dir / grid_file)
+
+
+#: Registered datasets whose faces are synthetic (the others are real photographs).
+SYNTHETIC_DATASETS = ("sd_faces", "synthetic")
+
+
+def spec_domain(spec: str) -> str:
+    """``"synthetic"`` or ``"real"`` for a registered dataset spec (``sd_faces``, ``ferplus:test``)."""
+    return "synthetic" if spec.partition(":")[0] in SYNTHETIC_DATASETS else "real"
+
+
+def class_rows(dataset: FaceDataset, emotion: str, count: int) -> np.ndarray:
+    """Positions of the first ``count`` faces labelled ``emotion`` in ``dataset``."""
+    if emotion not in EMOTIONS:
+        raise DataError(f"emotion: expected one of {list(EMOTIONS)}, got {emotion!r}")
+    return np.flatnonzero(dataset.labels == EMOTIONS.index(emotion))[:count]
+
+
+def per_intensity_accuracy(run: Run, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy of an evaluation of extracted synthetic faces by the intensity their prompt asked
+    for (the manifest's ``intensity``; ``unstated`` when none), overall and per emotion:
+    ``emotion`` (``all`` for every class), ``intensity``, ``accuracy``, ``support``."""
+    if "intensity" not in manifest or "face_file" not in manifest:
+        raise DataError("the synthetic manifest has no intensity or face_file column")
+    table = run.predictions
+    table = table[(table["label"] >= 0) & table["error"].isna()]
+    faces = manifest.dropna(subset=["face_file"])[["face_file", "intensity"]]
+    joined = table.merge(faces, left_on="key", right_on="face_file", how="inner")
+    if joined.empty:
+        raise DataError(f"no face of evaluation {run.id} is in the synthetic manifest")
+    joined["intensity"] = joined["intensity"].fillna("unstated")
+    joined["correct"] = joined["pred"] == joined["label"]
+    joined["emotion"] = [EMOTIONS[label] for label in joined["label"]]
+    overall = joined.groupby("intensity")["correct"].agg(["mean", "size"]).reset_index().assign(emotion="all")
+    by_class = joined.groupby(["emotion", "intensity"])["correct"].agg(["mean", "size"]).reset_index()
+    return pd.concat([overall, by_class], ignore_index=True).rename(columns={"mean": "accuracy", "size": "support"})[
+        ["emotion", "intensity", "accuracy", "support"]]
+
+
+def map_keypoints(keypoints: np.ndarray, map_size: int, pre_cropped: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, 6, 2)`` keypoints (fractions of the crop, NaN where none was found) in the pixels of
+    ``map_size`` maps, with the typical face's keypoints standing in where none was found
+    (:data:`~fer_core.explain.regions.PRECROPPED_TEMPLATE` for pre-cropped data, else
+    :data:`~fer_core.explain.regions.ALIGNED_TEMPLATE`), and which faces had their own."""
+    from fer_core.explain.regions import ALIGNED_TEMPLATE, PRECROPPED_TEMPLATE
+    points = np.asarray(keypoints, dtype=np.float64).reshape(-1, 6, 2)
+    found = np.isfinite(points).all(axis=(1, 2))
+    template = PRECROPPED_TEMPLATE if pre_cropped else ALIGNED_TEMPLATE
+    return np.where(found[:, None, None], points, template[None]) * map_size, found
+
+
+def stored_gap_report(cache_dir: Path, fingerprint: str, real: str, synthetic: str,
+                      limit: int | None) -> dict[str, Any] | None:
+    """The newest domain-gap report ``fer-core gap`` stored for this model and pair of datasets
+    (under ``cache_dir/gap/``) with the same face limit, or None."""
+    found = []
+    for file in (cache_dir / "gap").glob(f"{fingerprint}-*.json"):
+        try:
+            report = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if (report.get("real", {}).get("dataset"), report.get("synthetic", {}).get("dataset"),
+                report.get("limit")) == (real, synthetic, limit):
+            found.append({**report, "path": str(file)})
+    return max(found, key=lambda r: r.get("created", ""), default=None)

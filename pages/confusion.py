@@ -1,0 +1,57 @@
+"""Confusion: an interactive confusion matrix; a cell's faces with probabilities and saliency."""
+
+import numpy as np
+import streamlit as st
+
+from dashboard import charts, compute, ui
+from fer_core.explain import method_names
+from fer_core.views import confusion_cell
+
+st.title("Confusion")
+config = ui.get_config()
+runs = ui.finished_evaluations(config)
+if runs:
+    labels = {r.id: f"{r.id}  ({r.info['dataset'].get('label', r.info['dataset']['name'])})" for r in runs}
+    chosen = st.selectbox("Run", list(labels), format_func=labels.get)
+    run = next(r for r in runs if r.id == chosen)
+    confusion = run.metrics["confusion"]
+    emotions = list(confusion["labels"])
+    counts = np.asarray(confusion["counts"])
+    normalized = st.toggle("Row-normalized", value=False)
+    off_diagonal = counts - np.diag(np.diag(counts))
+    worst = np.unravel_index(off_diagonal.argmax(), counts.shape)  # the most frequent confusion
+    if st.session_state.get("cell-run") != run.id:  # another run: start from its most frequent confusion
+        st.session_state["cell-run"] = run.id
+        st.session_state["cell-true"], st.session_state["cell-predicted"] = emotions[worst[0]], emotions[worst[1]]
+    event = st.plotly_chart(charts.confusion_heatmap(confusion, normalized), key=f"confusion-heatmap-{run.id}",
+                            on_select="rerun", selection_mode="points")
+    points = (event or {}).get("selection", {}).get("points", []) if event else []
+    click = (points[0].get("y"), points[0].get("x")) if points else None
+    if click and set(click) <= set(emotions) and click != st.session_state.get("cell-click"):
+        st.session_state["cell-click"] = click  # a new click picks the cell; the boxes below stay free to change
+        st.session_state["cell-true"], st.session_state["cell-predicted"] = click
+    st.caption("Click a cell, or pick it here:")
+    left, middle, right = st.columns(3)
+    true = left.selectbox("True class", emotions, key="cell-true")
+    predicted = middle.selectbox("Predicted class", emotions, key="cell-predicted")
+    method = right.selectbox("Saliency method", method_names(), index=method_names().index("gradcam"),
+                              key="cell-method")
+    cell = confusion_cell(run, true, predicted)
+    st.subheader(f"{len(cell)} face(s): true {true}, predicted {predicted}")
+    if cell.empty:
+        st.info("No face falls in this cell.")
+    else:
+        shown = st.slider("Faces shown", 1, min(48, len(cell)), min(8, len(cell)))
+        model, source = compute.run_model(config, run)
+        crop_size = model.input_size if model else run.info["model"]["input_size"]
+        keys = tuple(cell["key"].head(shown))
+        faces = compute.faces_for_keys(config, run.info["dataset"]["label"], keys, crop_size)
+        heat = compute.overlays(model, faces, method, "predicted") if model else []
+        st.caption(f"Attribution maps of the predicted class with {source}." if model else source)
+        columns = st.columns(4)
+        for number, (key, face) in enumerate(zip(keys, faces)):
+            row = cell.iloc[number]
+            column = columns[number % 4]
+            column.image([face] + ([heat[number]] if heat else []), width=110)
+            column.caption(f"{key}: p({predicted}) {row['p_predicted']:.2f}, p({true}) {row['p_true']:.2f}")
+        st.dataframe(cell.drop(columns=["source"]).head(shown), hide_index=True, key="cell-table")

@@ -1,0 +1,86 @@
+"""Cross-domain: which training data against which test data (the train x test matrix), accuracy
+by the synthetic share of the training set (RQ2), and per-class and per-intensity accuracy on
+synthetic faces (RQ1)."""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, ui
+from fer_core.cross_domain import (
+    METRICS,
+    accuracy_by_fraction,
+    cross_domain_matrix,
+    evaluation_records,
+    per_class_accuracy,
+)
+from fer_core.errors import DataError
+from fer_core.runs import Run
+from fer_core.views import per_intensity_accuracy, synthetic_state
+
+
+@st.cache_data(show_spinner="Reading the evaluation runs...", ttl=30)
+def records(runs_dir: str) -> pd.DataFrame:
+    return evaluation_records(runs_dir)
+
+
+st.title("Cross-domain")
+config = ui.get_config()
+if config is not None:
+    runs_dir = config.resolve(config.paths.runs_dir)
+    table = records(str(runs_dir)) if runs_dir.is_dir() else pd.DataFrame()
+    if table.empty:
+        ui.empty_state("No finished evaluation runs yet. Score the model on real and on synthetic faces:",
+                       "fer-core evaluate --dataset ferplus:test\nfer-core evaluate --dataset sd_faces")
+        st.stop()
+    metric = st.radio("Score", METRICS, horizontal=True, key="xd-metric", format_func=lambda m: m.replace("_", " "))
+
+    st.subheader("Trained on x tested on")
+    left, right = st.columns(2)
+    rows = left.selectbox("Rows", ["train_domain", "train_data", "model"], key="xd-rows")
+    columns = right.selectbox("Columns", ["test_set", "test_domain"], key="xd-columns")
+    matrix = cross_domain_matrix(table, metric, rows, columns)
+    st.plotly_chart(charts.accuracy_matrix(matrix), key="xd-matrix")
+    st.caption(f"Mean {metric.replace('_', ' ')} over the models in each cell, each model's newest evaluation "
+               f"counted once ({len(table)} evaluation runs).")
+
+    st.subheader("RQ2: accuracy by synthetic share of the training set")
+    fractions = accuracy_by_fraction(table, metric)
+    if fractions["synthetic_fraction"].nunique() < 2:
+        ui.empty_state("Fewer than two synthetic shares evaluated. Train one model per share and score each:",
+                       "fer-core sweep --real ferplus:train --synthetic synthetic:train --val ferplus:valid "
+                       "--test ferplus:test --test synthetic:test --out runs/sweep")
+    if not fractions.empty:
+        st.plotly_chart(charts.fraction_lines(fractions, metric), key="xd-fractions")
+
+    st.subheader("RQ1: per-class accuracy on synthetic faces")
+    per_class = per_class_accuracy(table, "synthetic")
+    if per_class.empty:
+        ui.empty_state("No evaluation on synthetic faces yet. Score the model on them:",
+                       "fer-core evaluate --dataset sd_faces")
+    else:
+        evaluations = list(dict.fromkeys(per_class["evaluation"]))
+        chosen = st.multiselect("Evaluations", evaluations, default=evaluations[:3], key="xd-evaluations")
+        shown = per_class[per_class["evaluation"].isin(chosen)]
+        shown = shown.assign(run=shown["evaluation"] + " (" + shown["train_domain"] + ")")
+        st.plotly_chart(charts.emotion_bars(shown, "accuracy", group="run"), key="xd-per-class")
+        st.dataframe(shown[["evaluation", "train_domain", "test_set", "emotion", "accuracy", "support", "correct"]],
+                     hide_index=True, key="xd-per-class-table")
+
+        state = synthetic_state(config.resolve(config.data.root))
+        extracted = table[table["test_set"].str.startswith("synthetic", na=False)]
+        st.subheader("RQ1: accuracy by prompted intensity")
+        if state["manifest"] is None or extracted.empty:
+            ui.empty_state("Per-intensity accuracy needs faces extracted from prompted grids (their manifest "
+                           "records the intensity) and an evaluation on them:",
+                           "fer-core synth extract\nfer-core evaluate --dataset synthetic:test")
+        else:
+            evaluation = st.selectbox("Evaluation", list(extracted["evaluation"]), key="xd-intensity-run")
+            try:
+                intensity = per_intensity_accuracy(Run.load(extracted.set_index("evaluation").loc[evaluation, "path"]),
+                                                   pd.read_parquet(state["manifest"]))
+                overall = intensity[intensity["emotion"] == "all"]
+                st.dataframe(overall, hide_index=True, key="xd-intensity")
+                st.plotly_chart(charts.emotion_bars(intensity[intensity["emotion"] != "all"], "accuracy",
+                                                    group="intensity"), key="xd-intensity-bars")
+            except DataError as exc:
+                st.info(str(exc))

@@ -1,0 +1,134 @@
+"""Synthetic data: import grids, the detected layout and every cell's verdict, the contact
+sheet and the credit ledger."""
+
+import shlex
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, jobs, ui
+from fer_core.errors import FerCoreError
+from fer_core.labels import EMOTIONS
+from fer_core.synthetic import (
+    GENDERS,
+    INTENSITIES,
+    CreditLedger,
+    PromptSpec,
+    build_prompt,
+    create_backend,
+    custom_prompt,
+    generate_grids,
+    summarize,
+)
+from fer_core.views import grid_cells, grid_image, rejected_cells, synthetic_state
+
+st.title("Synthetic data")
+config = ui.get_config()
+if config is not None:
+    state = synthetic_state(config.resolve(config.data.root))
+    ledger = CreditLedger(state["root"] / "ledger.json")
+
+    st.subheader("Import grids")
+    st.caption("Grid images made elsewhere (a web UI, another machine): they are recorded in the credit ledger "
+               "under the prompt they answer, then cut into faces by the extraction.")
+    with st.form("import-grids", clear_on_submit=True):
+        files = st.file_uploader("Grid images", type=["png", "jpg", "jpeg", "webp"], accept_multiple_files=True)
+        left, middle, right = st.columns(3)
+        emotion = left.selectbox("Emotion asked for", EMOTIONS, index=EMOTIONS.index("Happiness"))
+        gender = middle.selectbox("Gender", GENDERS)
+        intensity = right.selectbox("Intensity", [None, *INTENSITIES], format_func=lambda v: v or "unstated")
+        prompt_text = st.text_input("Prompt used (blank: the project's template for these fields)")
+        left, middle, right = st.columns(3)
+        model_name = left.text_input("Model that made them", value="imported")
+        credits = middle.number_input("Credits per grid", min_value=0, value=1)
+        budget = right.number_input("Credit budget", min_value=0, value=max(ledger.budget, 0))
+        submitted = st.form_submit_button("Import")
+    if submitted:
+        if not files:
+            st.warning("Choose one or more grid images first.")
+        else:
+            try:
+                spec = PromptSpec(emotion, gender, intensity, None, config.data.grid_layout)
+                prompt = custom_prompt(prompt_text, spec) if prompt_text.strip() else build_prompt(spec)
+                with tempfile.TemporaryDirectory() as folder:
+                    paths = []
+                    for number, upload in enumerate(files):
+                        path = Path(folder) / f"{number:03d}_{Path(upload.name).name}"
+                        path.write_bytes(upload.getvalue())
+                        paths.append(path)
+                    backend = create_backend("import", files=paths, model_name=model_name,
+                                             credits_per_grid=int(credits))
+                    settled = generate_grids(backend, CreditLedger(ledger.path, budget=int(budget)),
+                                             [(prompt, k) for k in range(len(paths))], progress=False)
+                committed = sum(e["status"] == "committed" for e in settled)
+                st.success(f"{committed} of {len(files)} grid(s) imported. Now extract the faces (below).")
+            except FerCoreError as exc:
+                st.error(f"Import failed: {exc}")
+
+    st.subheader("Extract faces and report")
+    extract_args, report_args = ["synth", "extract"], ["synth", "report"]
+    left, right = st.columns(2)
+    left.code(shlex.join(jobs.cli_command(extract_args, ui.config_file())), language="bash")
+    right.code(shlex.join(jobs.cli_command(report_args, ui.config_file())), language="bash")
+    if left.button("Extract in the background", disabled=not ledger.entries("committed"), key="extract"):
+        st.success(f"Started {jobs.start_job(config, extract_args, ui.config_file()).id}; see the Runs page.")
+    if right.button("Report in the background", disabled=state["manifest"] is None, key="report"):
+        st.success(f"Started {jobs.start_job(config, report_args, ui.config_file()).id}; see the Runs page.")
+
+    if state["manifest"] is None:
+        ui.empty_state("No extraction manifest yet: import or generate grids, then extract their faces.",
+                       "fer-core synth import grids/*.png --emotion Fear --gender women\nfer-core synth extract")
+    else:
+        manifest = pd.read_parquet(state["manifest"])
+        summary = summarize(manifest)
+        a, b, c, d = st.columns(4)
+        a.metric("Grids", summary["grids"])
+        b.metric("Cells", summary["cells"])
+        c.metric("Accepted faces", summary["accepted"])
+        d.metric("Rejected cells", summary["rejected"])
+        st.write("Layouts found: " + (", ".join(f"{k} ({v} grids)" for k, v in summary["layouts"].items()) or "none"))
+        left, right = st.columns(2)
+        left.plotly_chart(charts.count_bars(summary["accepted_by"]["emotion"], "accepted faces", by_emotion=True),
+                          key="accepted-by-emotion")
+        right.plotly_chart(charts.count_bars(summary["rejected_by_reason"], "rejected cells"), key="rejections")
+
+        st.subheader("One grid: its layout and cells")
+        grid = st.selectbox("Grid", list(dict.fromkeys(manifest["grid_file"])), key="grid")
+        cells = grid_cells(manifest, grid)
+        try:
+            image = grid_image(ledger.path.parent, grid)
+            st.image(charts.grid_verdicts(image, cells), width=640,
+                     caption=f"{cells['grid_rows'].iloc[0]}x{cells['grid_columns'].iloc[0]} layout "
+                             f"({cells['layout_source'].iloc[0]}): green accepted, red rejected")
+        except FerCoreError as exc:
+            st.warning(f"The grid image cannot be shown: {exc}")
+        st.dataframe(cells[[c for c in ("row", "column", "accepted", "reject_reason", "faces_found", "split",
+                                        "face_file") if c in cells]], hide_index=True, key="grid-cells")
+        st.subheader("Rejected cells and why")
+        st.dataframe(rejected_cells(manifest), hide_index=True, key="rejected")
+
+    st.subheader("Contact sheet")
+    if state["contact_sheet"] is None:
+        ui.empty_state("No contact sheet yet.", shlex.join(jobs.cli_command(report_args, ui.config_file())))
+    else:
+        st.image(str(state["contact_sheet"]), caption="accepted faces, one row per emotion")
+
+    st.subheader("Credit ledger")
+    entries = ledger.entries()
+    if not entries:
+        ui.empty_state("The credit ledger is empty: no grid generated or imported yet.",
+                       "fer-core synth generate --backend http --backend-config api.json --budget 30 --emotion Fear")
+    else:
+        summary = ledger.summary()
+        a, b, c = st.columns(3)
+        a.metric("Budget", summary["budget"])
+        b.metric("Spent", summary["spent"])
+        c.metric("Remaining", summary["remaining"])
+        if ledger.pending():
+            st.warning(f"{len(ledger.pending())} interrupted reservation(s): settle them with "
+                       "`fer-core synth ledger --resolve ID --spent` (or without --spent to release).")
+        st.dataframe(pd.DataFrame(entries)[[c for c in ("id", "status", "credits", "emotion", "gender", "intensity",
+                                                       "backend", "model", "file", "reserved_at", "note")
+                                            if c in entries[0]]], hide_index=True, key="ledger")
