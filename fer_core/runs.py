@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from fer_core.errors import DataError
+from fer_core.errors import ConfigError, DataError
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
@@ -58,6 +58,25 @@ def run_id(*parts: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     slug = "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", p).strip("_") for p in parts if p)
     return f"{slug}-{stamp}" if slug else stamp
+
+
+def run_path(runs_dir: Path | str, name: str) -> Path:
+    """``runs_dir/name`` for a user-given run name; a name that is empty, ``.``/``..`` or holds a
+    path separator (so that it would leave ``runs_dir``) is a :class:`ConfigError`."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ConfigError(f"run name {name!r}: expected a plain folder name (no '/', '\\' or '..'), "
+                          f"created under {runs_dir}")
+    return Path(runs_dir) / name
+
+
+def contained_path(root: Path | str, relative: str | Path, what: str) -> Path:
+    """``root/relative`` for a path read from a file (a ledger, a manifest); a :class:`DataError`
+    when it would lead outside ``root`` (an absolute path, ``..``, or a symlink pointing out)."""
+    root = Path(root)
+    path = root / relative
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise DataError(f"{what}: {str(relative)!r} leads outside {root}; refusing to read it")
+    return path
 
 
 @dataclass

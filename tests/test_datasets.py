@@ -378,3 +378,27 @@ def test_install_archive(tmp_path: Path, synthetic_root: Path) -> None:
     assert not any((root / "real" / name).exists() for name in ("evil", "fer2013")) and not (root / "evil").exists()
     with pytest.raises(DataError, match="cannot tell which dataset"):
         install_archive(archive.rename(tmp_path / "faces.zip"), None, root)
+
+
+def test_install_archive_refuses_a_zip_bomb_and_an_archive_the_disk_cannot_hold(tmp_path: Path, synthetic_root: Path,
+                                                                                 monkeypatch) -> None:
+    face = next(next(synthetic_root.iterdir()).iterdir())
+    bomb = tmp_path / "bomb" / "synthetic_sd_faces.zip"
+    bomb.parent.mkdir()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(face, "synthetic_sd_faces/happy/real.jpg")
+        zf.writestr("synthetic_sd_faces/happy/zeros.jpg", bytes(64 << 20))  # 64 MiB of zeros: ~1000x
+    root = tmp_path / "data"
+    with pytest.raises(DataError, match="zip bomb"):
+        install_archive(bomb, None, root)
+    assert not (root / "synthetic" / "sd_faces").exists()
+
+    honest = tmp_path / "honest" / "synthetic_sd_faces.zip"
+    honest.parent.mkdir()
+    with zipfile.ZipFile(honest, "w") as zf:
+        zf.write(face, "synthetic_sd_faces/happy/real.jpg")
+    import shutil
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 << 30, 10 << 30, 512 << 20))
+    with pytest.raises(DataError, match="GiB free"):
+        install_archive(honest, None, root)
+    assert not (root / "synthetic" / "sd_faces").exists()

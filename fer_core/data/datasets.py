@@ -389,20 +389,24 @@ def load_ferplus_votes(root: str | Path, split: str) -> FerPlusVotes:
                             f"FER2013Test/ in {root}")
     expected_header = ["Usage", "Image name", *label_space.FERPLUS_VOTES.source_names]
     votes_by_name: dict[str, list[int]] = {}
-    with table.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, [])
-        if [h.strip() for h in header] != expected_header:
-            raise DataError(f"{table} header is {header}; expected {expected_header}")
-        for line_number, fields in enumerate(reader, start=2):
-            if len(fields) != len(expected_header):
-                raise DataError(f"{table} line {line_number} has {len(fields)} fields, expected {len(expected_header)}")
-            if fields[0] != usage or not fields[1]:
-                continue
-            try:
-                votes_by_name[fields[1]] = [int(v) for v in fields[2:]]
-            except ValueError:
-                raise DataError(f"{table} line {line_number}: votes must be integers, got {fields[2:]}") from None
+    try:
+        with table.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            if [h.strip() for h in header] != expected_header:
+                raise DataError(f"{table} header is {header}; expected {expected_header}")
+            for line_number, fields in enumerate(reader, start=2):
+                if len(fields) != len(expected_header):
+                    raise DataError(f"{table} line {line_number} has {len(fields)} fields, "
+                                    f"expected {len(expected_header)}")
+                if fields[0] != usage or not fields[1]:
+                    continue
+                try:
+                    votes_by_name[fields[1]] = [int(v) for v in fields[2:]]
+                except ValueError:
+                    raise DataError(f"{table} line {line_number}: votes must be integers, got {fields[2:]}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{table} is not a readable UTF-8 csv file ({exc})") from None
     on_disk = {p.name for p in folder.iterdir() if p.is_file()}
     missing = sorted(name for name in votes_by_name if name not in on_disk)
     warn_skipped(f"FER+ {split} images listed in {table.name} but missing from {folder}", missing)

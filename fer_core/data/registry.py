@@ -230,6 +230,27 @@ def install_archive(zip_path: str | Path, name: str | None, data_root: str | Pat
     return target
 
 
+#: A member that unpacks to more than this many times its packed size (and over a MiB) is
+#: refused as a zip bomb; the shared archives reach 9x (FER+ label CSV).
+MAX_COMPRESSION_RATIO = 100
+#: Free space left on the disk after unpacking, at the least.
+MIN_FREE_BYTES = 1 << 30
+
+
+def _check_unpacked_size(members: list[zipfile.ZipInfo], destination: Path, zip_path: Path) -> None:
+    """Refuse a zip bomb (a member of extreme compression ratio) or an archive the disk cannot
+    hold, before anything is written (zipfile never unpacks more than a member's declared size)."""
+    for info in members:
+        if info.file_size > (1 << 20) and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+            raise DataError(f"refusing {zip_path}: member {info.filename!r} unpacks to {info.file_size:,} bytes from "
+                            f"{info.compress_size:,} (over {MAX_COMPRESSION_RATIO}x: a zip bomb?)")
+    needed = sum(info.file_size for info in members)
+    free = shutil.disk_usage(destination).free
+    if needed + MIN_FREE_BYTES > free:
+        raise DataError(f"refusing {zip_path}: it unpacks to {needed / 2**30:.1f} GiB but {destination} has "
+                        f"{free / 2**30:.1f} GiB free (1 GiB must stay free)")
+
+
 def _extract_safely(archive: zipfile.ZipFile, prefix: str, destination: Path, zip_path: Path) -> None:
     """Extract the members under ``prefix`` into ``destination``, refusing unsafe member names."""
     planned: list[tuple[zipfile.ZipInfo, Path]] = []
@@ -245,6 +266,7 @@ def _extract_safely(archive: zipfile.ZipFile, prefix: str, destination: Path, zi
         planned.append((info, destination / relative))
     if not planned:
         raise DataError(f"{zip_path} has nothing under {prefix or 'its root'}/; is it the right archive?")
+    _check_unpacked_size([info for info, _ in planned], destination, zip_path)
     for info, out in planned:
         if info.is_dir():
             out.mkdir(parents=True, exist_ok=True)

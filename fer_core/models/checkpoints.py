@@ -357,17 +357,10 @@ def load_model(path: str | os.PathLike[str], architecture: str | None = None, tr
     raise ModelLoadError(f"{path} is not a weights file in a known format; accepted formats: {_accepted_formats()}")
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_model(model: FerModel, path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> Path:
-    """Write ``<stem>.safetensors`` and ``<stem>.json`` (each atomically) and return the first.
+    """Write ``<stem>.safetensors`` and ``<stem>.json`` and return the first. Both are written in
+    full to temporary names before either replaces the old pair, so a failed save (a full disk)
+    leaves the previous pair intact.
 
     ``path`` may name either file or the bare stem. ``dtype=torch.float16`` halves the file;
     floating tensors are stored in ``dtype`` and read back as float32.
@@ -380,7 +373,20 @@ def save_model(model: FerModel, path: str | os.PathLike[str], dtype: torch.dtype
     state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous()
              for k, v in model.module.state_dict().items()}
     weights.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(weights, lambda tmp: safetensors.torch.save_file(state, str(tmp), metadata={"format": "pt"}))
+    staged = {final: final.with_name(f".{final.name}.{os.getpid()}.tmp") for final in (weights, sidecar)}
+    try:
+        safetensors.torch.save_file(state, str(staged[weights]), metadata={"format": "pt"})
+        _write_sidecar(model, dtype, _file_sha256(staged[weights]), staged[sidecar])
+        for final, tmp in staged.items():
+            os.replace(tmp, final)
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+    return weights
+
+
+def _write_sidecar(model: FerModel, dtype: torch.dtype, weights_sha256: str, path: Path) -> None:
+    """Write the JSON metadata of ``model`` whose weights file has the sha256 ``weights_sha256``."""
     provenance = {"data": None, "recipe": None, "metrics": None, **model.provenance,
                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "fer_core_version": __version__}
@@ -392,9 +398,7 @@ def save_model(model: FerModel, path: str | os.PathLike[str], dtype: torch.dtype
         "mean": list(model.mean),
         "std": list(model.std),
         "dtype": str(dtype).removeprefix("torch."),
-        "weights_sha256": _file_sha256(weights),
+        "weights_sha256": weights_sha256,
         "provenance": provenance,
     }
-    _write_atomically(sidecar, lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n",
-                                                          encoding="utf-8"))
-    return weights
+    path.write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")

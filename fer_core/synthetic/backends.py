@@ -13,6 +13,7 @@ import copy
 import email.utils
 import hashlib
 import http.client
+import inspect
 import io
 import json
 import logging
@@ -83,6 +84,14 @@ def create_backend(name: str, **kwargs: Any) -> GridBackend:
     """The backend registered as ``name`` (``"http"``, ``"diffusers"``, ``"import"``), built with ``kwargs``."""
     if name not in BACKENDS:
         raise ConfigError(f"unknown grid backend {name!r}; expected one of {sorted(BACKENDS)}")
+    parameters = inspect.signature(BACKENDS[name]).parameters
+    unknown = sorted(set(kwargs) - set(parameters))
+    missing = [p for p, spec in parameters.items() if spec.default is inspect.Parameter.empty and p not in kwargs]
+    if unknown or missing:
+        secret = " (API keys are read from the environment only: name the variable with api_key_env)" \
+            if any("key" in k.lower() or "token" in k.lower() for k in unknown) else ""
+        problems = [f"unknown arguments {unknown}"] * bool(unknown) + [f"missing arguments {missing}"] * bool(missing)
+        raise ConfigError(f"grid backend {name!r}: {', '.join(problems)}; accepted: {list(parameters)}{secret}")
     return BACKENDS[name](**kwargs)
 
 

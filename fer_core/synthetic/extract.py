@@ -31,7 +31,7 @@ from fer_core.faces.align import align_face, check_margin, check_size
 from fer_core.faces.detectors import Detection, FaceDetector, as_rgb
 from fer_core.images import load_rgb
 from fer_core.labels import folder_name
-from fer_core.runs import write_parquet_atomic
+from fer_core.runs import contained_path, write_parquet_atomic
 from fer_core.synthetic.grid import GridLayout, GridSettings, Span, find_layout
 from fer_core.synthetic.ledger import COMMITTED, CreditLedger
 from fer_core.synthetic.quality import QualityThresholds, hash_distance, measure_face, perceptual_hash
@@ -215,7 +215,8 @@ def _split(sha256: str, settings: ExtractSettings) -> str:
 
 def committed_grids(ledger: CreditLedger) -> list[dict[str, Any]]:
     """The ledger's committed grids, each with ``path`` (the image file) added."""
-    return [{**e, "path": ledger.path.parent / e["file"]} for e in ledger.entries(COMMITTED)]
+    return [{**e, "path": contained_path(ledger.path.parent, e["file"], f"{ledger.path} entry {e['id']}")}
+            for e in ledger.entries(COMMITTED)]
 
 
 def extract_faces(grids: Iterable[dict[str, Any]], detector: FaceDetector, out_dir: str | Path,

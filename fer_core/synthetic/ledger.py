@@ -54,7 +54,7 @@ class CreditLedger:
             return {"version": LEDGER_VERSION, "budget": 0, "entries": []}
         try:
             state = json.loads(self.path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(f"corrupt credit ledger {self.path}: {exc}") from None
         if not isinstance(state, dict) or state.get("version") != LEDGER_VERSION or "entries" not in state:
             raise DataError(f"{self.path} is not a version-{LEDGER_VERSION} credit ledger")

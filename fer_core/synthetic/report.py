@@ -12,7 +12,7 @@ import pandas as pd
 
 from fer_core.errors import DataError
 from fer_core.images import load_rgb
-from fer_core.runs import write_json_atomic
+from fer_core.runs import contained_path, write_json_atomic
 
 
 def _counts(frame: pd.DataFrame, column: str) -> dict[str, int]:
@@ -23,8 +23,9 @@ def _counts(frame: pd.DataFrame, column: str) -> dict[str, int]:
 
 def summarize(manifest: pd.DataFrame) -> dict[str, Any]:
     """Counts of accepted faces per emotion / gender / intensity / split, and rejections by reason."""
-    if "accepted" not in manifest:
-        raise DataError("not an extraction manifest: it has no 'accepted' column")
+    missing = [c for c in ("accepted", "reject_reason", "grid_file", "emotion") if c not in manifest]
+    if missing:
+        raise DataError(f"not an extraction manifest: it has no {missing} columns")
     accepted = manifest[manifest["accepted"]]
     rejected = manifest[~manifest["accepted"]]
     reasons = rejected["reject_reason"].str.replace(r"^duplicate of .*", "duplicate", regex=True)
@@ -55,7 +56,8 @@ def contact_sheet(manifest: pd.DataFrame, faces_dir: str | Path, path: str | Pat
         cv2.putText(sheet, emotion, (4, r * thumb + thumb // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
                     cv2.LINE_AA)
         for c, file in enumerate(accepted[accepted["emotion"] == emotion]["face_file"].head(per_row)):
-            face = cv2.resize(load_rgb(faces_dir / file), (thumb, thumb), interpolation=cv2.INTER_AREA)
+            source = contained_path(faces_dir, file, "manifest face_file")
+            face = cv2.resize(load_rgb(source), (thumb, thumb), interpolation=cv2.INTER_AREA)
             sheet[r * thumb:(r + 1) * thumb, label_width + c * thumb:label_width + (c + 1) * thumb] = face
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
@@ -68,7 +70,10 @@ def write_report(manifest_path: str | Path, faces_dir: str | Path, out_dir: str 
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)
     if not manifest_path.is_file():
         raise DataError(f"no manifest at {manifest_path}; run 'fer-core synth extract' first")
-    manifest = pd.read_parquet(manifest_path)
+    try:
+        manifest = pd.read_parquet(manifest_path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"unreadable manifest {manifest_path}: {exc}; run 'fer-core synth extract' again") from None
     summary = summarize(manifest)
     if summary["accepted"]:
         summary["contact_sheet"] = str(contact_sheet(manifest, faces_dir, out_dir / "contact_sheet.png"))
