@@ -42,9 +42,21 @@ def default_layer(model: FerModel, input_size: int | None = None) -> str:
     return (wide_enough or list(sides))[-1]
 
 
+#: Stage sides by (network class, stage names, input size): probed once, as they follow the
+#: architecture and not the weights.
+_SIDES: dict[tuple[str, tuple[str, ...], int], dict[str, int]] = {}
+
+
 def _map_sides(model: FerModel, size: int) -> dict[str, int]:
     """Each spatial stage's output side (the smaller one), in the order the stages run."""
     candidates = dict(stages(model.module))
+    key = (f"{model.architecture}:{type(model.module).__qualname__}", tuple(candidates), size)
+    if key not in _SIDES:
+        _SIDES[key] = _probe_sides(model, candidates, size)
+    return dict(_SIDES[key])
+
+
+def _probe_sides(model: FerModel, candidates: dict[str, nn.Module], size: int) -> dict[str, int]:
     order: dict[str, int] = {}
 
     def record(name: str) -> Callable[..., None]:
