@@ -246,18 +246,17 @@ def test_prune_by_model_kind_and_age(tmp_path):
     assert cache.vacuum() >= 0
 
 
-def test_cli_predict_with_cache_then_info_and_prune(model_file, model, project, capsys):
-    config_file = str(project / "configs" / "config.yaml")
-    arguments = ["--config", config_file, "predict", "--model", str(model_file), "--dataset", "ferplus:test",
-                 "--limit", "50", "--cache"]
-    assert main([*arguments, "--out", str(project / "cli-predict")]) == 0
+def test_cli_predict_with_cache_then_info_and_prune(model_file, model, project, capsys, tmp_path):
+    base = ["--config", str(project / "configs" / "config.yaml"), "--set", f"paths.cache_dir={tmp_path / 'cache'}"]
+    arguments = [*base, "predict", "--model", str(model_file), "--dataset", "ferplus:test", "--limit", "50", "--cache"]
+    assert main([*arguments, "--out", str(tmp_path / "cli-predict")]) == 0
     capsys.readouterr()
-    assert main(["--config", config_file, "cache", "info"]) == 0
+    assert main([*base, "cache", "info"]) == 0
     printed = capsys.readouterr().out
     assert f'"{model.fingerprint}"' in printed and '"entries": 150' in printed
-    assert main(["--config", config_file, "cache", "prune", "--model", model.fingerprint, "--kind", "logits"]) == 0
+    assert main([*base, "cache", "prune", "--model", model.fingerprint, "--kind", "logits"]) == 0
     assert "removed 50 entries" in capsys.readouterr().out
-    with ResultCache(project / "cache" / "results.sqlite") as cache:
+    with ResultCache(tmp_path / "cache" / "results.sqlite") as cache:
         assert len(cache) == 100
-    assert main(["--config", config_file, "cache", "prune", "--kind", "pixels"]) == 2
+    assert main([*base, "cache", "prune", "--kind", "pixels"]) == 2
     assert "expected one of" in capsys.readouterr().err

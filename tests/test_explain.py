@@ -280,14 +280,14 @@ def test_gradcam_deletion_beats_the_random_order_on_the_shipped_model(ferplus_ro
     assert load_quality(tmp_path, model.fingerprint) == json.loads(json.dumps(results))
 
 
-def test_quality_results_are_stored_merged_and_loaded(model, batch, project):
-    config = load_config(project / "configs" / "config.yaml")
+def test_quality_results_are_stored_merged_and_loaded(model, batch, project, tmp_path):
+    config = load_config(project / "configs" / "config.yaml", {"paths.cache_dir": str(tmp_path / "cache")})
     assert load_quality(config, model.fingerprint) == {}, "nothing stored yet"
     first = record_quality(config, model, batch[:6], ["gradcam", "saliency"], source="ferplus:test", depth=2, steps=8)
     second = record_quality(config, model, batch[:6], ["occlusion"], source="ferplus:test", depth=2, steps=8)
     path = quality_path(config, model.fingerprint)
-    assert path == project / "cache" / "quality" / f"{model.fingerprint}.json"
-    stored = load_quality(project / "cache", model.fingerprint)
+    assert path == tmp_path / "cache" / "quality" / f"{model.fingerprint}.json"
+    stored = load_quality(tmp_path / "cache", model.fingerprint)
     assert set(stored) == {"gradcam", "saliency", "occlusion"}
     assert stored["occlusion"]["passed"] == second["occlusion"]["passed"]
     for method, entry in {**first, **second}.items():
@@ -302,13 +302,14 @@ def test_quality_results_are_stored_merged_and_loaded(model, batch, project):
         load_quality(config, "../../etc/passwd")
 
 
-def test_sanity_command_stores_what_the_dashboard_flags(project, tiny_model, capsys):
+def test_sanity_command_stores_what_the_dashboard_flags(project, tiny_model, capsys, tmp_path):
     from fer_core.cli import main
     config_file = str(project / "configs" / "config.yaml")
-    assert main(["--config", config_file, "sanity", "--dataset", "ferplus:test", "--model", str(tiny_model),
+    isolated = ["--set", f"paths.cache_dir={tmp_path / 'cache'}"]
+    assert main(["--config", config_file, *isolated, "sanity", "--dataset", "ferplus:test", "--model", str(tiny_model),
                  "--method", "gradcam", "--method", "saliency", "--faces", "8", "--depth", "2", "--steps", "8"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    stored = load_quality(project / "cache", load_model(tiny_model).fingerprint)
+    stored = load_quality(tmp_path / "cache", load_model(tiny_model).fingerprint)
     assert set(printed) == {"gradcam", "saliency"} and set(stored) >= {"gradcam", "saliency"}
     for method, summary in printed.items():
         assert stored[method]["passed"] == summary["passed"]

@@ -226,7 +226,8 @@ def test_shards_together_equal_one_process(project, tiny_model, face_model_path,
             assert np.allclose(np.frombuffer(split_entries[digest][1], dtype), np.frombuffer(data, dtype), atol=2e-3)
         elif kind == "diagnostics":   # the map's scale, equal up to float rounding across batchings
             assert json.loads(split_entries[digest][1]).keys() == json.loads(data).keys() == {"map_scale"}
-            assert json.loads(split_entries[digest][1])["map_scale"] == pytest.approx(json.loads(data)["map_scale"])
+            assert json.loads(split_entries[digest][1])["map_scale"] == pytest.approx(json.loads(data)["map_scale"],
+                                                                                      rel=1e-4)
         else:
             assert split_entries[digest] == (kind, data)
     # predict: each shard writes its part; the last one merges them into the single-process table
