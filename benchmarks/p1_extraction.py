@@ -1,14 +1,15 @@
 """P1: end-to-end extraction speed against the bare model forward, in one run.
 
 ``embed_dataset`` and ``predict_dataset`` (each with a fresh result cache) read every image
-file, hash it, decode and preprocess it in threads one batch ahead of the model, run the
-forward and write logits, features and faces to the cache (``predict`` also its parquet
-table). The bare forward runs the same backend on the same faces, already preprocessed in
-memory, at the same batch size and resolution. Rounds alternate the three. Goal: both
-end-to-end rates >= 0.9x the bare forward (decoding and writing overlap with compute).
-The process CPU time of each path (all threads) is shown too: on a machine whose cores are
-busy with other jobs, decode threads cannot run beside the forward, so the wall-clock ratio
-falls towards the CPU-time ratio.
+file once (hashed, then decoded from the same bytes) in threads a few batches ahead, look each
+window up in the cache, preprocess whole batches, run the forward on a compute thread and
+write logits, features and faces to the cache while the next batch runs (``predict`` also its
+parquet table). The bare forward runs the same backend on the same faces, already
+preprocessed in memory, at the same batch size and resolution. Rounds alternate the three.
+Goal: both end-to-end rates >= 0.9x the bare forward (decoding and writing overlap with
+compute). The process CPU time of each path (all threads) is shown too: on a machine whose
+cores are busy with other jobs, the reading, decoding and writing threads cannot run beside
+the forward, so the wall-clock ratio falls towards the CPU-time ratio.
 
     OMP_NUM_THREADS=1 python benchmarks/p1_extraction.py --backend torch
     OMP_NUM_THREADS=1 python benchmarks/p1_extraction.py --backend onnx

@@ -13,7 +13,8 @@ chosen by name from :data:`BACKENDS` (config key ``inference.backend``):
   ``benchmarks/p2_fast_path.py``).
 
 :func:`load_backend` builds a backend once per model, name and thread count and keeps it
-while the model lives (an ONNX export takes a second or two).
+while the model lives (an ONNX export takes a second or two). :func:`set_inference_threads`
+applies the config key ``inference.threads`` (done where a configured model is loaded).
 """
 
 from __future__ import annotations
@@ -294,10 +295,23 @@ def check_backend_name(name: str) -> str:
     return name
 
 
+def set_inference_threads(threads: int) -> None:
+    """Apply ``inference.threads``: torch's intra-op threads, which ONNX Runtime sessions built
+    afterwards use too (:func:`onnx_session`); 0 keeps torch's own default (one per core, or
+    ``OMP_NUM_THREADS``)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ConfigError(f"config key 'inference.threads': expected an integer >= 0 (0: the library default), "
+                          f"got {threads!r}")
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def load_backend(model: "FerModel", name: str = DEFAULT_BACKEND, threads: int = 0) -> InferenceBackend:
-    """The ``name`` backend of ``model``, built on first use and kept while the model lives
-    (rebuilt when its weights, device or thread count change)."""
+    """The ``name`` backend of ``model`` with ``threads`` intra-op threads (0: as many as torch
+    uses now), built on first use and kept while the model lives (rebuilt when its weights,
+    device or thread count change)."""
     factory = BACKENDS[check_backend_name(name)]
+    threads = threads or torch.get_num_threads()
     key = (name, threads, model.fingerprint, str(model.device))
     loaded = _LOADED.setdefault(model, {})
     if key not in loaded:

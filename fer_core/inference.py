@@ -1,22 +1,27 @@
 """Batch inference over a dataset: a resumable predictions table.
 
-Images are decoded and prepared in a thread pool one batch ahead of the model, results are
-written in atomically renamed parquet parts, and a rerun after an interruption skips every
-finished part. One row per face: probabilities over the 8 emotions, the prediction over the
-dataset's own classes, and the detected face's box and score.
+Results are written in atomically renamed parquet parts, and a rerun after an interruption
+skips every finished part. One row per face: probabilities over the 8 emotions, the
+prediction over the dataset's own classes, and the detected face's box and score.
 
-With a :class:`~fer_core.cache.ResultCache`, each face's logits, features and detected face
-are looked up by image content first; only the missing faces are run (one pass gives both
-logits and features) and stored, so :func:`embed_dataset` and repeated predictions reuse them.
+:func:`cached_forward` is the one extraction loop, a pipeline in which every stage overlaps
+the model: a thread pool reads each image file once (its bytes are hashed, then decoded) a
+few batches ahead; the calling thread looks each window of faces up in the
+:class:`~fer_core.cache.ResultCache` by content and hands the missing ones to the pool to
+decode and preprocess, a whole batch per task; one compute thread runs the model (one pass
+gives logits and features) while the calling thread stores the previous batch. Only the
+missing faces are run, so :func:`embed_dataset` and repeated predictions reuse them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -31,6 +36,7 @@ from fer_core.cache import CacheKey, ResultCache, content_hash
 from fer_core.data import FaceDataset, Sample
 from fer_core.errors import DataError, ImageDecodeError
 from fer_core.faces import Face, FacePipeline, whole_image_face
+from fer_core.images import load_rgb
 from fer_core.labels import EMOTIONS, restrict_logits
 from fer_core.models import FerModel
 from fer_core.runs import write_json_atomic, write_parquet_atomic
@@ -77,18 +83,34 @@ class FacePreparer:
         faces = "whole-image" if pre_cropped or self.face_pipeline is None else self.face_pipeline.fingerprint()
         return f"{self.preprocessing.fingerprint()}:{faces}"
 
-    def prepare(self, dataset: FaceDataset, sample: Sample) -> PreparedFace:
-        """Decode and prepare one sample; an unreadable image gives an ``error`` row."""
+    def locate(self, dataset: FaceDataset, sample: Sample,
+               payload: "ImagePayload" = None) -> tuple[PreparedFace, np.ndarray | None]:
+        """Decode one sample (from ``payload`` when :func:`read_content` gave one) and find its
+        face: the face without a tensor, and its RGB crop (None for an unreadable image, which
+        gives an ``error`` row)."""
         nan_box = (float("nan"),) * 4
         try:
-            rgb = dataset.read(sample)
+            rgb = decode_payload(dataset, sample, payload)
         except ImageDecodeError as exc:
-            return PreparedFace(sample, None, False, float("nan"), nan_box, str(exc))
+            return PreparedFace(sample, None, False, float("nan"), nan_box, str(exc)), None
         face, found = find_face(rgb, dataset.pre_cropped, self.face_pipeline)
         keypoints = None if face.keypoints is None else (face.keypoints / face.image.shape[0]).astype(np.float32)
-        return PreparedFace(sample, self.preprocessing.to_tensor(face.image), found,
-                            float(face.detection.score) if found else float("nan"),
-                            tuple(float(v) for v in face.detection.box), keypoints=keypoints)
+        return PreparedFace(sample, None, found, float(face.detection.score) if found else float("nan"),
+                            tuple(float(v) for v in face.detection.box), keypoints=keypoints), face.image
+
+    def prepare(self, dataset: FaceDataset, sample: Sample) -> PreparedFace:
+        """Decode and prepare one sample; an unreadable image gives an ``error`` row."""
+        face, crop = self.locate(dataset, sample)
+        return face if crop is None else dataclasses.replace(face, tensor=self.preprocessing.to_tensor(crop))
+
+    def prepare_batch(self, dataset: FaceDataset, samples: Sequence[Sample],
+                      payloads: Sequence["ImagePayload"]) -> tuple[list[PreparedFace], torch.Tensor | None]:
+        """Decode and locate ``samples`` (from their ``payloads``): the faces without tensors and
+        one ``(n, 3, S, S)`` batch of the readable ones, in order (None when none is readable);
+        the same values as stacking :meth:`prepare`'s tensors."""
+        located = [self.locate(dataset, sample, payload) for sample, payload in zip(samples, payloads)]
+        crops = [crop for _, crop in located if crop is not None]
+        return [face for face, _ in located], self.preprocessing.batch(crops) if crops else None
 
 
 def iter_prepared(dataset: FaceDataset, preparer: FacePreparer, indices: Sequence[int], batch_size: int,
@@ -134,14 +156,40 @@ def _rows(prepared: list[PreparedFace], logits: np.ndarray | None, emotions: Seq
     return frame
 
 
+#: What :func:`read_content` keeps of an image for decoding: its file's bytes, the decoded
+#: pixels of an image that is no file (a CSV row), or None (unreadable: decoding reports why).
+ImagePayload = bytes | np.ndarray | None
+
+
+def read_content(dataset: FaceDataset, sample: Sample) -> tuple[ImagePayload, str | None]:
+    """Read the sample's image once: what to decode it from and its content hash (sha256 of
+    the image file's bytes, or of the decoded pixels when it is no file, such as a CSV row;
+    None when it cannot be read)."""
+    source = Path(sample.source)
+    try:
+        payload = source.read_bytes() if source.is_file() else dataset.read(sample)
+    except (OSError, ImageDecodeError):
+        return None, None
+    return payload, content_hash(payload)
+
+
+def decode_payload(dataset: FaceDataset, sample: Sample, payload: ImagePayload = None) -> np.ndarray:
+    """The sample's RGB pixels: decoded from the file bytes that :func:`read_content` hashed
+    (as ``dataset.read`` decodes a file source, errors naming the file), the pixels it kept, or
+    ``dataset.read(sample)`` without a payload."""
+    if isinstance(payload, np.ndarray):
+        return payload
+    if isinstance(payload, bytes):
+        stream = io.BytesIO(payload)
+        stream.name = sample.source  # error messages name the file, as reading it by path does
+        return load_rgb(stream)
+    return dataset.read(sample)
+
+
 def sample_hash(dataset: FaceDataset, sample: Sample) -> str | None:
     """sha256 of the sample's image file (of its decoded pixels when it is no file, such as a
     CSV row); None when it cannot be read."""
-    source = Path(sample.source)
-    try:
-        return content_hash(source.read_bytes() if source.is_file() else dataset.read(sample))
-    except (OSError, ImageDecodeError):
-        return None
+    return read_content(dataset, sample)[1]
 
 
 #: What one forward pass stores per face: logits, features and the face it was run on.
@@ -161,72 +209,165 @@ class ForwardResults:
     contents: tuple[str | None, ...] = ()
 
 
+#: Windows of faces read ahead of the lookups, and batches queued for the model ahead of the
+#: one being stored (so that a slow write, e.g. a WAL checkpoint, does not idle the model).
+READ_AHEAD = 2
+COMPUTE_AHEAD = 3
+
+
+def _read_ahead(pool: ThreadPoolExecutor, dataset: FaceDataset, samples: Sequence[Sample], size: int,
+                depth: int = READ_AHEAD) -> Iterator[tuple[int, list[tuple[ImagePayload, str | None]]]]:
+    """``(start, [(payload, content hash), ...])`` of each window of ``size`` samples in order,
+    read in ``pool`` while ``depth`` windows are waited for (one task per window)."""
+    starts = iter(range(0, len(samples), size))
+    pending: deque[tuple[int, Future]] = deque()
+
+    def submit() -> None:
+        start = next(starts, None)
+        if start is not None:
+            pending.append((start, pool.submit(lambda: [read_content(dataset, s) for s in samples[start:start + size]])))
+    for _ in range(depth):
+        submit()
+    while pending:
+        start, future = pending.popleft()
+        submit()
+        yield start, future.result()
+
+
+@dataclass
+class _Extraction:
+    """The state of one :func:`cached_forward` call: results filled in row by row, each row's
+    cache keys, and the contents stored by this call (looked up again they count as missing,
+    as when every lookup came before the first write)."""
+
+    samples: list[Sample]
+    logits: np.ndarray
+    features: np.ndarray
+    faces: list[PreparedFace | None]
+    contents: list[str | None]
+    keys: list[dict[str, CacheKey] | None]
+    stored_now: set[str] = dataclasses.field(default_factory=set)
+    computed: int = 0
+
+
 def cached_forward(model: FerModel, dataset: FaceDataset, preparer: FacePreparer, indices: Sequence[int],
                    cache: ResultCache | None, batch_size: int = 32, workers: int = 2,
                    on_progress: Callable[[int], object] = lambda n: None,
                    backend: str = DEFAULT_BACKEND) -> ForwardResults:
     """Logits and features of the faces at ``indices``: read from ``cache`` where every part is
     stored, computed in one pass of the ``backend`` (:data:`fer_core.backends.BACKENDS`)
-    otherwise and stored batch by batch (each batch atomically)."""
+    otherwise and stored batch by batch (each batch atomically, on the calling thread, before
+    its faces are reported to ``on_progress``; every write is done when this returns).
+
+    The missing faces are run in batches of ``batch_size`` in order; ``workers`` threads read
+    and decode ahead of the model (see the module's description)."""
     preparation = preparer.fingerprint(dataset.pre_cropped)
+    network = load_backend(model, backend)
     samples = [dataset[i] for i in indices]
-    groups = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]  # a task per batch, not per face
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        digests = [digest for group in pool.map(lambda group: [sample_hash(dataset, s) for s in group], groups)
-                   for digest in group]
-    keys = [None if digest is None else
-            {kind: CacheKey(kind, model.fingerprint, preparation, digest) for kind in FORWARD_KINDS}
-            for digest in digests]
-    stored = {} if cache is None else cache.get_many(k for row_keys in keys if row_keys for k in row_keys.values())
-    logits = np.full((len(samples), len(model.emotions)), np.nan, dtype=np.float32)
-    features = np.full((len(samples), model.feature_dim), np.nan, dtype=np.float32)
-    faces: list[PreparedFace | None] = [None] * len(samples)
-    missing = []
-    for row, (sample, row_keys) in enumerate(zip(samples, keys)):
-        if row_keys and all(key in stored for key in row_keys.values()):
+    state = _Extraction(samples, np.full((len(samples), len(model.emotions)), np.nan, dtype=np.float32),
+                        np.full((len(samples), model.feature_dim), np.nan, dtype=np.float32),
+                        [None] * len(samples), [None] * len(samples), [None] * len(samples))
+
+    def missing_batches(pool: ThreadPoolExecutor) -> Iterator[tuple[list[int], Future]]:
+        """Look each window up as it is read; the missing rows, ``batch_size`` at a time, with
+        the future of their prepared batch."""
+        rows: list[int] = []
+        payloads: list[ImagePayload] = []
+
+        def prepare(batch_rows: list[int], batch_payloads: list[ImagePayload]) -> tuple[list[int], Future]:
+            return batch_rows, pool.submit(preparer.prepare_batch, dataset, [samples[r] for r in batch_rows],
+                                           batch_payloads)
+        for start, window in _read_ahead(pool, dataset, samples, batch_size):
+            hits = _look_up(state, cache, model.fingerprint, preparation, start, window, rows, payloads)
+            if hits:
+                on_progress(hits)
+            while len(rows) >= batch_size:
+                yield prepare(rows[:batch_size], payloads[:batch_size])
+                del rows[:batch_size], payloads[:batch_size]
+        if rows:
+            yield prepare(rows, payloads)
+
+    def run(prepared: Future) -> tuple[list[PreparedFace], tuple[torch.Tensor, torch.Tensor] | None]:
+        faces, pixels = prepared.result()
+        return faces, None if pixels is None else network.forward(pixels)
+
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    compute = ThreadPoolExecutor(max_workers=1)  # the model runs batches in order, queued ahead
+    try:
+        queued: deque[tuple[list[int], Future]] = deque()
+        for rows, prepared in missing_batches(pool):
+            queued.append((rows, compute.submit(run, prepared)))
+            if len(queued) > COMPUTE_AHEAD:
+                _store(state, cache, *queued.popleft(), on_progress)
+        while queued:
+            _store(state, cache, *queued.popleft(), on_progress)
+    finally:
+        compute.shutdown(cancel_futures=True)
+        pool.shutdown(cancel_futures=True)
+    return ForwardResults(state.faces, state.logits, state.features, state.computed, tuple(state.contents))
+
+
+def _look_up(state: _Extraction, cache: ResultCache | None, model: str, preparation: str, start: int,
+             window: list[tuple[ImagePayload, str | None]], rows: list[int], payloads: list[ImagePayload]) -> int:
+    """Fill in the window's rows whose logits, features and face are all stored; append the
+    others to ``rows`` and ``payloads``. Returns the number of hits."""
+    for row, (_, content) in enumerate(window, start):
+        state.contents[row] = content
+        state.keys[row] = None if content is None else {
+            kind: CacheKey(kind, model, preparation, content) for kind in FORWARD_KINDS}
+    asked = [key for row_keys in state.keys[start:start + len(window)] if row_keys for key in row_keys.values()]
+    stored = {} if cache is None or not asked else cache.get_many(asked)
+    hits = 0
+    for row, (payload, content) in enumerate(window, start):
+        row_keys = state.keys[row]
+        if row_keys and content not in state.stored_now and all(key in stored for key in row_keys.values()):
             found, score, *box = (float(v) for v in stored[row_keys["face"]])
-            faces[row] = PreparedFace(sample, None, bool(found), score, tuple(box))
-            logits[row], features[row] = stored[row_keys["logits"]], stored[row_keys["embedding"]]
+            state.faces[row] = PreparedFace(state.samples[row], None, bool(found), score, tuple(box))
+            state.logits[row], state.features[row] = stored[row_keys["logits"]], stored[row_keys["embedding"]]
+            hits += 1
         else:
-            missing.append(row)
-    on_progress(len(samples) - len(missing))
-    batches = [missing[i:i + batch_size] for i in range(0, len(missing), batch_size)]
-    prepared_batches = iter_prepared(dataset, preparer, [indices[row] for row in missing], batch_size, workers)
-    for rows, prepared in zip(batches, prepared_batches):
-        usable = [j for j, face in enumerate(prepared) if face.tensor is not None]
-        new: dict[CacheKey, np.ndarray] = {}
-        if usable:
-            batch = torch.stack([prepared[j].tensor for j in usable])
-            batch_logits, batch_features = load_backend(model, backend).forward(batch)
-            for j, face_logits, face_features in zip(usable, batch_logits.numpy(), batch_features.numpy()):
-                row, face = rows[j], prepared[j]
-                logits[row], features[row] = face_logits, face_features
-                if keys[row]:
-                    new[keys[row]["logits"]] = face_logits
-                    new[keys[row]["embedding"]] = face_features
-                    new[keys[row]["face"]] = np.array([face.face_found, face.face_score, *face.box], np.float32)
-        for row, face in zip(rows, prepared):
-            faces[row] = dataclasses.replace(face, tensor=None)
-        if cache is not None and new:
-            cache.put_many(new)
-        on_progress(len(prepared))
-    return ForwardResults(faces, logits, features, len(missing), tuple(digests))
+            rows.append(row)
+            payloads.append(payload)
+    return hits
+
+
+def _store(state: _Extraction, cache: ResultCache | None, rows: list[int], computed: Future,
+           on_progress: Callable[[int], object]) -> None:
+    """Put one batch's results in place and in ``cache`` (one transaction), then report it."""
+    faces, outputs = computed.result()
+    state.computed += len(rows)
+    for row, face in zip(rows, faces):
+        state.faces[row] = face
+    if outputs is not None:
+        usable = [row for row, face in zip(rows, faces) if face.error is None]
+        batch_logits, batch_features = (output.numpy() for output in outputs)
+        state.logits[usable], state.features[usable] = batch_logits, batch_features
+        if cache is not None:
+            _put(state, cache, usable, batch_logits, batch_features)
+    on_progress(len(rows))
+
+
+def _put(state: _Extraction, cache: ResultCache, usable: list[int], batch_logits: np.ndarray,
+         batch_features: np.ndarray) -> None:
+    """Store the logits, features and face of each usable row that has cache keys, in one transaction."""
+    new: dict[CacheKey, np.ndarray] = {}
+    for row, face_logits, face_features in zip(usable, batch_logits, batch_features):
+        row_keys, face = state.keys[row], state.faces[row]
+        if row_keys:
+            new[row_keys["logits"]] = face_logits
+            new[row_keys["embedding"]] = face_features
+            new[row_keys["face"]] = np.array([face.face_found, face.face_score, *face.box], np.float32)
+    if new:
+        cache.put_many(new)
+        state.stored_now.update(state.contents[row] for row in usable if state.keys[row])
 
 
 def _predicted_chunk(model: FerModel, dataset: FaceDataset, preparer: FacePreparer, chunk: Sequence[int],
                      batch_size: int, cache: ResultCache | None, bar: tqdm, backend: str) -> pd.DataFrame:
-    if cache is not None:
-        results = cached_forward(model, dataset, preparer, chunk, cache, batch_size, on_progress=bar.update,
-                                 backend=backend)
-        usable = [row for row, face in enumerate(results.faces) if face.error is None]
-        return _rows(results.faces, results.logits[usable], dataset.emotions)
-    frames = []
-    for prepared in iter_prepared(dataset, preparer, chunk, batch_size):
-        tensors = [p.tensor for p in prepared if p.tensor is not None]
-        logits = load_backend(model, backend).logits(torch.stack(tensors)).numpy() if tensors else None
-        frames.append(_rows(prepared, logits, dataset.emotions))
-        bar.update(len(prepared))
-    return pd.concat(frames, ignore_index=True)
+    results = cached_forward(model, dataset, preparer, chunk, cache, batch_size, on_progress=bar.update,
+                             backend=backend)
+    usable = [row for row, face in enumerate(results.faces) if face.error is None]
+    return _rows(results.faces, results.logits[usable] if usable else None, dataset.emotions)
 
 
 def _job_signature(model: FerModel, dataset: FaceDataset, preparer: FacePreparer, indices: Sequence[int],

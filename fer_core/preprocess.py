@@ -58,8 +58,10 @@ class Preprocessing:
         return (pixels.float() / 255.0 - mean) / std
 
     def batch(self, faces: list[np.ndarray]) -> torch.Tensor:
-        """A ``(N, 3, S, S)`` batch."""
-        return torch.stack([self.to_tensor(f) for f in faces])
+        """A ``(N, 3, S, S)`` batch: the same values as stacking :meth:`to_tensor` of each face,
+        normalized in one pass over the whole batch."""
+        pixels = np.stack([self.resize(f) for f in faces]).transpose(0, 3, 1, 2)
+        return self.normalize(torch.from_numpy(np.ascontiguousarray(pixels)))
 
     def to_image(self, tensor: torch.Tensor) -> np.ndarray:
         """Undo normalization: ``(3, S, S)`` tensor -> RGB uint8 array (for overlays)."""

@@ -7,6 +7,7 @@ from typing import Any
 
 
 from fer_core import __version__
+from fer_core.backends import set_inference_threads
 from fer_core.config import Config
 from fer_core.data import FaceDataset, FerPlusDataset, open_dataset
 from fer_core.errors import ConfigError, DataError, ModelLoadError
@@ -40,7 +41,9 @@ def resolve_weights(config: Config, weights: Path | str | None = None) -> Path:
 
 
 def load_configured_model(config: Config, weights: Path | str | None = None) -> FerModel:
-    """The model the config (or ``weights``) names."""
+    """The model the config (or ``weights``) names, with ``inference.threads`` applied to torch
+    and to the ONNX Runtime sessions built for it (:func:`fer_core.backends.set_inference_threads`)."""
+    set_inference_threads(config.inference.threads)
     return load_model(resolve_weights(config, weights), architecture=None,
                       trust_pickle=config.model.trust_pickle)
 

@@ -2,6 +2,7 @@
 real faces, through predict, embed, the recogniser (upload) and the CLI; bad names and a
 missing ONNX Runtime are clear errors; ``fer-core export --onnx`` writes a graph that runs."""
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -113,3 +114,33 @@ def test_cli_predict_uses_the_configured_backend_and_exports_onnx(project, tmp_p
     eager_logits, eager_features = load_backend(model, "torch").forward(batch)
     assert np.abs(logits - eager_logits.numpy()).max() <= TOLERANCE
     assert np.abs(features - eager_features.numpy()).max() <= TOLERANCE
+
+
+def test_inference_threads_reach_torch_and_onnx_runtime(faces):
+    import torch
+
+    from fer_core.workflows import load_configured_model
+
+    before = torch.get_num_threads()
+    wanted = before + 1
+    batch = load_model(WEIGHTS).preprocessing.batch([faces.read(sample) for sample in faces])
+    try:
+        config = config_from_dict({"inference": {"threads": wanted, "backend": "onnx"},
+                                   "model": {"weights_path": str(WEIGHTS)}})
+        model = load_configured_model(config)
+        assert torch.get_num_threads() == wanted
+        session = load_backend(model, config.inference.backend).session
+        assert session.get_session_options().intra_op_num_threads == wanted
+        logits, _ = load_backend(model, config.inference.backend).forward(batch)
+        eager_logits, _ = load_backend(model, "torch").forward(batch)
+        assert np.abs(logits.numpy() - eager_logits.numpy()).max() <= TOLERANCE  # the same outputs, more threads
+        torch.set_num_threads(before)
+        unchanged = load_configured_model(dataclasses.replace(config, inference=dataclasses.replace(
+            config.inference, threads=0)))
+        assert torch.get_num_threads() == before  # 0 keeps the library default
+        assert load_backend(unchanged, "onnx").session.get_session_options().intra_op_num_threads == before
+        with pytest.raises(ConfigError, match="inference.threads"):
+            load_configured_model(dataclasses.replace(config, inference=dataclasses.replace(
+                config.inference, threads=-1)))
+    finally:
+        torch.set_num_threads(before)
