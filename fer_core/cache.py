@@ -111,9 +111,15 @@ class CacheKey:
         object.__setattr__(self, "params", params)
 
     def digest(self) -> str:
-        """A stable sha256 (hex) of every field: the entry's primary key."""
-        text = json.dumps([self.kind, self.model, self.preparation, self.content, self.params], separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        """A stable sha256 (hex) of every field: the entry's primary key (computed once per key:
+        a lookup and the write that follows share it)."""
+        known = self.__dict__.get("_digest")
+        if known is None:
+            text = json.dumps([self.kind, self.model, self.preparation, self.content, self.params],
+                              separators=(",", ":"))
+            known = hashlib.sha256(text.encode()).hexdigest()
+            object.__setattr__(self, "_digest", known)
+        return known
 
 
 def content_hash(data: bytes | np.ndarray) -> str:
