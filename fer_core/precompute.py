@@ -202,23 +202,28 @@ def locate_keypoints(prepared: PreparedFace, model: FerModel, locator: FaceDetec
     return (points[0] / crop.shape[0]).astype(np.float32) if detected[0] else _NO_KEYPOINTS
 
 
-def _target_classes(model: FerModel, dataset: FaceDataset, cache: ResultCache | None, preparer: FacePreparer,
-                    target: str, batch_size: int, progress: bool, backend: str) -> np.ndarray:
-    """Per face, the model class to explain (-1: none)."""
+def _targets_and_contents(model: FerModel, dataset: FaceDataset, cache: ResultCache | None,
+                          preparer: FacePreparer, target: str, batch_size: int, progress: bool,
+                          backend: str) -> tuple[np.ndarray, list[str | None]]:
+    """Per face, the model class to explain (-1: none) and the image's content hash (None when
+    unreadable). The predicted class comes from one cached forward pass, which hashes the
+    images as it reads them."""
     if target == "predicted":
         with tqdm(total=len(dataset), desc=f"logits {dataset.name}", unit="face", disable=not progress,
                   leave=False) as bar:
-            logits = cached_forward(model, dataset, preparer, range(len(dataset)), cache, batch_size,
-                                    on_progress=bar.update, backend=backend).logits
-        readable = np.isfinite(logits).all(axis=1)
-        return np.where(readable, np.nan_to_num(logits).argmax(axis=1), -1)
+            forward = cached_forward(model, dataset, preparer, range(len(dataset)), cache, batch_size,
+                                     on_progress=bar.update, backend=backend)
+        readable = np.isfinite(forward.logits).all(axis=1)
+        return np.where(readable, np.nan_to_num(forward.logits).argmax(axis=1), -1), list(forward.contents)
     if target == "true":
         index = {emotion: i for i, emotion in enumerate(model.emotions)}
-        return np.array([index.get(EMOTIONS[label], -1) if label >= 0 else -1 for label in dataset.labels])
-    if target not in model.emotions:
+        targets = np.array([index.get(EMOTIONS[label], -1) if label >= 0 else -1 for label in dataset.labels])
+    elif target in model.emotions:
+        targets = np.full(len(dataset), model.emotions.index(target))
+    else:
         raise ConfigError(f"target: expected one of {list(TARGET_MODES)} or an emotion of the model "
                           f"{list(model.emotions)}, got {target!r}")
-    return np.full(len(dataset), model.emotions.index(target))
+    return targets, _digests(dataset)
 
 
 def _per_face(diagnostics: Mapping[str, Any], count: int) -> list[dict[str, float]]:
@@ -277,8 +282,8 @@ def explain_dataset(model: FerModel, dataset: FaceDataset, cache: ResultCache, m
     preparation = preparer.fingerprint(dataset.pre_cropped)
     locator = face_pipeline.detector if face_pipeline is not None else None
     locator_name = locator.fingerprint() if locator is not None else "none"
-    targets = _target_classes(model, dataset, cache, preparer, target, batch_size, progress, backend)
-    contents = _digests(dataset)
+    targets, contents = _targets_and_contents(model, dataset, cache, preparer, target, batch_size, progress,
+                                              backend)
 
     def keys(row: int) -> dict[str, CacheKey]:
         entry = {"method": method, "target": model.emotions[targets[row]], "settings": key_settings,
