@@ -1,10 +1,11 @@
 # make run  - install into .venv and start the dashboard
-# make test - install into .venv and run the test suite
+# make test - install into .venv and run the test suite (what CI runs)
+# make test-fast - the same without the end-to-end checks marked slow
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: install run test
+.PHONY: install run test test-fast
 
 install: $(VENV)/.installed
 
@@ -18,4 +19,7 @@ run: install
 	$(VENV)/bin/streamlit run dashboard/Home.py
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

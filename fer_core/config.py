@@ -25,6 +25,14 @@ DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "config.yaml"
 ENV_CONFIG = "FER_CORE_CONFIG"
 ENV_FACE_MODEL = "FER_CORE_FACE_MODEL"
 ENV_WEIGHTS = "FER_CORE_WEIGHTS"
+#: The BlazeFace face detectors shipped in ``fer_core/faces/models/`` (Apache-2.0, from the
+#: mediapipe 0.10.21 wheel), by the names ``faces.mediapipe_model`` accepts besides a path.
+_FACE_MODELS_DIR = Path(__file__).resolve().parent / "faces" / "models"
+SHIPPED_FACE_MODELS = {"short_range": _FACE_MODELS_DIR / "face_detection_short_range.tflite",
+                       "full_range": _FACE_MODELS_DIR / "face_detection_full_range_sparse.tflite"}
+#: The shipped model used when ``faces.mediapipe_model`` is null: faces that fill a good part
+#: of the image; ``full_range`` finds the smaller faces of group photos and grids.
+DEFAULT_FACE_MODEL = "short_range"
 
 
 @dataclass(frozen=True)
@@ -55,8 +63,10 @@ class DataConfig:
 class FacesConfig:
     """Face detection, alignment and cropping."""
 
-    detector: Literal["auto", "mediapipe", "haar", "none"] = "auto"
-    mediapipe_model: Path | None = None  # BlazeFace .tflite; env FER_CORE_FACE_MODEL overrides
+    detector: Literal["auto", "mediapipe", "haar", "none"] = "auto"  # auto: mediapipe
+    # a shipped model by name (short_range, full_range), else a BlazeFace .tflite path; null:
+    # short_range. The env FER_CORE_FACE_MODEL overrides it.
+    mediapipe_model: Path | None = None
     min_score: float = 0.5
     margin: float = 0.25  # extra border around the face box, as a fraction of its size
     align: bool = True  # rotate so the eyes are level
@@ -107,6 +117,10 @@ class Config:
         path = Path(path).expanduser()
         return path if path.is_absolute() else self.root / path
 
+    def face_model(self) -> Path:
+        """The BlazeFace file ``faces.mediapipe_model`` stands for (see :func:`face_model_file`)."""
+        return face_model_file(self.faces.mediapipe_model, self.root)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-ready values (paths as strings), without ``root``."""
         def plain(value: Any) -> Any:
@@ -121,8 +135,19 @@ class Config:
         return plain(self)
 
 
+def face_model_file(value: Path | str | None, root: Path | None = None) -> Path:
+    """The BlazeFace file a ``faces.mediapipe_model`` value stands for: a shipped model by name
+    (:data:`SHIPPED_FACE_MODELS`; None is :data:`DEFAULT_FACE_MODEL`), else the path, a relative
+    one taken from ``root`` (from the working directory when ``root`` is None)."""
+    name = DEFAULT_FACE_MODEL if value is None else str(value)
+    if name in SHIPPED_FACE_MODELS:
+        return SHIPPED_FACE_MODELS[name]
+    path = Path(value).expanduser()
+    return path if root is None or path.is_absolute() else root / path
+
+
 #: Keys whose value is a file that must exist when set.
-_MUST_EXIST = {"model.weights_path", "faces.mediapipe_model"}
+_MUST_EXIST = {"model.weights_path"}
 _POSITIVE = {"model.input_size", "model.num_classes", "data.grid_size", "data.face_size", "data.grid_layout",
              "inference.batch_size"}
 
@@ -206,6 +231,9 @@ def _validate(config: Config) -> None:
         raise ConfigError("config key 'model.num_classes': fer_core uses the 8 HSEmotion classes; set 8")
     if not 0.0 <= config.data.val_fraction < 1.0:
         raise ConfigError(f"config key 'data.val_fraction': must be in [0, 1), got {config.data.val_fraction}")
+    if config.faces.mediapipe_model is not None and not config.face_model().is_file():
+        raise ConfigError(f"config key 'faces.mediapipe_model': file not found: {config.face_model()}; expected a "
+                          f"BlazeFace .tflite path or one of the shipped models {sorted(SHIPPED_FACE_MODELS)}")
     if config.faces.margin < 0:
         raise ConfigError(f"config key 'faces.margin': must be >= 0, got {config.faces.margin}")
     from fer_core.backends import BACKENDS  # the registry is the one list of names (imports torch)

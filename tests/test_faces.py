@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_core.config import ENV_FACE_MODEL, config_from_dict
+from fer_core.config import ENV_FACE_MODEL, SHIPPED_FACE_MODELS, config_from_dict
 from fer_core.errors import ConfigError, DataError, ModelLoadError
 from fer_core.faces import (
+    CROP_PAD_VALUE,
     KEYPOINT_NAMES,
     Detection,
     FacePipeline,
@@ -159,9 +160,9 @@ def test_align_face_geometry_and_anti_aliasing(sd_paths):
     difference = np.abs(big_face.image.astype(int) - face.image).mean()
     assert difference < 4.0 and difference < 0.6 * np.abs(aliased.astype(int) - face.image).mean()
 
-    # a box past the image edge repeats the edge pixels
+    # a box past the image edge gets the constant there, not repeated edge pixels (tests/test_crops.py)
     edge = align_face(rgb, Detection((-200.0, 0.0, 100.0, 300.0), 0.9), size=64, margin=0.0, align=False)
-    np.testing.assert_array_equal(edge.image[:, 0], edge.image[:, 10])
+    assert (edge.image[:, :42] == CROP_PAD_VALUE).all()  # 200 of the 300 px box lie left of the image
 
 
 def test_haar_finds_most_sd_faces_with_six_keypoints(sd_paths, haar, mediapipe):
@@ -279,12 +280,19 @@ def test_detector_from_config_picks_the_detector(face_model_path, monkeypatch):
     def faces(**values):
         return config_from_dict({"faces": values}).faces
 
-    assert isinstance(detector_from_config(faces()), HaarDetector)  # auto without a model file
+    # auto is MediaPipe with the shipped short-range model (the same file as the shared one)
+    for detector in (detector_from_config(faces()), detector_from_config(faces(detector="mediapipe"))):
+        assert isinstance(detector, MediaPipeDetector) and detector.model_path == SHIPPED_FACE_MODELS["short_range"]
+        assert detector.fingerprint() == MediaPipeDetector(face_model_path).fingerprint()
     assert isinstance(detector_from_config(faces(mediapipe_model=str(face_model_path))), MediaPipeDetector)
+    assert isinstance(detector_from_config(faces(detector="haar")), HaarDetector)  # Haar only when asked
     assert isinstance(detector_from_config(faces(detector="haar", mediapipe_model=str(face_model_path))), HaarDetector)
     assert detector_from_config(faces(detector="none", mediapipe_model=str(face_model_path))) is None
-    with pytest.raises(ModelLoadError, match="faces.mediapipe_model"):
-        detector_from_config(faces(detector="mediapipe"))
+    full_range = detector_from_config(faces(mediapipe_model="full_range"))
+    assert full_range.model_path == SHIPPED_FACE_MODELS["full_range"]
+    assert full_range.fingerprint() != detector_from_config(faces(mediapipe_model="short_range")).fingerprint()
+    with pytest.raises(ConfigError, match="faces.mediapipe_model.*full_range"):
+        faces(mediapipe_model="fullrange")  # a misspelt name is a missing file, and the message lists the names
     detector = detector_from_config(faces(min_score=0.8))
     assert detector.min_score == 0.8
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from PIL import Image
 
 from fer_core import labels as label_space
 from fer_core.errors import DataError, ImageDecodeError
@@ -29,6 +30,11 @@ from fer_core.labels import EMOTIONS, NUM_CLASSES, LabelMap
 DOMAINS = ("real", "synthetic")
 #: Most items listed in one skip warning; the rest are counted.
 WARN_LIST_LIMIT = 50
+#: A folder holds face crops when every sampled image is square and at most this many pixels
+#: a side (FER2013 and FER+ crops are 48 px; photos, even of one face, are larger).
+PRE_CROPPED_MAX_SIDE = 128
+#: Images sampled (seeded) to tell face crops from photos.
+PRE_CROPPED_SAMPLE = 50
 
 
 class DataWarning(UserWarning):
@@ -73,16 +79,24 @@ class FaceDataset(ABC):
     emotions: tuple[str, ...]
     pre_cropped: bool
     domain: str
+    #: How settings that were not given were inferred, one sentence each (the CLI prints them).
+    notes: tuple[str, ...] = ()
 
     def __init__(self, name: str, emotions: Sequence[str], pre_cropped: bool, domain: str) -> None:
-        if domain not in DOMAINS:
-            raise DataError(f"domain must be one of {list(DOMAINS)}, got {domain!r}")
         declared = set(emotions)
         label_space.class_indices(sorted(declared))  # validates the names
         self.name = name
         self.emotions = tuple(e for e in EMOTIONS if e in declared)
-        self.pre_cropped = bool(pre_cropped)
-        self.domain = domain
+        self.override(pre_cropped, domain)
+
+    def override(self, pre_cropped: bool | None = None, domain: str | None = None) -> None:
+        """Set :attr:`pre_cropped` and :attr:`domain` where given (None keeps the value)."""
+        if domain is not None and domain not in DOMAINS:
+            raise DataError(f"domain must be one of {list(DOMAINS)}, got {domain!r}")
+        if pre_cropped is not None:
+            self.pre_cropped = bool(pre_cropped)
+        if domain is not None:
+            self.domain = domain
 
     @property
     @abstractmethod
@@ -166,15 +180,36 @@ class SubsetDataset(FaceDataset):
         return self.parent.read(sample)
 
 
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from the file's header, None when it is no readable image."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def looks_pre_cropped(paths: Sequence[Path], seed: int = 0) -> tuple[bool, str]:
+    """Whether ``paths`` are face crops already, and a sentence saying why: True when every
+    readable image of a seeded sample of :data:`PRE_CROPPED_SAMPLE` is square and at most
+    :data:`PRE_CROPPED_MAX_SIDE` pixels a side (False when none reads)."""
+    picks = np.random.default_rng(seed).choice(len(paths), size=min(PRE_CROPPED_SAMPLE, len(paths)), replace=False)
+    sizes = [size for size in (_image_size(Path(paths[i])) for i in np.sort(picks)) if size is not None]
+    crops = sum(width == height <= PRE_CROPPED_MAX_SIDE for width, height in sizes)
+    return bool(sizes) and crops == len(sizes), (f"{crops} of {len(sizes)} sampled images are square and at most "
+                                                 f"{PRE_CROPPED_MAX_SIDE} px")
+
+
 class FolderDataset(FaceDataset):
     """Images in class folders: ``root/<split>/<class>/*.jpg`` (or ``root/<class>/`` when
     ``split`` is None). Class folder names are matched case-insensitively against
     ``label_map`` (default :data:`fer_core.labels.CLASS_FOLDERS`). Samples are sorted by path;
     keys are paths relative to ``root``; ``Sample.split`` is ``split`` (``"all"`` when flat).
+    ``pre_cropped=None`` infers it (:func:`looks_pre_cropped`) and says so in :attr:`notes`.
     """
 
     def __init__(self, root: str | Path, split: str | None = None, *, name: str | None = None,
-                 domain: str = "real", pre_cropped: bool = False,
+                 domain: str = "real", pre_cropped: bool | None = None,
                  label_map: LabelMap = label_space.CLASS_FOLDERS) -> None:
         self.root = Path(root)
         self.split = split
@@ -205,6 +240,11 @@ class FolderDataset(FaceDataset):
         self._keys = [keys[i] for i in order]
         self._labels = _readonly(np.asarray(labels, dtype=np.int64)[order])
         present = [EMOTIONS[i] for i in set(labels) if i >= 0]
+        if pre_cropped is None:
+            pre_cropped, why = looks_pre_cropped([self.root / key for key in self._keys])
+            treated = ("face crops, classified whole (pre_cropped=False, --detect: detect faces)" if pre_cropped
+                       else "photos, faces detected (pre_cropped=True, --pre-cropped: classify whole)")
+            self.notes = (f"{folder}: taken for {treated}; {why}",)
         super().__init__(name or self.root.name, present, pre_cropped, domain)
 
     @property

@@ -142,11 +142,34 @@ def _install_hint(entry: DatasetEntry, data_root: Path) -> str:
     return hint
 
 
-def open_dataset(spec: str, data_root: str | Path) -> FaceDataset:
+def _folder_domain(folder: Path, data_root: Path) -> tuple[str, str | None]:
+    """``"synthetic"`` (and a note saying why) for a folder under ``data_root/synthetic``, else ``"real"``."""
+    synthetic = (data_root / "synthetic").resolve()
+    if folder.resolve().is_relative_to(synthetic):
+        return "synthetic", f"{folder}: domain synthetic, as it lies under {synthetic} (domain='real', --domain real: real)"
+    return "real", None
+
+
+def _open_folder(folder: Path, split: str | None, data_root: Path, pre_cropped: bool | None,
+                 domain: str | None) -> FaceDataset:
+    note = None
+    if domain is None:
+        domain, note = _folder_domain(folder, data_root)
+    dataset = FolderDataset(folder, split, domain=domain, pre_cropped=pre_cropped)
+    dataset.notes = (*dataset.notes, *([note] if note else []))
+    return dataset
+
+
+def open_dataset(spec: str, data_root: str | Path, *, pre_cropped: bool | None = None,
+                 domain: str | None = None) -> FaceDataset:
     """The dataset ``spec`` names: ``name[:split]`` of a registered dataset (e.g. ``fer2013:test``,
     ``ferplus:valid``, ``sd_faces``), or an existing folder ``path`` (``<class>/`` subfolders)
     or ``path:split`` (``<split>/<class>/`` subfolders). Relative paths are taken from the
     current directory; named datasets live under ``data_root``.
+
+    ``pre_cropped`` and ``domain`` override what the registry says (or, for a folder, what is
+    inferred: face crops when a sample of its images is small and square, synthetic when it
+    lies under ``data_root/synthetic``; :attr:`FaceDataset.notes` says what was inferred).
     """
     data_root = Path(data_root)
     name, sep, split = spec.partition(":")
@@ -158,12 +181,14 @@ def open_dataset(spec: str, data_root: str | Path) -> FaceDataset:
         if missing:
             raise DataError(f"{spec} not found: looked for {', '.join(map(str, missing))}. "
                             f"To get it: {_install_hint(entry, data_root)}")
-        return entry.build(data_root / entry.location, split_or_none)
+        dataset = entry.build(data_root / entry.location, split_or_none)
+        dataset.override(pre_cropped, domain)
+        return dataset
     if Path(spec).is_dir():
-        return FolderDataset(Path(spec), None)
+        return _open_folder(Path(spec), None, data_root, pre_cropped, domain)
     folder, sep, split = spec.rpartition(":")
     if sep and Path(folder).is_dir():
-        return FolderDataset(Path(folder), split)
+        return _open_folder(Path(folder), split, data_root, pre_cropped, domain)
     raise DataError(f"unknown dataset {spec!r}: not one of {dataset_names()} (as name or name:split) "
                     "and not an existing folder (path or path:split)")
 

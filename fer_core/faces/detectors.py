@@ -7,20 +7,21 @@ keypoints in MediaPipe BlazeFace order (:data:`KEYPOINT_NAMES`).
 
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401 -- registers its exit hook before ours (see below)
 import functools
 import hashlib
 import math
+import os
 import threading
-import weakref
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, TypeVar
 
 import cv2
 import numpy as np
 
-from fer_core.config import ENV_FACE_MODEL, FacesConfig
+from fer_core.config import ENV_FACE_MODEL, SHIPPED_FACE_MODELS, FacesConfig, face_model_file
 from fer_core.errors import ConfigError, DataError, ModelLoadError
 
 #: Keypoint order of every :class:`Detection` (BlazeFace order). "right" is the subject's
@@ -145,6 +146,15 @@ class FaceDetector(ABC):
     def from_config(cls, faces_config: FacesConfig) -> "FaceDetector":
         """The detector the ``faces`` config section describes."""
 
+    def close(self) -> None:
+        """Release what the detector holds open (nothing, unless a subclass says otherwise)."""
+
+    def __enter__(self) -> "FaceDetector":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 DetectorType = TypeVar("DetectorType", bound=type[FaceDetector])
 #: Detector name -> class; filled by :func:`register_detector`.
@@ -164,51 +174,139 @@ def create_detector(name: str, **kwargs) -> FaceDetector:
     return DETECTORS[name](**kwargs)
 
 
+#: ``faces.detector`` values that stand for a registered detector.
+DETECTOR_ALIASES = {"auto": "mediapipe"}
+
+
 def detector_from_config(faces_config: FacesConfig) -> FaceDetector | None:
     """The detector ``faces.detector`` names; None for ``"none"`` (whole images are faces).
 
-    ``"auto"`` is MediaPipe when ``faces.mediapipe_model`` is set (``load_config`` merges
-    ``$FER_CORE_FACE_MODEL`` into it), otherwise Haar. Paths are used as given; relative ones
-    are taken from the working directory (``FacePipeline.from_config`` resolves them first).
+    ``"auto"`` is MediaPipe with ``faces.mediapipe_model`` (``load_config`` merges
+    ``$FER_CORE_FACE_MODEL`` into it), the shipped short-range model when that is null; Haar
+    only when named. Paths are used as given; relative ones are taken from the working
+    directory (``FacePipeline.from_config`` resolves them first).
     """
-    name = faces_config.detector
-    if name == "auto":
-        name = "mediapipe" if faces_config.mediapipe_model is not None else "haar"
+    name = DETECTOR_ALIASES.get(faces_config.detector, faces_config.detector)
     if name == "none":
         return None
     if name not in DETECTORS:
         raise ConfigError(f"config key 'faces.detector': unknown detector {name!r}; "
-                          f"expected one of {sorted(DETECTORS) + ['auto', 'none']}")
+                          f"expected one of {sorted(DETECTORS) + sorted(DETECTOR_ALIASES) + ['none']}")
     return DETECTORS[name].from_config(faces_config)
-
-
-def _close_at_exit(task: object) -> None:
-    """Close a MediaPipe task while Python still runs the worker thread it calls through.
-
-    MediaPipe closes tasks in ``__del__``, which at interpreter teardown prints an ignored
-    TypeError; ``atexit`` is too late as well, since the thread pool stops before it.
-    """
-    task_ref = weakref.ref(task)
-
-    def close() -> None:
-        alive = task_ref()
-        if alive is not None:
-            alive.close()
-
-    threading._register_atexit(close)  # runs before concurrent.futures stops its threads
 
 
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+# MediaPipe task lifetime. A MediaPipe Tasks ``FaceDetector`` runs every C call on a worker
+# thread of its own and closes itself in ``__del__``. When the garbage collector frees a task
+# that sits in a reference cycle, it first clears the weak reference that keeps that worker
+# alive (the worker exits), then runs ``__del__``, whose close waits forever for the worker
+# (``Future.result``): a deadlock from any allocation anywhere. So a task is never left to the
+# garbage collector: one task per (model file digest, min_score) per process lives in
+# ``_TASKS``, which holds it until an explicit close (:meth:`MediaPipeDetector.close`,
+# :func:`close_mediapipe_tasks`) or interpreter exit, and its ``__del__`` does nothing.
+
+@dataclass(eq=False)
+class _Task:
+    """An open MediaPipe face detector task and the lock that serialises calls to it (a task
+    is not safe to call from two threads)."""
+
+    task: object
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
+
+    def close(self) -> None:
+        with self.lock:  # after the detection in progress, on the calling thread
+            if not self.closed:
+                self.closed = True
+                self.task.close()
+
+
+TaskKey = tuple[str, float]  # (model file digest, min_score)
+_TASKS: dict[TaskKey, _Task] = {}
+_TASKS_LOCK = threading.Lock()
+#: Tasks a forked child inherited: their worker threads do not exist in the child, so they are
+#: neither used nor closed there, only kept from the garbage collector.
+_INHERITED: list[_Task] = []
+
+
+def _keep_open(task: object) -> None:
+    """A ``__del__`` that does nothing: tasks are closed explicitly, never by the garbage collector."""
+
+
+@functools.cache
+def _without_finalizer(cls: type) -> type:
+    """``cls`` with :func:`_keep_open` as its ``__del__``."""
+    return type(cls.__name__, (cls,), {"__del__": _keep_open, "__module__": cls.__module__})
+
+
+def _open_task(model_path: Path, min_score: float) -> object:
+    """A new MediaPipe face detector task for ``model_path``, its ``__del__`` disabled."""
+    from mediapipe.tasks.python import BaseOptions, vision  # slow to import; Haar does not need it
+
+    options = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_path=str(model_path)),
+                                         running_mode=vision.RunningMode.IMAGE, min_detection_confidence=min_score)
+    try:
+        task = vision.FaceDetector.create_from_options(options)
+    except (ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"not a MediaPipe face detection model: {model_path}: {exc}") from None
+    task.__class__ = _without_finalizer(type(task))
+    return task
+
+
+def _task_for(key: TaskKey, model_path: Path) -> _Task:
+    """This process's open task for ``key``, opened from ``model_path`` when there is none."""
+    with _TASKS_LOCK:
+        if key not in _TASKS:
+            _TASKS[key] = _Task(_open_task(model_path, key[1]))
+        return _TASKS[key]
+
+
+def close_mediapipe_tasks() -> int:
+    """Close every MediaPipe task this process has open and return how many; detectors open
+    a new one when used again. Runs at interpreter exit as well."""
+    with _TASKS_LOCK:
+        tasks = list(_TASKS.values())
+        _TASKS.clear()
+    for task in tasks:
+        task.close()
+    return len(tasks)
+
+
+def open_mediapipe_tasks() -> int:
+    """How many MediaPipe tasks this process has open (one per model file and min_score)."""
+    with _TASKS_LOCK:
+        return len(_TASKS)
+
+
+def _forget_inherited_tasks() -> None:
+    global _TASKS_LOCK
+    _INHERITED.extend(_TASKS.values())
+    _TASKS.clear()
+    _TASKS_LOCK = threading.Lock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_forget_inherited_tasks)
+# threading's exit hooks run before ``atexit`` (too late: the tasks' workers are stopped by
+# then), last registered first: this one is registered after concurrent.futures' own (imported
+# above), which stops those workers.
+threading._register_atexit(close_mediapipe_tasks)
+
+
 @register_detector
 class MediaPipeDetector(FaceDetector):
     """MediaPipe BlazeFace (Tasks API) from a ``.tflite`` file.
 
+    Detectors of the same model file (by content) and ``min_score`` share one MediaPipe task
+    per process; it stays open until :meth:`close` (or the end of a ``with`` block) or
+    interpreter exit, never closed by the garbage collector.
+
     Args:
-        model_path: ``face_detection_short_range.tflite`` (faces within ~2 m, filling a good
-            part of the image) or ``face_detection_full_range_sparse.tflite`` (smaller faces).
+        model_path: a shipped model by name, ``"short_range"`` (the default: faces within
+            ~2 m, filling a good part of the image) or ``"full_range"`` (smaller faces: group
+            photos, grids), or the path of a BlazeFace ``.tflite`` file.
         min_score: detections scoring lower are dropped.
         paddings: the image is run once per value, with a black border of that fraction of its
             longest side on every side, and the results merged. BlazeFace misses or splits faces
@@ -221,38 +319,33 @@ class MediaPipeDetector(FaceDetector):
 
     name = "mediapipe"
 
-    def __init__(self, model_path: str | Path, min_score: float = 0.5,
+    def __init__(self, model_path: str | Path | None = None, min_score: float = 0.5,
                  paddings: Sequence[float] = (0.15, 0.5)) -> None:
-        self.model_path = Path(model_path).expanduser()
+        self.model_path = face_model_file(model_path)
         self.min_score = _check_score(min_score)
         self.paddings = _check_paddings(paddings)
         if not self.model_path.is_file():
             raise ModelLoadError(
                 f"MediaPipe face model not found: {self.model_path}. Point the config key "
                 f"'faces.mediapipe_model' or the environment variable {ENV_FACE_MODEL} at a BlazeFace "
-                f".tflite file (face_detection_short_range.tflite), or set faces.detector: haar")
+                f".tflite file or name a shipped one ({', '.join(SHIPPED_FACE_MODELS)}), or set faces.detector: haar")
         self._digest = _file_digest(self.model_path)
-        import mediapipe  # imported here: it is slow to import and the Haar fallback does not need it
-        from mediapipe.tasks.python import BaseOptions, vision
+        self._key: TaskKey = (self._digest, self.min_score)
+        _task_for(self._key, self.model_path)  # opens the model now, so that a bad file fails here
+        import mediapipe
 
-        options = vision.FaceDetectorOptions(
-            base_options=BaseOptions(model_asset_path=str(self.model_path)),
-            running_mode=vision.RunningMode.IMAGE,
-            min_detection_confidence=self.min_score)
-        try:
-            self._task = vision.FaceDetector.create_from_options(options)
-        except (ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"not a MediaPipe face detection model: {self.model_path}: {exc}") from None
-        _close_at_exit(self._task)
         self._image = functools.partial(mediapipe.Image, image_format=mediapipe.ImageFormat.SRGB)
-        self._lock = threading.Lock()  # a MediaPipe task is not safe to call from two threads
+
+    def close(self) -> None:
+        """Close the MediaPipe task this detector uses, shared with every detector of the same
+        model file and ``min_score``; a detector used again opens a new one."""
+        with _TASKS_LOCK:
+            task = _TASKS.pop(self._key, None)
+        if task is not None:
+            task.close()
 
     @classmethod
     def from_config(cls, faces_config: FacesConfig) -> "MediaPipeDetector":
-        if faces_config.mediapipe_model is None:
-            raise ModelLoadError(
-                f"faces.detector is 'mediapipe' but no model file is set: set the config key "
-                f"'faces.mediapipe_model' or the environment variable {ENV_FACE_MODEL} to a BlazeFace .tflite file")
         return cls(faces_config.mediapipe_model, faces_config.min_score)
 
     def fingerprint(self) -> str:
@@ -268,8 +361,7 @@ class MediaPipeDetector(FaceDetector):
     def _detect_padded(self, rgb: np.ndarray, padding: float) -> list[Detection]:
         padded, offset = _pad(rgb, padding, cv2.BORDER_CONSTANT)
         height, width = padded.shape[:2]
-        with self._lock:
-            result = self._task.detect(self._image(data=padded))
+        result = self._run(self._image(data=padded))
         detections = []
         for found in result.detections:
             box = found.bounding_box
@@ -280,6 +372,13 @@ class MediaPipeDetector(FaceDetector):
             detections.append(Detection((x0, y0, x0 + box.width, y0 + box.height),
                                         found.categories[0].score, keypoints))
         return detections  # MediaPipe already dropped those under min_score
+
+    def _run(self, image: object) -> object:
+        task = _task_for(self._key, self.model_path)
+        with task.lock:
+            if not task.closed:
+                return task.task.detect(image)
+        return self._run(image)  # another thread closed it meanwhile: open a new one
 
 
 #: Keypoints of a frontal face as fractions of the Haar face box side, measured as the mean
@@ -304,7 +403,7 @@ def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 @register_detector
 class HaarDetector(FaceDetector):
-    """OpenCV's frontal-face Haar cascade; a fallback that needs no model file.
+    """OpenCV's frontal-face Haar cascade (``faces.detector: haar``); needs no model file.
 
     Scores are the cascade's final level weight ``w`` mapped to ``w / (w + 4)``. Keypoints:
     the eyes come from OpenCV's eye cascade when it finds one eye in each half of the face's

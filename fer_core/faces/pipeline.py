@@ -10,7 +10,7 @@ import numpy as np
 
 from fer_core.config import Config
 from fer_core.errors import ConfigError
-from fer_core.faces.align import Face, align_face, check_margin, check_size, whole_image_face
+from fer_core.faces.align import CROP_PAD_VALUE, Face, align_face, check_margin, check_size, whole_image_face
 from fer_core.faces.detectors import Detection, FaceDetector, as_rgb, detector_from_config
 
 
@@ -42,17 +42,18 @@ class FacePipeline:
 
     @classmethod
     def from_config(cls, config: Config, crop_size: int) -> "FacePipeline":
-        """The pipeline ``config.faces`` describes; a relative model path is taken from the project root."""
-        faces = config.faces
-        if faces.mediapipe_model is not None:
-            faces = dataclasses.replace(faces, mediapipe_model=config.resolve(faces.mediapipe_model))
+        """The pipeline ``config.faces`` describes; a relative model path is taken from the project
+        root. MediaPipe detectors share one task per model file and settings in the process, so
+        building many pipelines opens no more tasks."""
+        faces = dataclasses.replace(config.faces, mediapipe_model=config.face_model())
         return cls(detector_from_config(faces), crop_size, faces.margin, faces.align, faces.max_faces)
 
     def fingerprint(self) -> str:
-        """A short stable hash of the detector (with its model file) and the crop geometry."""
+        """A short stable hash of the detector (with its model file) and the crop geometry,
+        padding beyond the image edge included."""
         settings = {"detector": self.detector.fingerprint() if self.detector else "none",
                     "crop_size": self.crop_size, "margin": self.margin, "align": self.align,
-                    "max_faces": self.max_faces}
+                    "max_faces": self.max_faces, "pad_value": CROP_PAD_VALUE}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def _detections(self, rgb: np.ndarray) -> list[Detection]:
