@@ -6,7 +6,8 @@ explains the same real FER+ test faces with the shipped model at its own 64 px (
 class as target); rounds alternate the methods; the figure is faces per second. Integrated
 Gradients evaluates ``n_steps`` path points per face: Captum batches ``internal_batch_size``
 of them per forward/backward; the naive loop runs one forward/backward per path point (the
-same Gauss-Legendre points and weights). Both give the same maps (the script checks).
+same Gauss-Legendre points and weights, from the same baseline, :data:`IG_BASELINE`). Both
+give the same maps (the script checks), and every method's maps must be finite.
 
     OMP_NUM_THREADS=1 python benchmarks/attribution_throughput.py
 """
@@ -15,30 +16,39 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from captum.attr._utils.approximation_methods import approximation_parameters
 
-from common import interleaved_seconds, machine_note, real_faces, shipped_model, table
+from common import (add_model_argument, benchmark_model, interleaved_seconds, machine_note, max_abs_difference,
+                    parse_with_smoke, real_faces, table)
 from fer_core.explain import explain, method_names
 from fer_core.explain.base import make_baseline, reduce_channels, resolve_targets
 from fer_core.models import FerModel
 
 
-def parse_args() -> argparse.Namespace:
+#: The baseline of the Integrated Gradients comparison (the method's default), given to both variants.
+IG_BASELINE = "blurred"
+SMOKE = {"faces": 2, "rounds": 1, "n_steps": 4, "warmup": 0}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data"))
+    add_model_argument(parser)
     parser.add_argument("--faces", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each method first")
     parser.add_argument("--n-steps", type=int, default=32)
-    return parser.parse_args()
+    return parse_with_smoke(parser, argv, SMOKE)
 
 
 def naive_integrated_gradients(model: FerModel, inputs: torch.Tensor, targets: torch.Tensor,
                                n_steps: int) -> np.ndarray:
-    """Integrated Gradients from a black baseline, one forward/backward per path point."""
-    baseline = make_baseline(model, inputs, "black")
+    """Integrated Gradients from :data:`IG_BASELINE`, one forward/backward per path point."""
+    baseline = make_baseline(model, inputs, IG_BASELINE)
     step_sizes, alphas = approximation_parameters("gausslegendre")
     total = torch.zeros_like(inputs)
     rows = torch.arange(len(inputs))
@@ -49,31 +59,47 @@ def naive_integrated_gradients(model: FerModel, inputs: torch.Tensor, targets: t
     return reduce_channels(total * (inputs - baseline), "signed").detach().numpy()
 
 
-def main() -> int:
-    args = parse_args()
-    model = shipped_model()
+def measure(args: argparse.Namespace) -> dict:
+    """Median seconds per call of every method and of the two Integrated Gradients variants;
+    whether every method's maps are finite, and the variants' largest map difference."""
+    model = benchmark_model(args.model)
     batch = model.preprocessing.batch(real_faces("ferplus:test", args.data, args.faces, seed=3))
-    methods = method_names()
-    seconds = interleaved_seconds({m: (lambda m=m: explain(model, batch, m, "predicted")) for m in methods},
-                                  args.rounds)
-    print(f"{model.architecture} at {model.input_size} px, {args.faces} FER+ test faces per call, default settings; "
-          f"{machine_note()}")
-    print(table([{"method": m, "faces/s": args.faces / seconds[m], "ms/face": 1000 * seconds[m] / args.faces}
-                 for m in methods]))
-    targets = resolve_targets(model, batch, "predicted")
-    batched = explain(model, batch, "integrated_gradients", tuple(targets.tolist()), n_steps=args.n_steps).maps
-    naive = naive_integrated_gradients(model, batch, targets, args.n_steps)
+    finite: dict[str, bool] = {}
+
+    def run(method: str) -> None:
+        finite[method] = bool(np.isfinite(explain(model, batch, method, "predicted").maps).all())
+    seconds = interleaved_seconds({m: (lambda m=m: run(m)) for m in method_names()}, args.rounds, args.warmup)
+    targets = tuple(resolve_targets(model, batch, "predicted").tolist())
+    batched = explain(model, batch, "integrated_gradients", targets, n_steps=args.n_steps, baseline=IG_BASELINE).maps
+    naive = naive_integrated_gradients(model, batch, torch.tensor(targets), args.n_steps)
     ig = interleaved_seconds({
-        "captum, internal_batch_size=128": lambda: explain(model, batch, "integrated_gradients",
-                                                           tuple(targets.tolist()), n_steps=args.n_steps),
-        "naive loop, one pass per step": lambda: naive_integrated_gradients(model, batch, targets, args.n_steps),
-    }, args.rounds)
+        "captum, internal_batch_size=128": lambda: explain(model, batch, "integrated_gradients", targets,
+                                                           n_steps=args.n_steps, baseline=IG_BASELINE),
+        "naive loop, one pass per step": lambda: naive_integrated_gradients(model, batch, torch.tensor(targets),
+                                                                            args.n_steps),
+    }, args.rounds, args.warmup)
+    return {"model": f"{model.architecture} at {model.input_size} px", "seconds": seconds, "finite": finite,
+            "ig_seconds": ig, "ig_map_difference": max_abs_difference(batched, naive),
+            "ig_map_scale": float(np.abs(naive).max()), "machine": machine_note()}
+
+
+def report(args: argparse.Namespace, result: dict) -> int:
+    """Print each method's rate and the Integrated Gradients comparison; the exit status."""
+    seconds, ig = result["seconds"], result["ig_seconds"]
+    print(f"{result['model']}, {args.faces} FER+ test faces per call, default settings; {result['machine']}")
+    print(table([{"method": m, "faces/s": args.faces / s, "ms/face": 1000 * s / args.faces,
+                  "finite maps": result["finite"][m]} for m, s in seconds.items()]))
     print(f"\nIntegrated Gradients, {args.n_steps} steps, {args.faces} faces; max |map difference| "
-          f"{np.abs(batched - naive).max():.2e} (map scale {np.abs(naive).max():.2e})")
+          f"{result['ig_map_difference']:.2e} (map scale {result['ig_map_scale']:.2e})")
     print(table([{"variant": name, "faces/s": args.faces / s} for name, s in ig.items()]))
     speedup = ig["naive loop, one pass per step"] / ig["captum, internal_batch_size=128"]
     print(f"IG internal batching: {speedup:.2f}x the naive per-step loop")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return report(args, measure(args))
 
 
 if __name__ == "__main__":

@@ -1,18 +1,22 @@
 """Shared pieces of the benchmark scripts: real faces, the shipped model at any input size,
-interleaved timing and a note of the machine's load.
+interleaved timing, a note of the machine's load and the ``--smoke`` switch.
 
 Every benchmark compares things measured in the same run, in alternating rounds, so that
 load from other jobs on a shared machine hits every contender alike; figures are the
-median over rounds.
+median over rounds. Every script has ``main(argv)``: ``measure(args)`` returns its figures and
+the outputs it compares, ``report(args, result)`` prints them; ``--smoke`` runs it on a few
+faces for one round (``tests/test_benchmarks_smoke.py``), which checks that it runs and that
+what it compares agrees, not its speed.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +24,10 @@ import torch
 from fer_core.data import FaceDataset, open_dataset
 from fer_core.models import FerModel, load_model
 
-SHIPPED = Path("weights") / "fer_b0_ferplus.safetensors"
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "weights" / "fer_b0_ferplus.safetensors"
+SMOKE_HELP = ("a few faces, one round, seconds: checks that the benchmark runs and that the outputs it compares "
+              "agree (the test suite runs it); not a measurement")
 
 
 def machine_note() -> str:
@@ -30,9 +37,27 @@ def machine_note() -> str:
             f"{os.cpu_count()} CPUs, load average {load}")
 
 
-def shipped_model(input_size: int | None = None, weights: Path = SHIPPED) -> FerModel:
-    """The shipped B0 (float32), run at ``input_size`` (its own 64 px by default): a fully
-    convolutional network takes any size, so the 224 px speed figures use real weights."""
+def parse_with_smoke(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                     smoke: Mapping[str, Any]) -> argparse.Namespace:
+    """``argv`` parsed by ``parser`` with a ``--smoke`` switch added: with it, the ``smoke``
+    values replace the defaults (options given explicitly still win)."""
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**smoke)
+        args = parser.parse_args(argv)
+    return args
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """``--model``: the weights to benchmark (the shipped B0 by default)."""
+    parser.add_argument("--model", type=Path, default=SHIPPED, help="weights file (default: the shipped B0)")
+
+
+def benchmark_model(weights: Path = SHIPPED, input_size: int | None = None) -> FerModel:
+    """The shipped B0 (or ``weights``; float32), run at ``input_size`` (its own size by default:
+    64 px for B0): a fully convolutional network takes any size, so the 224 px speed figures
+    use real weights."""
     model = load_model(weights)
     model.module.float()
     if input_size is not None:
@@ -51,6 +76,12 @@ def real_faces(spec: str, data_root: Path, count: int, seed: int = 0) -> list[np
     faces = dataset(spec, data_root)
     rows = np.random.default_rng(seed).choice(len(faces), size=min(count, len(faces)), replace=False)
     return [faces.read(faces[int(i)]) for i in rows]
+
+
+def max_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest absolute difference of two arrays of one shape (inf when the shapes differ)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max()) if a.shape == b.shape and a.size else float("inf")
 
 
 def interleaved_seconds(contenders: Mapping[str, Callable[[], object]], rounds: int,

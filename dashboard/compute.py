@@ -18,7 +18,8 @@ from fer_core.errors import DataError
 from fer_core.explain import explain, overlay
 from fer_core.explain.regions import region_report
 from fer_core.models import FerModel
-from fer_core.precompute import AttributionSet, Embeddings, embed_datasets, explain_dataset, gap_report
+from fer_core.precompute import (AttributionSet, Embeddings, embed_datasets, explain_dataset, gap_report,
+                                 gap_report_folders)
 from fer_core.runs import Run
 from fer_core.views import class_rows, faces_of, rows_for_keys
 from fer_core.workflows import dataset_for
@@ -102,7 +103,8 @@ def attribution_set(_model: FerModel, fingerprint: str, config: Config, spec: st
                    max_entries=8)
 def embeddings(_model: FerModel, fingerprint: str, config: Config, specs: tuple[str, ...], projection: str,
                limit: int | None) -> Embeddings:
-    """Features of the first ``limit`` faces of each dataset and their ``projection``, through
+    """Features of a stratified sample of ``limit`` faces of each dataset (seed 0; all when None)
+    and their ``projection``, through
     :func:`fer_core.precompute.embed_datasets` (stored results are read, missing ones computed and stored).
     Held as a shared resource, not copied per rerun (10k faces' features are ~50 MB): read only."""
     with _cache(config) as cache:
@@ -114,11 +116,11 @@ def embeddings(_model: FerModel, fingerprint: str, config: Config, specs: tuple[
 @st.cache_data(show_spinner="Measuring the domain gap...", max_entries=16)
 def gap(_model: FerModel, fingerprint: str, config: Config, real: str, synthetic: str, limit: int | None) -> dict:
     """The domain-gap report between two datasets on the model's cached features (also stored
-    under ``cache_dir/gap/``, where ``fer-core gap`` puts it)."""
+    under ``runs_dir/gap/``, where ``fer-core gap`` puts it)."""
     with _cache(config) as cache:
         return gap_report(_model, dataset(config, real), dataset(config, synthetic), cache,
                           ui.get_face_pipeline(config, _model.input_size), limit=limit, progress=False,
-                          out_dir=config.resolve(config.paths.cache_dir) / "gap", backend=config.inference.backend)
+                          out_dir=gap_report_folders(config)[0], backend=config.inference.backend)
 
 
 @st.cache_data(show_spinner="Bootstrapping region shares...", max_entries=32)

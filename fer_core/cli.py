@@ -28,8 +28,58 @@ def _model_and_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, help="weights file (default: model.weights_path or the shipped model)")
     parser.add_argument("--dataset", required=True,
                         help="dataset name[:split] (fer2013:test, ferplus:test, synthetic:test, sd_faces) or a folder")
-    parser.add_argument("--limit", type=int, help="only the first N faces")
+    _sampling_arguments(parser)
+    _dataset_arguments(parser)
     parser.add_argument("--trust-pickle", action="store_true", help="allow pickled .pt model files (they run code)")
+
+
+def _dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--pre-cropped`` / ``--detect`` and ``--domain``: override what the registry says or a folder suggests."""
+    from fer_core.data.datasets import DOMAINS
+    crops = parser.add_mutually_exclusive_group()
+    crops.add_argument("--pre-cropped", dest="pre_cropped", action="store_const", const=True,
+                       help="the images are face crops: classify them whole (default: the dataset's own setting; "
+                            "a folder counts as crops when its images are small and square)")
+    crops.add_argument("--detect", dest="pre_cropped", action="store_const", const=False,
+                       help="detect faces in the images even if they look like crops")
+    parser.add_argument("--domain", choices=DOMAINS, help="real or synthetic faces (default: the dataset's own; "
+                                                          "a folder under data/synthetic is synthetic)")
+
+
+def _dataset(config: Config, args: argparse.Namespace):
+    """``--dataset`` with the ``--pre-cropped/--detect`` and ``--domain`` overrides; what was
+    inferred about it goes to stderr."""
+    from fer_core.workflows import dataset_for
+    dataset = dataset_for(config, args.dataset, pre_cropped=args.pre_cropped, domain=args.domain)
+    for note in dataset.notes:
+        print(f"fer-core: {note}", file=sys.stderr)
+    return dataset
+
+
+def _sampling_arguments(parser: argparse.ArgumentParser, sample_seed: bool = True) -> None:
+    """``--limit`` / ``--per-class`` (a seeded sample stratified by class) and ``--sample-seed``."""
+    faces = parser.add_mutually_exclusive_group()
+    faces.add_argument("--limit", type=int, metavar="N",
+                       help="a seeded sample of N faces (of each dataset) stratified by class: every class in "
+                            "proportion, at least one face each")
+    faces.add_argument("--per-class", type=int, metavar="N", help="a seeded sample of N faces of each class "
+                                                                  "(all of a smaller class)")
+    if sample_seed:
+        parser.add_argument("--sample-seed", type=int, default=0, help="seed of the --limit / --per-class sample")
+
+
+def _score_argument(parser: argparse.ArgumentParser) -> None:
+    from fer_core.scoring import DEFAULT_PROTOCOL, PROTOCOLS
+    parser.add_argument("--score-over", choices=list(PROTOCOLS), default=DEFAULT_PROTOCOL,
+                        help="classes a prediction may be: " + "; ".join(f"{p.name}: {p.description}"
+                                                                         for p in PROTOCOLS.values()))
+
+
+def _print_scoring(scoring) -> None:
+    """The scoring protocol beside a figure, and its warnings (stderr)."""
+    print(scoring.summary())
+    for warning in scoring.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _print_json(value: object) -> None:
@@ -81,6 +131,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     parser.add_argument("--cache", action="store_true",
                         help="reuse logits and features stored in paths.cache_dir/results.sqlite, and store new ones")
+    _score_argument(parser)
     _shard_argument(parser)
 
 
@@ -93,28 +144,51 @@ def _shard_argument(parser: argparse.ArgumentParser) -> None:
 @command("predict", "predict every face of a dataset into a parquet table (resumable)", _predict_arguments)
 def _predict(args: argparse.Namespace, config: Config) -> int:
     from fer_core.cache import ResultCache
-    from fer_core.inference import predict_dataset
+    from fer_core.inference import photo_files, predict_dataset
     from fer_core.precompute import merge_shard_predictions, select, shard_folder
-    from fer_core.workflows import dataset_for, face_pipeline_for, load_configured_model
+    from fer_core.scoring import scoring_for
+    from fer_core.workflows import face_pipeline_for, load_configured_model
     config = _with_trust(args, config)
     shard = _shard(args)
     model = load_configured_model(config, args.model)
-    dataset = select(dataset_for(config, args.dataset), args.limit, shard)
+    if photo_files(args.dataset) is not None:  # a plain folder of photos: every face of every photo
+        return _predict_photos(args, config, model, shard)
+    dataset = select(_dataset(config, args), args.limit, shard, args.per_class, args.sample_seed)
     out = args.out if shard is None else shard_folder(args.out, shard)
     cache = ResultCache.from_config(config) if args.cache else None
     try:
         with _shard_group(config, shard) as device:
             table = predict_dataset(model, dataset, out, face_pipeline=face_pipeline_for(config, model),
                                     batch_size=config.inference.batch_size, device=device, cache=cache,
-                                    backend=config.inference.backend)
+                                    backend=config.inference.backend, score_over=args.score_over)
             _wait_for_every_shard(shard)
     finally:
         if cache is not None:
             cache.close()
-    print(f"{len(table)} predictions -> {out / 'predictions.parquet'}")
+    print(f"{len(table)} predictions of {dataset.label} -> {out / 'predictions.parquet'}")
+    _print_scoring(scoring_for(args.score_over, model.emotions, dataset.emotions, dataset.labels))
     merged = merge_shard_predictions(args.out, shard.count) if shard is not None else None
     if merged is not None:
         print(f"all {shard.count} shards done: {len(merged)} predictions -> {args.out / 'predictions.parquet'}")
+    return 0
+
+
+def _predict_photos(args: argparse.Namespace, config: Config, model, shard) -> int:
+    """``predict`` on a plain folder of photos: one row per detected face (no labels, no classes)."""
+    from fer_core.inference import predict_photos
+    from fer_core.scoring import scoring_for
+    from fer_core.workflows import device_for, face_pipeline_for
+    if shard is not None or args.per_class is not None:
+        raise ConfigError("a folder of photos has no classes and is predicted whole: leave out --shard and --per-class")
+    table = predict_photos(model, args.dataset, args.out, face_pipeline_for(config, model),
+                           batch_size=config.inference.batch_size, device=device_for(config),
+                           backend=config.inference.backend, score_over=args.score_over, limit=args.limit,
+                           seed=args.sample_seed)
+    photos = table["key"].nunique()
+    without = int((~table["face_found"] & table["error"].isna()).sum())
+    print(f"{int(table['face_found'].sum())} faces in {photos} photos ({without} without a face, "
+          f"{int(table['error'].notna().sum())} unreadable) -> {Path(args.out) / 'predictions.parquet'}")
+    _print_scoring(scoring_for(args.score_over, model.emotions, ()))
     return 0
 
 
@@ -162,20 +236,26 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     _model_and_data(parser)
     parser.add_argument("--name", help="run name (re-use it to resume); default: generated")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    _score_argument(parser)
 
 
 @command("evaluate", "evaluate a model on a dataset into a run directory", _evaluate_arguments)
 def _evaluate(args: argparse.Namespace, config: Config) -> int:
-    from fer_core.workflows import dataset_for, evaluate_model, load_configured_model, resolve_weights
+    from fer_core.workflows import evaluate_model, load_configured_model, resolve_weights
     config = _with_trust(args, config)
     weights = resolve_weights(config, args.model)
     model = load_configured_model(config, weights)
-    run = evaluate_model(config, model, dataset_for(config, args.dataset), weights_path=weights, name=args.name,
-                         limit=args.limit, n_bootstrap=args.bootstrap)
+    from fer_core.scoring import scoring_summary
+    run = evaluate_model(config, model, _dataset(config, args), weights_path=weights, name=args.name,
+                         limit=args.limit, per_class=args.per_class, sample_seed=args.sample_seed,
+                         n_bootstrap=args.bootstrap, score_over=args.score_over)
     m = run.metrics
     low, high = m["ci95"]["accuracy"]
-    print(f"{run.path}\naccuracy {m['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}), "
-          f"balanced {m['balanced_accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, n={m['n']}")
+    print(f"{run.path}\n{run.info['dataset']['label']}: accuracy {m['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}), "
+          f"balanced {m['balanced_accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, n={m['n']}, "
+          f"{scoring_summary(run.info['scoring'])}")
+    for warning in run.info["scoring"]["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -200,6 +280,11 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--soft-labels", action="store_true", help="train on FER+ vote distributions")
     parser.add_argument("--class-weights", action="store_true", help="inverse-frequency class weights")
+    parser.add_argument("--logit-adjustment", type=float, default=0.0, metavar="TAU",
+                        help="train on logits + TAU * log(class prior), predict with plain logits (1.0: balanced "
+                             "for rare classes such as contempt and disgust; 0: off)")
+    parser.add_argument("--select", choices=("accuracy", "macro_f1"), default="accuracy",
+                        help="validation metric that picks the best epoch")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--drop-rate", type=float, default=0.2, help="dropout before the classifier")
     parser.add_argument("--max-steps", type=int, help="at most N batches per epoch (quick trials)")
@@ -216,6 +301,39 @@ def _train(args: argparse.Namespace, config: Config) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         print(f"{result['run_dir']}\nbest epoch {best['epoch']}: val accuracy {best['val_accuracy']:.4f}, "
               f"macro-F1 {best['val_macro_f1']:.4f} -> {result['run_dir'] / 'best.safetensors'}")
+    return 0
+
+
+def _calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("weights", type=Path, help="a trained model file")
+    parser.add_argument("--train", required=True, help="the data it was trained on, for the class prior (ferplus:train)")
+    parser.add_argument("--val", required=True, help="validation data the strength is chosen on (never a test set)")
+    parser.add_argument("--out", type=Path, required=True, help="output stem or .safetensors path")
+    parser.add_argument("--fp16", action="store_true", help="store weights as float16 (half the size)")
+    parser.add_argument("--trust-pickle", action="store_true")
+
+
+@command("calibrate", "post-hoc logit adjustment: shift the classifier bias by -tau*log(prior), tau chosen on "
+                      "validation data", _calibrate_arguments)
+def _calibrate(args: argparse.Namespace, config: Config) -> int:
+    import torch
+    from fer_core.models import save_model
+    from fer_core.training.calibration import adjusted_model, choose_tau, dataset_logits, model_log_prior
+    from fer_core.workflows import dataset_for, face_pipeline_for, load_configured_model
+    config = _with_trust(args, config)
+    model = load_configured_model(config, args.weights)
+    train, val = dataset_for(config, args.train), dataset_for(config, args.val)
+    pipeline = None if val.pre_cropped else face_pipeline_for(config, model)
+    log_prior = model_log_prior(model, train.labels)
+    calibration = choose_tau(model, *dataset_logits(model, val, pipeline), log_prior, val.label)
+    print(f"{'tau':>6} {'accuracy':>9} {'macro-F1':>9} {'min recall':>11}   (on {val.label}, argmax over the "
+          f"model's {len(model.emotions)} classes)")
+    for row in calibration.table:
+        mark = "  <- chosen" if row["tau"] == calibration.tau else ""
+        print(f"{row['tau']:6.3f} {row['accuracy']:9.4f} {row['macro_f1']:9.4f} {row['min_recall']:11.3f}{mark}")
+    adjusted = adjusted_model(model, log_prior, calibration, train.label)
+    path = save_model(adjusted, args.out, dtype=torch.float16 if args.fp16 else torch.float32)
+    print(f"tau {calibration.tau} -> {path} (fingerprint {adjusted.fingerprint})")
     return 0
 
 
@@ -440,7 +558,8 @@ def _embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--projection", default="pca",
                         help="comma-separated projections of all datasets together: pca, tsne, umap ('' for none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of t-SNE and UMAP")
-    parser.add_argument("--limit", type=int, help="only the first N faces of each dataset")
+    _sampling_arguments(parser)
+    _score_argument(parser)
     parser.add_argument("--trust-pickle", action="store_true", help="allow pickled .pt model files (they run code)")
     _shard_argument(parser)
 
@@ -461,6 +580,7 @@ def _embed(args: argparse.Namespace, config: Config) -> int:
     started = time.perf_counter()
     with ResultCache.from_config(config) as cache, _shard_group(config, shard) as device:
         options = dict(face_pipeline=face_pipeline_for(config, model), seed=args.seed, limit=args.limit,
+                       per_class=args.per_class, sample_seed=args.sample_seed, score_over=args.score_over,
                        batch_size=config.inference.batch_size, device=device, backend=config.inference.backend)
         result = embed_datasets(model, datasets, cache, projections=projections, shard=shard, **options)
         summary = {"shard": None if shard is None else str(shard), **result.summary()}
@@ -505,22 +625,22 @@ def _explain(args: argparse.Namespace, config: Config) -> int:
     import time
     from fer_core.cache import ResultCache
     from fer_core.explain import method_names
-    from fer_core.precompute import explain_dataset
-    from fer_core.workflows import dataset_for, face_pipeline_for, load_configured_model
+    from fer_core.precompute import explain_dataset, select
+    from fer_core.workflows import face_pipeline_for, load_configured_model
     if args.method not in method_names():
         raise ConfigError(f"unknown attribution method {args.method!r}; registered methods: {method_names()}")
     config = _with_trust(args, config)
     shard = _shard(args)
-    dataset = dataset_for(config, args.dataset)
+    dataset = select(_dataset(config, args), args.limit, per_class=args.per_class, seed=args.sample_seed)
     model = load_configured_model(config, args.model)
     started = time.perf_counter()
     with ResultCache.from_config(config) as cache, _shard_group(config, shard) as device:
         result = explain_dataset(model, dataset, cache, args.method, target=args.target, layer=args.layer,
                                  map_size=args.map_size, face_pipeline=face_pipeline_for(config, model),
-                                 batch_size=args.batch_size, limit=args.limit, shard=shard, device=device,
+                                 batch_size=args.batch_size, shard=shard, device=device,
                                  backend=config.inference.backend, **_method_params(args.param))
         _wait_for_every_shard(shard)
-    summary = {"dataset": args.dataset, "target": args.target, "shard": None if shard is None else str(shard),
+    summary = {"dataset": dataset.label, "target": args.target, "shard": None if shard is None else str(shard),
                **result.summary()}
     if len(result.diagnostics.columns):
         summary["diagnostics_median"] = {name: float(result.diagnostics[name].median())
@@ -533,10 +653,11 @@ def _gap_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, help="weights file (default: model.weights_path or the shipped model)")
     parser.add_argument("--real", required=True, help="real faces, e.g. fer2013:test")
     parser.add_argument("--synthetic", required=True, help="synthetic faces, e.g. sd_faces")
-    parser.add_argument("--limit", type=int, help="only the first N faces of each dataset")
+    _sampling_arguments(parser, sample_seed=False)
     parser.add_argument("--sample", type=int, default=2000,
                         help="at most N faces per domain enter the metrics (seeded draw; 0: all)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the --limit / --per-class sample and of the --sample draw")
     parser.add_argument("--trust-pickle", action="store_true", help="allow pickled .pt model files (they run code)")
 
 
@@ -544,15 +665,15 @@ def _gap_arguments(parser: argparse.ArgumentParser) -> None:
          _gap_arguments)
 def _gap(args: argparse.Namespace, config: Config) -> int:
     from fer_core.cache import ResultCache
-    from fer_core.precompute import gap_report
+    from fer_core.precompute import gap_report, gap_report_folders
     from fer_core.workflows import dataset_for, device_for, face_pipeline_for, load_configured_model
     config = _with_trust(args, config)
     real, synthetic = dataset_for(config, args.real), dataset_for(config, args.synthetic)
     model = load_configured_model(config, args.model)
     with ResultCache.from_config(config) as cache:
         report = gap_report(model, real, synthetic, cache, face_pipeline_for(config, model),
-                            sample=args.sample or None, limit=args.limit, seed=args.seed,
-                            out_dir=config.resolve(config.paths.cache_dir) / "gap",
+                            sample=args.sample or None, limit=args.limit, per_class=args.per_class, seed=args.seed,
+                            out_dir=gap_report_folders(config)[0],
                             batch_size=config.inference.batch_size, device=device_for(config),
                             backend=config.inference.backend)
     _print_json({name: report[name] for name in ("real", "synthetic", "domain_classifier", "mmd_rbf", "kid",
@@ -570,14 +691,17 @@ def _sanity_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-@command("sanity", "saliency sanity checks (model randomisation, deletion / insertion vs a random order) per "
-                   "method, stored for the dashboard's flags", _sanity_arguments)
+@command("sanity", "saliency sanity checks per method (model randomisation vs noise stability and different faces; "
+                   "deletion / insertion vs a random order and the centre prior), stored for the dashboard's flags",
+         _sanity_arguments)
 def _sanity(args: argparse.Namespace, config: Config) -> int:
     import numpy as np
     import torch
     from fer_core.explain import method_names, record_quality
+    from fer_core.explain.sanity import faithfulness_rows, most_faithful, randomisation_rows
     from fer_core.inference import FacePreparer
-    from fer_core.workflows import dataset_for, face_pipeline_for, load_configured_model
+    from fer_core.precompute import select
+    from fer_core.workflows import face_pipeline_for, load_configured_model
     methods = args.methods or method_names()
     unknown = sorted(set(methods) - set(method_names()))
     if unknown:
@@ -585,22 +709,56 @@ def _sanity(args: argparse.Namespace, config: Config) -> int:
     if args.faces < 2:
         raise ConfigError(f"--faces: expected at least 2 faces, got {args.faces}")
     config = _with_trust(args, config)
-    dataset = dataset_for(config, args.dataset)
+    dataset = select(_dataset(config, args), args.limit, per_class=args.per_class, seed=args.sample_seed)
     model = load_configured_model(config, args.model)
     preparer = FacePreparer(model, face_pipeline_for(config, model))
-    available = len(dataset) if args.limit is None else min(args.limit, len(dataset))
-    picks = np.unique(np.linspace(0, available - 1, min(args.faces, available)).astype(int))
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(args.faces, len(dataset))).astype(int))
     tensors = [face.tensor for face in (preparer.prepare(dataset, dataset[int(i)]) for i in picks)
                if face.tensor is not None]
     if len(tensors) < 2:
         raise ConfigError(f"{args.dataset}: fewer than 2 readable faces to check on")
     results = record_quality(config, model, torch.stack(tensors), methods,
-                             source=f"{args.dataset}, {len(tensors)} faces spread", depth=args.depth,
+                             source=f"{dataset.label}, {len(tensors)} faces spread", depth=args.depth,
                              steps=args.steps, seed=args.seed)
+    chosen = most_faithful(results)
+    steps, faithful = randomisation_rows(results), {row["method"]: row for row in faithfulness_rows(results)}
     _print_json({method: {"passed": result["passed"], "randomisation_passed": result["randomisation"]["passed"],
-                          "deletion_auc": result["faithfulness"]["deletion_auc"],
-                          "random_deletion_auc": result["faithfulness"]["random_deletion_auc"]}
+                          "faithfulness_passed": result["faithfulness"]["passed"],
+                          "randomisation": [row for row in steps if row["method"] == method],
+                          "faithfulness": faithful[method],
+                          "faithfulness_rank": chosen["ranking"].index(method) + 1,
+                          "statistics_default": method == chosen["method"]}
                  for method, result in results.items()})
+    print(f"most faithful method (default for region / faithfulness statistics): {chosen['method']} "
+          f"({chosen['note']})", file=sys.stderr)
+    return 0
+
+
+def _cross_domain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-dir", type=Path, action="append",
+                        help="folder of evaluation runs, read with its sub-folders (repeatable; default: "
+                             "paths.runs_dir)")
+    parser.add_argument("--metric", default="accuracy", help="accuracy (default), balanced_accuracy or macro_f1")
+    parser.add_argument("--aggregate", nargs="?", const="train_domain", metavar="GROUP",
+                        help="one row per training domain (GROUP train_domain, the default) or per train_data, with "
+                             "the number of models, their mean, std, min and max, instead of one row per model")
+    parser.add_argument("--out", type=Path, help="CSV of the cells to write, with a .md table and a .json record "
+                                                 "beside it (default: paths.runs_dir/exports/cross_domain-...csv)")
+
+
+@command("cross-domain", "the trained-on x tested-on matrix, one row per model (or --aggregate): print it and export "
+                         "CSV + markdown", _cross_domain_arguments)
+def _cross_domain(args: argparse.Namespace, config: Config) -> int:
+    from fer_core.cross_domain import cross_domain_cells, evaluation_records, export_cross_domain, matrix_markdown
+    from fer_core.runs import run_id
+    runs_dir = config.resolve(config.paths.runs_dir)
+    sources = [config.resolve(folder) for folder in args.runs_dir or [runs_dir]]
+    cells = cross_domain_cells(evaluation_records(sources), args.metric, args.aggregate)
+    out = config.resolve(args.out) if args.out else \
+        runs_dir / "exports" / f"{run_id('cross-domain', args.metric, args.aggregate or 'per-model')}.csv"
+    paths = export_cross_domain(cells, args.metric, out, config.root, sources, args.aggregate)
+    print(matrix_markdown(cells, args.metric))
+    print("-> " + ", ".join(str(path) for path in paths.values()))
     return 0
 
 
@@ -624,10 +782,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; a :class:`FerCoreError` becomes one clear line on stderr and exit code 2, a
     failing disk or file system (full, read-only, no permission) one line and exit code 1."""
+    from fer_core.runs import cli_command
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, dict(parse_override(o) for o in args.overrides))
-        return args.handler(args, config)
+        with cli_command(["fer-core", *(sys.argv[1:] if argv is None else argv)]):  # named in every run record
+            return args.handler(args, config)
     except FerCoreError as exc:
         print(f"fer-core: error: {exc}", file=sys.stderr)
         return 2

@@ -4,14 +4,17 @@
 Every complete evaluation run (``fer-core evaluate``, ``sweep``, ``crossval``) records its model
 and test set; its model is traced back to the training run that made it (the weights file's
 own folder, or the run named in the weights' provenance) for the training data and synthetic
-fraction. :func:`evaluation_records` gathers one row per evaluation; the tables the dashboard
-plots are built from it: the cross-domain matrix (RQ2/RQ4), accuracy by synthetic fraction
-(RQ2) and per-class accuracy on each test set (RQ1).
+fraction, else to the training data its weights' provenance names (``ferplus:train ...``,
+``mix(ferplus+sd_faces, synthetic=0.25)``). :func:`evaluation_records` gathers one row per
+evaluation; the tables the dashboard plots are built from it: the cross-domain cells and
+matrix (RQ2/RQ4: one row per model, or an explicit aggregate with its spread), accuracy by
+synthetic fraction (RQ2) and per-class accuracy on each test set (RQ1).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,15 +24,20 @@ import pandas as pd
 
 from fer_core.errors import ConfigError, DataError
 from fer_core.labels import EMOTIONS
-from fer_core.runs import RUN_FILE, Run, list_runs
+from fer_core.runs import RUN_FILE, Run, list_runs, provenance_record, utc_now, write_json_atomic
 
-#: What :func:`cross_domain_matrix` can put on its axes.
-AXES = ("train_domain", "train_data", "train_run", "model", "test_set", "test_domain")
+#: The domain of each registered dataset, by name (a folder given as a dataset is ``unknown``).
+DATASET_DOMAINS = {"fer2013": "real", "ferplus": "real", "affectnet": "real", "synthetic": "synthetic",
+                   "sd_faces": "synthetic"}
+#: What :func:`cross_domain_cells` can aggregate the models of a row over.
+ROW_GROUPS = ("train_domain", "train_data")
 #: The scores of an evaluation a table can show.
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
-_COLUMNS = ["evaluation", "created", "model", "architecture", "train_run", "train_data", "train_domain",
-            "synthetic_fraction", "test_set", "test_domain", "n", *METRICS, "accuracy_ci_low", "accuracy_ci_high",
-            "path"]
+_COLUMNS = ["evaluation", "created", "model", "model_label", "architecture", "train_run", "train_data",
+            "train_domain", "synthetic_fraction", "test_set", "test_domain", "n", "dataset_size", "sampling", "limited",
+            "data_sha256", *METRICS, "accuracy_ci_low", "accuracy_ci_high", "path"]
+#: A mixed training set's label, as :func:`fer_core.training.experiments.mixed_training_set` names it.
+_MIX_LABEL = re.compile(r"^mix\(.*synthetic=([0-9.eE+-]+)\)")
 
 
 def _runs_below(folders: Iterable[Path | str]) -> list[Run]:
@@ -81,6 +89,35 @@ def _synthetic_fraction(run: Run | None) -> float:
     return {"real": 0.0, "synthetic": 1.0}.get(domain, float("nan"))
 
 
+def label_fraction(train_data: str | None) -> float:
+    """The synthetic share a training-data label stands for: a mix's ``synthetic=F``, 0 or 1 for
+    a registered real or synthetic dataset (``ferplus:train (FER+ votes ...)`` -> 0), else NaN."""
+    if not train_data:
+        return float("nan")
+    mix = _MIX_LABEL.match(train_data.strip())
+    if mix:
+        return float(mix[1])
+    name = re.split(r"[\s(:]", train_data.strip(), maxsplit=1)[0]
+    return {"real": 0.0, "synthetic": 1.0}.get(DATASET_DOMAINS.get(name, "unknown"), float("nan"))
+
+
+def _limited(dataset: dict[str, Any]) -> bool:
+    """Whether an evaluation scored only part of its test set (``--limit``, ``--per-class``): its
+    ``faces`` against the whole set's ``size``; older runs recorded the first ``limit`` faces."""
+    size, limit = dataset.get("size"), dataset.get("limit")
+    if dataset.get("faces") is not None and size is not None:
+        return dataset["faces"] < size
+    return limit is not None and (size is None or limit < size)
+
+
+def _model_label(model: dict[str, Any], trained: Run | None) -> str:
+    """``<training run or weights name> (<fingerprint's first 8 digits>)``: one per model."""
+    path = model.get("path")
+    name = (trained.id if trained is not None else None) or (model.get("provenance") or {}).get("run") \
+        or (Path(path).stem if path else None) or model.get("architecture") or "model"
+    return f"{name} ({str(model.get('fingerprint'))[:8]})"
+
+
 def train_domain(fraction: float) -> str:
     """``real``, ``synthetic``, ``mixed (25% synthetic)`` or ``unknown`` for a synthetic share."""
     if not np.isfinite(fraction):
@@ -94,8 +131,11 @@ def train_domain(fraction: float) -> str:
 
 def evaluation_records(runs_dirs: Path | str | Iterable[Path | str]) -> pd.DataFrame:
     """One row per complete evaluation run under ``runs_dirs`` (and their sub-folders): the
-    model (fingerprint, architecture, training run, training data and domain, synthetic
-    fraction), the test set and its domain, ``n`` and the scores with the accuracy's 95% CI.
+    model (fingerprint, a label naming its run, architecture, training run, training data and
+    domain, synthetic fraction), the test set (a sample's is the set it was drawn from) and its
+    domain, ``n`` (faces scored), the test set's ``dataset_size``, the ``sampling`` that drew
+    the faces (``stratified 500, seed 0``; None for all) and whether that ``limited`` them to
+    part of the test set, the data fingerprint and the scores with the accuracy's 95% CI.
     Newest first; unfinished runs are left out."""
     folders = [runs_dirs] if isinstance(runs_dirs, (str, Path)) else list(runs_dirs)
     runs = _runs_below(folders)
@@ -111,18 +151,28 @@ def evaluation_records(runs_dirs: Path | str | Iterable[Path | str]) -> pd.DataF
         model = run.info.get("model", {})
         dataset = run.info.get("dataset", {})
         trained = _training_run(run, training)
+        provenance_data = (model.get("provenance") or {}).get("train_data")
         fraction = _synthetic_fraction(trained)
+        if not np.isfinite(fraction):
+            fraction = label_fraction(provenance_data)
         train_data = (trained.info.get("data", {}).get("train", {}).get("name") if trained is not None else None) \
-            or (model.get("provenance") or {}).get("train_data") or "unknown"
+            or provenance_data or "unknown"
         if trained is not None and trained.info.get("experiment") == "sweep":
             train_data = "+".join(filter(None, (trained.info.get("real_train"), trained.info.get("synthetic_train"))))
         low, high = metrics.get("ci95", {}).get("accuracy", (np.nan, np.nan))
+        label, size, limit = dataset.get("label") or dataset.get("name"), dataset.get("size"), dataset.get("limit")
+        sampling = dataset.get("sampling") or {}
         rows.append({
             "evaluation": run.id, "created": run.info.get("created", ""), "model": model.get("fingerprint"),
-            "architecture": model.get("architecture"), "train_run": trained.id if trained is not None else None,
+            "model_label": _model_label(model, trained), "architecture": model.get("architecture"),
+            "train_run": trained.id if trained is not None else None,
             "train_data": train_data, "train_domain": train_domain(fraction), "synthetic_fraction": fraction,
-            "test_set": dataset.get("label") or dataset.get("name"), "test_domain": dataset.get("domain", "unknown"),
-            "n": metrics.get("n"), **{m: metrics.get(m, np.nan) for m in METRICS},
+            "test_set": label.split("[", 1)[0] if sampling else label,   # a sample's cell is its test set's
+            "test_domain": dataset.get("domain", "unknown"), "n": metrics.get("n"), "dataset_size": size,
+            "sampling": sampling.get("description") or (f"first {limit}" if limit is not None else None),
+            "limited": _limited(dataset),
+            "data_sha256": ((run.info.get("provenance") or {}).get("data", {}).get("test") or {}).get("sha256"),
+            **{m: metrics.get(m, np.nan) for m in METRICS},
             "accuracy_ci_low": low, "accuracy_ci_high": high, "path": str(run.path)})
     table = pd.DataFrame(rows, columns=_COLUMNS)
     return table.sort_values("created", ascending=False, kind="stable").reset_index(drop=True)
@@ -139,18 +189,104 @@ def latest_per_model(records: pd.DataFrame) -> pd.DataFrame:
     return records.drop_duplicates(subset=["model", "test_set"], keep="first")
 
 
-def cross_domain_matrix(records: pd.DataFrame, metric: str = "accuracy", rows: str = "train_domain",
-                        columns: str = "test_set") -> pd.DataFrame:
-    """``metric`` with ``rows`` (e.g. training domain) down and ``columns`` (e.g. test set)
-    across: the mean over the models in a cell, each model's newest evaluation counted once.
-    Cells without an evaluation are NaN."""
+_MODEL_CELL = ["row", "model", "model_label", "train_run", "train_data", "train_domain", "synthetic_fraction",
+               "test_set", "test_domain", "n", "dataset_size", "sampling", "limited", "data_sha256", "evaluation"]
+_AGGREGATE_CELL = ["row", "test_set", "test_domain", "n_models", "std", "min", "max", "n", "limited", "models",
+                   "evaluation"]
+
+
+def cross_domain_cells(records: pd.DataFrame, metric: str = "accuracy", aggregate: str | None = None) -> pd.DataFrame:
+    """The train x test cells, one per row and test set, each model's newest evaluation of a
+    test set counted once.
+
+    Without ``aggregate`` a row is a model (``row``: ``<training domain> · <model label>``), and
+    a cell is its ``metric`` with ``n`` (faces scored), the test set's size, its ``sampling`` and
+    whether that ``limited`` it to part of the test set. With ``aggregate`` (one of :data:`ROW_GROUPS`) a row is that
+    group and a cell says over how many models (``n_models``, ``models``) its ``metric`` is the
+    mean, with their ``std`` (NaN for one model), ``min`` and ``max``, the faces scored in all
+    (``n``), whether any evaluation was ``limited`` and the evaluations (comma-separated)."""
     _check(metric, METRICS, "metric")
-    _check(rows, AXES, "rows")
-    _check(columns, AXES, "columns")
+    if aggregate is not None:
+        _check(aggregate, ROW_GROUPS, "aggregate")
     if records.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=[*(_MODEL_CELL if aggregate is None else _AGGREGATE_CELL), metric])
     latest = latest_per_model(records)
-    return latest.pivot_table(index=rows, columns=columns, values=metric, aggfunc="mean")
+    if aggregate is None:
+        named = latest.drop_duplicates("model").set_index("model")   # one row name per model, from its newest run
+        cells = latest.assign(row=latest["model"].map(named["train_domain"] + " · " + named["model_label"]))
+        return cells[[*_MODEL_CELL, metric]].sort_values(["row", "test_set"]).reset_index(drop=True)
+    grouped = latest.groupby([aggregate, "test_set"], sort=True)
+    cells = grouped.agg(test_domain=("test_domain", "first"), n_models=("model", "nunique"),
+                        **{metric: (metric, "mean")}, std=(metric, "std"), min=(metric, "min"), max=(metric, "max"),
+                        n=("n", "sum"), limited=("limited", "any"),
+                        models=("model_label", lambda labels: ", ".join(sorted(labels))),
+                        evaluation=("evaluation", lambda runs: ", ".join(sorted(runs))))
+    return cells.reset_index().rename(columns={aggregate: "row"})[[*_AGGREGATE_CELL, metric]]
+
+
+def cross_domain_matrix(cells: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame:
+    """``value`` of :func:`cross_domain_cells` with its rows down and the test sets across (NaN
+    where a row has no evaluation of a test set); never averages: a cell is one model's score,
+    or one aggregate the cells table spells out."""
+    if cells.empty:
+        return pd.DataFrame()
+    return cells.pivot(index="row", columns="test_set", values=value)
+
+
+def cell_notes(cells: pd.DataFrame) -> pd.DataFrame:
+    """What stands beside each cell's score (laid out like :func:`cross_domain_matrix`): the
+    faces scored, ``limited`` for a limited evaluation, and for an aggregate the number of
+    models with their standard deviation."""
+    if cells.empty:
+        return pd.DataFrame()
+    notes = [f"n={n:,}" + (" limited" if limited else "") for n, limited in zip(cells["n"], cells["limited"])]
+    if "n_models" in cells:
+        notes = [f"{count} model{'s' if count > 1 else ''}" + (f", sd {std:.3f}" if np.isfinite(std) else "")
+                 + f", {note}" for count, std, note in zip(cells["n_models"], cells["std"], notes)]
+    return cells.assign(note=notes).pivot(index="row", columns="test_set", values="note")
+
+
+def matrix_markdown(cells: pd.DataFrame, metric: str = "accuracy") -> str:
+    """The cross-domain matrix as a markdown table, each cell ``0.765 (n=3,375)`` with
+    :func:`cell_notes`, rows as :func:`cross_domain_cells` made them."""
+    values, notes = cross_domain_matrix(cells, metric), cell_notes(cells)
+    if values.empty:
+        return "(no finished evaluation runs)\n"
+    aggregated = "n_models" in cells
+    head = "trained on" if aggregated else "trained on · model (fingerprint)"
+    lines = [f"| {head} | " + " | ".join(map(str, values.columns)) + " |",
+             "| --- |" + " --- |" * len(values.columns)]
+    for row in values.index:
+        shown = ["" if pd.isna(values.loc[row, c]) else f"{values.loc[row, c]:.3f} ({notes.loc[row, c]})"
+                 for c in values.columns]
+        lines.append(f"| {row} | " + " | ".join(shown) + " |")
+    what = ("mean over the models of each row and test set" if aggregated
+            else "one model per row, its newest evaluation of each test set")
+    return "\n".join([*lines, "", f"{metric.replace('_', ' ')}: {what}; n = faces scored; limited = scored on "
+                                   "a sample of the test set (`--limit`, `--per-class`)."]) + "\n"
+
+
+def export_cross_domain(cells: pd.DataFrame, metric: str, out: Path | str, project: Path | str,
+                        sources: Iterable[Path | str], aggregate: str | None = None) -> dict[str, Path]:
+    """Write the cells as ``out`` (CSV), the matrix as ``out`` with ``.md``, and beside them a
+    ``.json`` record (what was exported from which runs, with :func:`~fer_core.runs.provenance_record`
+    of ``project``); returns the three paths."""
+    out = Path(out)
+    if out.suffix.lower() != ".csv":
+        raise ConfigError(f"cross-domain export: expected a .csv file to write, got {out}")
+    paths = {"csv": out, "markdown": out.with_suffix(".md"), "record": out.with_suffix(".json")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    cells.to_csv(tmp, index=False)
+    tmp.replace(out)
+    paths["markdown"].write_text(matrix_markdown(cells, metric), encoding="utf-8")
+    write_json_atomic(paths["record"], {
+        "kind": "export", "what": "cross-domain matrix", "created": utc_now(), "metric": metric,
+        "aggregate": aggregate, "sources": [str(Path(s)) for s in sources],
+        "evaluations": sorted({run for runs in cells["evaluation"] for run in str(runs).split(", ")}),
+        "files": {k: str(v) for k, v in paths.items()},
+        "provenance": provenance_record(project)})
+    return paths
 
 
 def accuracy_by_fraction(records: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:

@@ -66,11 +66,21 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int, n_resamp
 
 
 def classification_report(y_true: Sequence[int], y_pred: Sequence[int], emotions: Sequence[str] = EMOTIONS,
-                          n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+                          n_resamples: int = 1000, seed: int = 0,
+                          predicted: Sequence[str] | None = None) -> dict[str, Any]:
     """Every metric of a prediction set, JSON-ready.
 
     ``y_true`` and ``y_pred`` are canonical class indices (into :data:`EMOTIONS`); ``emotions``
-    are the classes the dataset declares: the per-class table and confusion matrix use them.
+    are the test set's true classes, ``predicted`` the classes a prediction could be (the
+    scoring protocol's; default: ``emotions`` and whatever ``y_pred`` holds). A prediction may
+    be a class the test set lacks: it counts as an error of its face's class.
+
+    - ``per_class`` and ``macro_f1`` are over the true classes ``emotions`` only (a class the
+      test set lacks has no recall; its false alarms lower the precision of no true class);
+      ``balanced_accuracy`` is the mean recall over the true classes present.
+    - ``confusion``: rows ``labels`` (the true classes), columns ``predicted`` (the true classes
+      and every class a prediction could be, canonical order); each row of ``normalized`` sums
+      to 1 over all the columns, so a sink such as Neutral on a folder without Neutral shows.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
@@ -82,22 +92,31 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int], emotions
     outside = sorted(set(np.unique(y_true)) - set(labels))
     if outside:
         raise DataError(f"true labels {[EMOTIONS[i] for i in outside]} are not among the dataset's classes {list(emotions)}")
+    possible = set(labels) | set(np.unique(y_pred) if predicted is None else class_indices(predicted))
+    unexpected = sorted(set(np.unique(y_pred)) - possible)
+    if unexpected:
+        raise DataError(f"predictions {[EMOTIONS[i] for i in unexpected]} are not among the scored classes "
+                        f"{list(predicted)}")
+    columns = np.array(sorted(possible), dtype=np.int64)
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
-    cm = skm.confusion_matrix(y_true, y_pred, labels=labels)
+    cm = skm.confusion_matrix(y_true, y_pred, labels=columns)[np.searchsorted(columns, labels)]
     with np.errstate(invalid="ignore", divide="ignore"):
         cm_norm = np.nan_to_num(cm / cm.sum(1, keepdims=True))
     # Positions into `labels` for the vectorized bootstrap (predictions outside map to an extra class).
     position = {int(c): i for i, c in enumerate(labels)}
     t_pos = np.array([position[int(t)] for t in y_true])
     p_pos = np.array([position.get(int(p), len(labels)) for p in y_pred])
+    # scikit-learn's balanced accuracy (mean recall over the true classes present), without its
+    # warning about predictions of classes the test set lacks
+    balanced_accuracy = float(recall[support > 0].mean())
     groups = list(VALENCE_GROUPS)
     v_true, v_pred = valence_index(y_true), valence_index(y_pred)
     return {
         "n": int(len(y_true)),
         "emotions": list(emotions),
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": balanced_accuracy,
         "macro_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "weighted_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
         "ci95": bootstrap_ci(t_pos, p_pos, len(labels), n_resamples=n_resamples, seed=seed),
@@ -105,7 +124,8 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int], emotions
             e: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for e, p, r, f, s in zip(emotions, precision, recall, f1, support)
         },
-        "confusion": {"labels": list(emotions), "counts": cm.tolist(), "normalized": cm_norm.round(6).tolist()},
+        "confusion": {"labels": list(emotions), "predicted": [EMOTIONS[i] for i in columns], "counts": cm.tolist(),
+                      "normalized": cm_norm.round(6).tolist()},
         "valence": {
             "groups": groups,
             "accuracy": float(skm.accuracy_score(v_true, v_pred)),

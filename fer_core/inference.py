@@ -1,8 +1,9 @@
 """Batch inference over a dataset: a resumable predictions table.
 
 Results are written in atomically renamed parquet parts, and a rerun after an interruption
-skips every finished part. One row per face: probabilities over the 8 emotions, the
-prediction over the dataset's own classes, and the detected face's box and score.
+skips every finished part. One row per face: probabilities over the 8 emotions (the model's
+softmax in canonical columns), the prediction under a scoring protocol (:mod:`fer_core.scoring`),
+and the detected face's box and score.
 
 :func:`cached_forward` is the one extraction loop, a pipeline in which every stage overlaps
 the model: a thread pool reads each image file once (its bytes are hashed, then decoded) a
@@ -34,12 +35,14 @@ from tqdm.auto import tqdm
 from fer_core.backends import DEFAULT_BACKEND, load_backend
 from fer_core.cache import CacheKey, ResultCache, content_hash
 from fer_core.data import FaceDataset, Sample
-from fer_core.errors import DataError, ImageDecodeError
-from fer_core.faces import Face, FacePipeline, whole_image_face
-from fer_core.images import load_rgb
-from fer_core.labels import EMOTIONS, restrict_logits
-from fer_core.models import FerModel
+from fer_core.errors import ConfigError, DataError, ImageDecodeError
+from fer_core.faces import Detection, Face, FacePipeline, whole_image_face
+from fer_core.images import is_image_file, load_rgb
+from fer_core.labels import EMOTIONS
+from fer_core.models import EmotionRecognizer, FerModel
 from fer_core.runs import write_json_atomic, write_parquet_atomic
+from fer_core.sampling import Sampling
+from fer_core.scoring import DEFAULT_PROTOCOL, Scoring, scoring_for
 
 PROB_COLUMNS = tuple(f"prob_{e}" for e in EMOTIONS)
 PARTS_DIR = "parts"
@@ -127,18 +130,18 @@ def iter_prepared(dataset: FaceDataset, preparer: FacePreparer, indices: Sequenc
             yield [future.result() for future in current]
 
 
-def _rows(prepared: list[PreparedFace], logits: np.ndarray | None, emotions: Sequence[str]) -> pd.DataFrame:
-    ok = [p for p in prepared if p.error is None]
+def _rows(prepared: list[PreparedFace], logits: np.ndarray | None, scoring: Scoring,
+          dataset_label: str) -> pd.DataFrame:
+    """One row per prepared face; ``logits`` (model order) are those of the readable ones."""
     probs = np.full((len(prepared), len(EMOTIONS)), np.nan, dtype=np.float32)
     pred_all = np.full(len(prepared), -1, dtype=np.int64)
     pred = np.full(len(prepared), -1, dtype=np.int64)
-    if logits is not None and len(ok):
-        rows = [i for i, p in enumerate(prepared) if p.error is None]
-        shifted = logits - logits.max(1, keepdims=True)
-        probs[rows] = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
-        pred_all[rows] = logits.argmax(1)
-        pred[rows] = restrict_logits(logits, emotions).argmax(1)
+    rows = [i for i, p in enumerate(prepared) if p.error is None]
+    if logits is not None and rows:
+        probs[rows], pred[rows] = scoring.score(logits)
+        pred_all[rows] = np.nanargmax(probs[rows], axis=1)
     frame = pd.DataFrame({
+        "dataset": dataset_label,
         "key": [p.sample.key for p in prepared],
         "source": [p.sample.source for p in prepared],
         "split": [p.sample.split for p in prepared],
@@ -363,25 +366,34 @@ def _put(state: _Extraction, cache: ResultCache, usable: list[int], batch_logits
 
 
 def _predicted_chunk(model: FerModel, dataset: FaceDataset, preparer: FacePreparer, chunk: Sequence[int],
-                     batch_size: int, cache: ResultCache | None, bar: tqdm, backend: str) -> pd.DataFrame:
+                     batch_size: int, cache: ResultCache | None, bar: tqdm, backend: str, scoring: Scoring,
+                     dataset_label: str) -> pd.DataFrame:
     results = cached_forward(model, dataset, preparer, chunk, cache, batch_size, on_progress=bar.update,
                              backend=backend)
     usable = [row for row, face in enumerate(results.faces) if face.error is None]
-    return _rows(results.faces, results.logits[usable] if usable else None, dataset.emotions)
+    return _rows(results.faces, results.logits[usable] if usable else None, scoring, dataset_label)
 
 
 def _job_signature(model: FerModel, dataset: FaceDataset, preparer: FacePreparer, indices: Sequence[int],
-                   chunk_size: int) -> dict[str, str | int]:
+                   chunk_size: int, scoring: Scoring) -> dict[str, str | int]:
     keys = hashlib.sha256("\n".join(dataset[i].key for i in indices).encode()).hexdigest()[:16]
     return {"model": model.fingerprint, "preparation": preparer.fingerprint(dataset.pre_cropped),
-            "dataset": dataset.name, "items": keys, "n": len(indices), "chunk_size": chunk_size}
+            "dataset": dataset.name, "items": keys, "n": len(indices), "chunk_size": chunk_size,
+            "score_over": scoring.protocol}
 
 
 def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
                     face_pipeline: FacePipeline | None = None, batch_size: int = 32, chunk_size: int = 1024,
                     limit: int | None = None, device: str = "cpu", progress: bool = True,
-                    cache: ResultCache | None = None, backend: str = DEFAULT_BACKEND) -> pd.DataFrame:
+                    cache: ResultCache | None = None, backend: str = DEFAULT_BACKEND,
+                    score_over: str = DEFAULT_PROTOCOL) -> pd.DataFrame:
     """Predict every face of ``dataset`` into ``out_dir/predictions.parquet`` and return the table.
+
+    ``pred`` is the class chosen under ``score_over`` (:data:`fer_core.scoring.PROTOCOLS`),
+    ``pred_all`` the argmax over all the model's classes, ``prob_*`` the model's softmax in
+    canonical columns, ``dataset`` the dataset's label (with its sampling, e.g.
+    ``fer2013:test[stratified 500, seed 0]``). Sample a dataset with
+    :func:`fer_core.precompute.select`; ``limit`` here keeps only the first faces in dataset order.
 
     Work is saved in parts of ``chunk_size`` faces; calling again with the same model, data
     and settings after an interruption continues where it stopped. Different settings in
@@ -394,7 +406,9 @@ def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
     if not indices:
         raise DataError(f"dataset {dataset.name} has no images")
     preparer = FacePreparer(model, face_pipeline)
-    signature = _job_signature(model, dataset, preparer, indices, chunk_size)
+    scoring = scoring_for(score_over, model.emotions, dataset.emotions)
+    dataset_label = dataset.label
+    signature = _job_signature(model, dataset, preparer, indices, chunk_size, scoring)
     progress_file = out_dir / PROGRESS_FILE
     if progress_file.is_file():
         previous = json.loads(progress_file.read_text(encoding="utf-8"))
@@ -411,7 +425,8 @@ def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
         if part.is_file():
             bar.update(len(chunk))
             continue
-        write_parquet_atomic(_predicted_chunk(model, dataset, preparer, chunk, batch_size, cache, bar, backend), part)
+        write_parquet_atomic(_predicted_chunk(model, dataset, preparer, chunk, batch_size, cache, bar, backend,
+                                              scoring, dataset_label), part)
     bar.close()
     table = pd.concat([pd.read_parquet(parts_dir / f"part-{n:05d}.parquet") for n in range(len(chunks))],
                       ignore_index=True)
@@ -449,3 +464,72 @@ def embed_dataset(model: FerModel, dataset: FaceDataset, cache: ResultCache | No
     if failed:
         warnings.warn(f"{len(failed)} unreadable image(s) skipped: {failed}", stacklevel=2)
     return keys, features[:len(keys)]
+
+
+def photo_files(folder: Path | str) -> list[Path] | None:
+    """The image files directly in ``folder`` (sorted) when it is a plain folder of photos: images
+    and no sub-folders (so no classes); None for anything else."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    images = sorted(p for p in entries if p.is_file() and is_image_file(p))
+    return images if images and not any(p.is_dir() for p in entries) else None
+
+
+def predict_photos(model: FerModel, folder: Path | str, out_dir: Path | str, face_pipeline: FacePipeline,
+                   batch_size: int = 32, device: str = "cpu", progress: bool = True,
+                   backend: str = DEFAULT_BACKEND, score_over: str = DEFAULT_PROTOCOL,
+                   limit: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """Every face in every photo of a plain folder (:func:`photo_files`), written to
+    ``out_dir/predictions.parquet`` and returned: one row per detected face (``face`` numbers the
+    faces of a photo from 0, largest first), with ``pred``, ``pred_all`` and ``prob_*`` as in
+    :func:`predict_dataset`. A photo without a face gives one row with ``face`` -1,
+    ``face_found`` False, ``pred`` -1 and NaN probabilities (it is not classified); an
+    unreadable one a row with its ``error``. ``limit`` keeps a seeded random sample of photos."""
+    files = photo_files(folder)
+    if files is None:
+        raise DataError(f"{folder} is not a folder of photos (image files and no sub-folders)")
+    if face_pipeline is None or face_pipeline.detector is None:
+        raise ConfigError("predicting a folder of photos needs a face detector (faces.detector in the config)")
+    if limit is not None:
+        files = [files[i] for i in Sampling(limit, seed=seed).indices(np.full(len(files), -1))]
+    scoring = scoring_for(score_over, model.emotions, ())
+    recognizer = EmotionRecognizer(model, device, batch_size, backend)
+    rows: dict[str, list] = {name: [] for name in ("key", "source", "face", "face_found", "face_score", "box", "error")}
+    classified: list[int] = []   # rows with a face, in the order of ``logits``
+    logits: list[np.ndarray] = []
+
+    def add(path: Path, face: int, detection: Detection | None, error: str | None = None) -> None:
+        for name, value in (("key", path.name), ("source", str(path)), ("face", face),
+                            ("face_found", detection is not None),
+                            ("face_score", np.nan if detection is None else detection.score),
+                            ("box", (np.nan,) * 4 if detection is None else detection.box), ("error", error)):
+            rows[name].append(value)
+
+    for path in tqdm(files, desc=f"predict {Path(folder).name}", unit="photo", disable=not progress):
+        try:
+            faces = face_pipeline.extract(load_rgb(path))
+        except ImageDecodeError as exc:
+            add(path, -1, None, str(exc))
+            continue
+        if not faces:
+            add(path, -1, None)
+            continue
+        classified.extend(range(len(rows["key"]), len(rows["key"]) + len(faces)))
+        for number, face in enumerate(faces):
+            add(path, number, face.detection)
+        logits.append(recognizer.predict_emotions([face.image for face in faces], logits=True)[1])
+    probabilities = np.full((len(rows["key"]), len(EMOTIONS)), np.nan, dtype=np.float32)
+    pred = np.full(len(rows["key"]), -1, dtype=np.int64)
+    pred_all = pred.copy()
+    if classified:
+        probabilities[classified], pred[classified] = scoring.score(np.concatenate(logits))
+        pred_all[classified] = np.nanargmax(probabilities[classified], axis=1)
+    boxes = np.array(rows.pop("box"), dtype=np.float32).reshape(-1, 4)
+    table = pd.DataFrame({**rows, "face": np.array(rows["face"], dtype=np.int64),
+                          "face_score": np.array(rows["face_score"], dtype=np.float32), "pred": pred,
+                          "pred_all": pred_all, **dict(zip(("box_x0", "box_y0", "box_x1", "box_y1"), boxes.T)),
+                          **dict(zip(PROB_COLUMNS, probabilities.T))})
+    write_parquet_atomic(table, Path(out_dir) / "predictions.parquet")
+    return table

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from fer_core.backends import DEFAULT_BACKEND
 from fer_core.cache import CacheKey, ResultCache
+from fer_core.config import Config
 from fer_core.data import FaceDataset
 from fer_core.domain_gap import PROJECTIONS, domain_gap_report, project
 from fer_core.errors import ConfigError, DataError
@@ -37,7 +38,9 @@ from fer_core.faces import FaceDetector, FacePipeline
 from fer_core.inference import FacePreparer, PreparedFace, cached_forward, iter_prepared, sample_hash
 from fer_core.labels import EMOTIONS
 from fer_core.models import FerModel
-from fer_core.runs import PREDICTIONS_FILE, utc_now, write_json_atomic, write_parquet_atomic
+from fer_core.sampling import SampledDataset, Sampling, sampled_name
+from fer_core.scoring import DEFAULT_PROTOCOL, scoring_for
+from fer_core.runs import PREDICTIONS_FILE, provenance_record, utc_now, write_json_atomic, write_parquet_atomic
 
 #: What ``target`` may be besides an emotion name: each face's top class, or its label.
 TARGET_MODES = ("predicted", "true")
@@ -87,17 +90,28 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
-def select(dataset: FaceDataset, limit: int | None = None, shard: Shard | None = None) -> FaceDataset:
-    """The first ``limit`` faces of ``dataset`` (all when None), then this ``shard``'s block of them."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit: expected a positive number of faces, got {limit!r}")
-    size = len(dataset) if limit is None else min(limit, len(dataset))
-    if size == 0:
+def select(dataset: FaceDataset, limit: int | None = None, shard: Shard | None = None,
+           per_class: int | None = None, seed: int = 0) -> FaceDataset:
+    """The faces a job runs on: a seeded sample of ``dataset`` stratified by class (``limit``
+    faces in proportion to the classes, or ``per_class`` of each; :class:`Sampling`), all of
+    them when neither is given, then this ``shard``'s contiguous block of those. A sample that
+    holds every face is the dataset itself; a sample keeps its :class:`Sampling` (and label)
+    through sharding."""
+    sampling = Sampling(limit, per_class, seed)
+    if len(dataset) == 0:
         raise DataError(f"dataset {dataset.name} has no images")
-    block = (shard or Shard(0, 1)).block(size)
-    if block == range(len(dataset)):
+    positions = sampling.indices(dataset.labels) if sampling.active else np.arange(len(dataset))
+    if len(positions) == len(dataset):
+        positions, sampling = np.arange(len(dataset)), Sampling()
+    block = (shard or Shard(0, 1)).block(len(positions))
+    positions = positions[block.start:block.stop]
+    if sampling.active:
+        return SampledDataset(dataset, positions, sampling)
+    if len(positions) == len(dataset):
         return dataset
-    return dataset.subset(np.arange(block.start, block.stop))
+    if isinstance(dataset, SampledDataset):
+        return SampledDataset(dataset.parent, dataset.indices[positions], dataset.sampling)
+    return dataset.subset(positions)
 
 
 def shard_folder(out_dir: Path | str, shard: Shard) -> Path:
@@ -251,7 +265,7 @@ def explain_dataset(model: FerModel, dataset: FaceDataset, cache: ResultCache, m
         map_size: side of the stored maps (area-averaged, float16; at most the input size).
         face_pipeline: finds and aligns faces in images that are not pre-cropped; its
             detector also places keypoints on pre-cropped faces.
-        limit, shard: the first ``limit`` faces, then this shard's block of them.
+        limit, shard: a stratified sample of ``limit`` faces (:func:`select`), then this shard's block.
         on_batch: called with the number of faces after each stored batch.
         backend: what computes the logits that ``target="predicted"`` needs (the maps always
             come from the torch model: they need its gradients).
@@ -347,10 +361,11 @@ def explain_dataset(model: FerModel, dataset: FaceDataset, cache: ResultCache, m
 
 @dataclass(frozen=True)
 class Embeddings:
-    """Penultimate features of one or more datasets, row for row with ``table``: ``dataset``,
-    ``domain``, ``key``, ``source``, ``content``, ``label`` / ``emotion`` (label name, ``""``
-    unknown), ``pred`` / ``pred_emotion`` / ``confidence`` (top class over the dataset's own
-    classes and its softmax probability over all classes), then ``<projection>_x`` and
+    """Penultimate features of one or more datasets, row for row with ``table``: ``dataset`` (its
+    name, with its sampling when sampled: :func:`sampled_name`), ``domain``, ``key``, ``source``,
+    ``content``, ``label`` / ``emotion`` (label name, ``""`` unknown), ``pred`` / ``pred_emotion`` /
+    ``confidence`` (the class predicted under the scoring protocol, :mod:`fer_core.scoring`, and
+    its softmax probability over all the model's classes), then ``<projection>_x`` and
     ``<projection>_y`` for each projection asked for. ``computed`` faces were run now."""
 
     table: pd.DataFrame
@@ -369,32 +384,26 @@ class Embeddings:
 
 def _dataset_rows(model: FerModel, name: str, dataset: FaceDataset, cache: ResultCache | None,
                   face_pipeline: FacePipeline | None, batch_size: int, chunk_size: int,
-                  bar: tqdm, backend: str) -> tuple[pd.DataFrame, np.ndarray, int]:
+                  bar: tqdm, backend: str, score_over: str) -> tuple[pd.DataFrame, np.ndarray, int]:
     preparer = FacePreparer(model, face_pipeline)
     preparation = preparer.fingerprint(dataset.pre_cropped)
+    scoring = scoring_for(score_over, model.emotions, dataset.emotions)
     frames, blocks, computed = [], [], 0
     for start in range(0, len(dataset), chunk_size):
         results = cached_forward(model, dataset, preparer, range(start, min(start + chunk_size, len(dataset))),
                                  cache, batch_size, on_progress=bar.update, backend=backend)
         usable = [row for row, face in enumerate(results.faces) if face.error is None]
         computed += results.computed
-        logits = results.logits[usable].astype(np.float64)
-        restricted = np.full_like(logits, -np.inf)
-        own = [model.emotions.index(e) for e in dataset.emotions if e in model.emotions]
-        restricted[:, own] = logits[:, own]
-        probabilities = np.exp(logits - logits.max(1, keepdims=True))
-        probabilities /= probabilities.sum(1, keepdims=True)
-        predicted = restricted.argmax(1)
+        probabilities, predicted = scoring.score(results.logits[usable])
         labels = np.array([results.faces[row].sample.label for row in usable], dtype=np.int64)
         frames.append(pd.DataFrame({
-            "dataset": name, "domain": dataset.domain,
+            "dataset": sampled_name(name, dataset), "domain": dataset.domain,
             "key": [results.faces[row].sample.key for row in usable],
             "source": [results.faces[row].sample.source for row in usable],
             "content": [results.contents[row] for row in usable],
             "preparation": preparation,
             "label": labels, "emotion": [EMOTIONS[label] if label >= 0 else "" for label in labels],
-            "pred": np.array([EMOTIONS.index(model.emotions[p]) for p in predicted], dtype=np.int64),
-            "pred_emotion": [model.emotions[p] for p in predicted],
+            "pred": predicted, "pred_emotion": [EMOTIONS[p] for p in predicted],
             "confidence": probabilities[np.arange(len(usable)), predicted].astype(np.float32)}))
         blocks.append(results.features[usable])
     return pd.concat(frames, ignore_index=True), np.concatenate(blocks), computed
@@ -440,27 +449,30 @@ def embed_datasets(model: FerModel, datasets: Mapping[str, FaceDataset], cache: 
                    projection_params: Mapping[str, Mapping[str, Any]] | None = None, seed: int = 0,
                    batch_size: int = 32, chunk_size: int = 1024, limit: int | None = None,
                    shard: Shard | None = None, device: str = "cpu", progress: bool = True,
-                   backend: str = DEFAULT_BACKEND) -> Embeddings:
+                   backend: str = DEFAULT_BACKEND, per_class: int | None = None, sample_seed: int = 0,
+                   score_over: str = DEFAULT_PROTOCOL) -> Embeddings:
     """Features of every readable face of ``datasets`` (``{name: dataset}``) and their 2-D
     ``projections`` (``pca``, ``tsne``, ``umap``) computed over all datasets together.
 
     Features (with logits, in the same pass) and projections are read from ``cache`` when
-    stored and stored when computed. ``limit`` applies per dataset, then ``shard``; a shard
-    only stores features (projections need every face: run again without a shard).
+    stored and stored when computed. ``limit`` / ``per_class`` draw a stratified sample of
+    each dataset (seeded by ``sample_seed``; :func:`select`), then ``shard`` takes its block; a
+    shard only stores features (projections need every face: run again without a shard).
+    ``score_over`` is the protocol of the ``pred`` column (:data:`fer_core.scoring.PROTOCOLS`).
     """
     unknown = [p for p in projections if p not in PROJECTIONS]
     if unknown:
         raise ConfigError(f"unknown projection(s) {unknown}; expected some of {sorted(PROJECTIONS)}")
     if not datasets:
         raise ConfigError("embed_datasets needs at least one dataset")
-    chosen = {name: select(dataset, limit, shard) for name, dataset in datasets.items()}
+    chosen = {name: select(dataset, limit, shard, per_class, sample_seed) for name, dataset in datasets.items()}
     model.to(device).module.eval()
     frames, blocks, computed = [], [], 0
     with tqdm(total=sum(len(d) for d in chosen.values()), desc="embed " + ", ".join(chosen), unit="face",
               disable=not progress) as bar:
         for name, dataset in chosen.items():
             frame, block, count = _dataset_rows(model, name, dataset, cache, face_pipeline, batch_size,
-                                                chunk_size, bar, backend)
+                                                chunk_size, bar, backend, score_over)
             frames.append(frame)
             blocks.append(block)
             computed += count
@@ -486,32 +498,49 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
+def gap_report_folders(config: Config) -> tuple[Path, Path]:
+    """Where domain-gap reports are written, ``paths.runs_dir/gap/``, and the older place still
+    read, ``paths.cache_dir/gap/`` (the cache is prunable; results belong with the runs)."""
+    return config.resolve(config.paths.runs_dir) / "gap", config.resolve(config.paths.cache_dir) / "gap"
+
+
+def gap_report_name(fingerprint: str, real: str, synthetic: str, limit: int | None, sample: int | None,
+                    seed: int) -> str:
+    """``<model>-<real>-<synthetic>-limit<N|all>-sample<N|all>-seed<S>.json``: reports of other
+    face limits, samples or seeds never overwrite each other."""
+    return (f"{fingerprint}-{_slug(real)}-{_slug(synthetic)}-limit{limit or 'all'}-sample{sample or 'all'}"
+            f"-seed{seed}.json")
+
+
 def gap_report(model: FerModel, real: FaceDataset, synthetic: FaceDataset, cache: ResultCache | None,
                face_pipeline: FacePipeline | None = None, sample: int | None = DEFAULT_GAP_SAMPLE,
                limit: int | None = None, seed: int = 0, out_dir: Path | str | None = None,
                batch_size: int = 32, device: str = "cpu", progress: bool = True,
-               backend: str = DEFAULT_BACKEND) -> dict[str, Any]:
+               backend: str = DEFAULT_BACKEND, per_class: int | None = None) -> dict[str, Any]:
     """:func:`fer_core.domain_gap.domain_gap_report` between ``real`` and ``synthetic`` faces on
     the model's cached penultimate features, with what it was computed on.
 
-    At most ``sample`` faces per domain enter the metrics (a seeded random draw; None: all);
-    the per-class centroid distances use the labelled faces. With ``out_dir`` the report is
-    also written to ``out_dir/<model fingerprint>-<real>-<synthetic>.json``.
+    ``limit`` / ``per_class`` first draw a stratified sample of each dataset (:func:`select`,
+    seeded by ``seed``); of those, at most ``sample`` faces per domain enter the metrics (a
+    seeded random draw; None: all);
+    the per-class centroid distances use the labelled faces. With ``out_dir`` (normally the first
+    of :func:`gap_report_folders`) the report is also written to ``out_dir/``:func:`gap_report_name`.
     """
     if real.label == synthetic.label:
         raise ConfigError(f"real and synthetic are the same dataset ({real.label}); compare two different ones")
     if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 5):
         raise ConfigError(f"sample: expected at least 5 faces per domain (or None for all), got {sample!r}")
-    embeddings = embed_datasets(model, {real.label: real, synthetic.label: synthetic}, cache, face_pipeline,
-                                projections=(), batch_size=batch_size, limit=limit, device=device,
-                                progress=progress, backend=backend)
+    chosen = {dataset.label: select(dataset, limit, per_class=per_class, seed=seed) for dataset in (real, synthetic)}
+    embeddings = embed_datasets(model, chosen, cache, face_pipeline, projections=(), batch_size=batch_size,
+                                device=device, progress=progress, backend=backend)
     rng = np.random.default_rng(seed)
+    names = {label: sampled_name(label, dataset) for label, dataset in chosen.items()}
     parts = {}
-    for name in (real.label, synthetic.label):
+    for label, name in names.items():
         rows = np.flatnonzero(embeddings.table["dataset"].to_numpy() == name)
         if sample is not None and len(rows) > sample:
             rows = np.sort(rng.choice(rows, sample, replace=False))
-        parts[name] = rows
+        parts[label] = rows
     real_rows, synthetic_rows = parts[real.label], parts[synthetic.label]
     labels = embeddings.table["label"].to_numpy()
     report = domain_gap_report(embeddings.features[real_rows], embeddings.features[synthetic_rows], seed=seed)
@@ -523,13 +552,16 @@ def gap_report(model: FerModel, real: FaceDataset, synthetic: FaceDataset, cache
             embeddings.features[labelled_synthetic], labels[labelled_synthetic])
     report = {"model": {"fingerprint": model.fingerprint, "architecture": model.architecture,
                         "input_size": model.input_size},
-              "real": {"dataset": real.label, "faces": int((embeddings.table["dataset"] == real.label).sum())},
-              "synthetic": {"dataset": synthetic.label,
-                            "faces": int((embeddings.table["dataset"] == synthetic.label).sum())},
-              "sample": sample, "limit": limit, "seed": seed, "computed_features": embeddings.computed,
-              "created": utc_now(), **report}
+              **{role: {"dataset": dataset.label, "sampled": names[dataset.label],
+                        "faces": int((embeddings.table["dataset"] == names[dataset.label]).sum())}
+                 for role, dataset in (("real", real), ("synthetic", synthetic))},
+              "sample": sample, "limit": limit, "per_class": per_class, "seed": seed,
+              "computed_features": embeddings.computed,
+              "created": utc_now(), **report,
+              "provenance": provenance_record(Path(out_dir) if out_dir is not None else Path.cwd(),
+                                              {"real": real, "synthetic": synthetic}, limit)}
     if out_dir is not None:
-        path = Path(out_dir) / f"{model.fingerprint}-{_slug(real.label)}-{_slug(synthetic.label)}.json"
+        path = Path(out_dir) / gap_report_name(model.fingerprint, real.label, synthetic.label, limit, sample, seed)
         write_json_atomic(path, report)
         report["path"] = str(path)
     return report

@@ -1,25 +1,49 @@
 """Self-describing run directories: ``runs/<id>/`` with ``run.json``, ``metrics.json`` and
-``predictions.parquet``, written atomically so a reader never sees half a file."""
+``predictions.parquet``, written atomically so a reader never sees half a file; and the
+provenance every record carries (:func:`provenance_record`): the command, the project's git
+commit, package versions and a fingerprint of the data."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import inspect
 import json
 import os
+import platform
 import re
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from fer_core import __version__
 from fer_core.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from fer_core.data import FaceDataset
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.parquet"
+#: The packages whose versions a record names (each with the distributions that provide it).
+RECORDED_PACKAGES: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",), "timm": ("timm",), "numpy": ("numpy",), "mediapipe": ("mediapipe",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu")}
+#: What a record says for a folder outside any git checkout.
+NOT_A_REPO = "not a repo"
+_GIT_SECONDS = 10
+_CLI_COMMAND: ContextVar[tuple[str, ...] | None] = ContextVar("fer_core_cli_command", default=None)
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
@@ -142,3 +166,109 @@ def list_runs(runs_dir: Path | str, kind: str | None = None) -> list[Run]:
             if kind is None or run.kind == kind:
                 runs.append(run)
     return sorted(runs, key=lambda r: r.info.get("created", ""), reverse=True)
+
+
+# --------------------------------------------------------------------------------------------
+# provenance
+
+
+@contextmanager
+def cli_command(argv: Sequence[str]) -> Iterator[None]:
+    """Within this block, records name ``argv`` as the command that made them (the CLI wraps
+    every sub-command in it); outside it they name the library call instead."""
+    token = _CLI_COMMAND.set(tuple(argv))
+    try:
+        yield
+    finally:
+        _CLI_COMMAND.reset(token)
+
+
+def _argument_text(value: Any) -> str:
+    if value is None or isinstance(value, (bool, int, float, str, Path)):
+        return repr(str(value) if isinstance(value, Path) else value)
+    return f"<{type(value).__name__}>"
+
+
+def _api_call(frame: FrameType | None) -> str:
+    """The outermost fer_core function on the stack above ``frame`` (the call a library user
+    made), with its plain arguments as the function holds them by then (one it has replaced,
+    e.g. a dataset by its sample, shows the new value); objects are shown by type."""
+    outermost = None
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith("fer_core."):
+            outermost = frame
+        frame = frame.f_back
+    if outermost is None:
+        return "unknown"
+    arguments = inspect.getargvalues(outermost)
+    shown = ", ".join(f"{name}={_argument_text(arguments.locals.get(name))}" for name in arguments.args
+                      if name not in ("self", "cls"))
+    return f"{outermost.f_globals['__name__']}.{outermost.f_code.co_qualname}({shown})"
+
+
+def command_record() -> dict[str, Any]:
+    """How this process was asked for the work: the ``fer-core`` command line, else the library
+    call (the outermost fer_core function on the stack) and the interpreter's ``sys.argv``."""
+    cli = _CLI_COMMAND.get()
+    if cli is not None:
+        return {"via": "cli", "argv": list(cli), "cwd": os.getcwd()}
+    return {"via": "library", "call": _api_call(sys._getframe(1)), "argv": list(sys.argv), "cwd": os.getcwd()}
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True,
+                              timeout=_GIT_SECONDS, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_state(folder: Path | str) -> dict[str, Any]:
+    """The git checkout ``folder`` lies in: its ``commit`` (:data:`NOT_A_REPO` outside one, or
+    without git), ``dirty`` (tracked files changed since it; None outside a repo) and its ``root``."""
+    folder = next(p for p in (Path(folder).absolute(), *Path(folder).absolute().parents) if p.is_dir())  # not made yet
+    root = _git(folder, "rev-parse", "--show-toplevel")
+    commit = _git(folder, "rev-parse", "HEAD") if root is not None else None
+    if commit is None:
+        return {"commit": NOT_A_REPO, "dirty": None, "root": root}
+    status = _git(folder, "status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status), "root": root}
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python, fer_core and each of :data:`RECORDED_PACKAGES` that is installed: an
+    imported package's own ``__version__`` (with its build, e.g. torch's ``+cu130``), else the
+    installed metadata's (nothing is imported for this)."""
+    versions = {"python": platform.python_version(), "fer_core": __version__}
+    for package, distributions in RECORDED_PACKAGES.items():
+        loaded = getattr(sys.modules.get(package), "__version__", None)
+        if loaded is not None:
+            versions[package] = str(loaded)
+            continue
+        for distribution in distributions:
+            try:
+                versions[package] = importlib.metadata.version(distribution)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def data_fingerprint(dataset: FaceDataset, limit: int | None = None) -> dict[str, Any]:
+    """``label``, ``size``, ``limit`` and ``sha256`` (16 hex digits) of the sorted ``key<TAB>label``
+    lines of every sample: the same faces with the same labels give the same digest, in any
+    order, and no image is read."""
+    lines = sorted(f"{sample.key}\t{sample.label}" for sample in dataset)
+    return {"label": dataset.label, "size": len(dataset), "limit": limit,
+            "sha256": hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:16]}
+
+
+def provenance_record(project: Path | str, data: Mapping[str, FaceDataset] | None = None,
+                      limit: int | None = None) -> dict[str, Any]:
+    """What a run record needs to be reproduced: the ``command`` (:func:`command_record`), the
+    ``git`` state of ``project`` (the project root, or any folder inside it such as a run
+    directory), package ``versions`` and a ``data`` fingerprint of each named dataset (with the
+    ``limit`` on how many of its faces were used)."""
+    return {"command": command_record(), "git": git_state(project), "versions": package_versions(),
+            "data": {role: data_fingerprint(dataset, limit) for role, dataset in (data or {}).items()}}

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from fer_core.config import Config
+from fer_core.cross_domain import DATASET_DOMAINS
 from fer_core.data import FaceDataset
 from fer_core.errors import DataError, ModelLoadError
 from fer_core.faces import Face, FacePipeline
@@ -18,6 +19,7 @@ from fer_core.images import load_rgb
 from fer_core.inference import PROB_COLUMNS, find_face
 from fer_core.labels import EMOTIONS
 from fer_core.runs import Run
+from fer_core.scoring import scoring_summary
 from fer_core.training.trainer import HISTORY
 from fer_core.workflows import SHIPPED_WEIGHTS, resolve_weights
 
@@ -35,7 +37,7 @@ def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
         row: dict[str, Any] = {"run": run.id, "kind": run.kind, "created": info.get("created", "")[:19]}
         if run.kind == "evaluation":
             row.update(model=info.get("model", {}).get("architecture"), data=_dataset_label(run),
-                       domain=info.get("dataset", {}).get("domain"))
+                       domain=info.get("dataset", {}).get("domain"), scoring=scoring_protocol(run))
             if run.complete:
                 row.update(n=run.metrics["n"], accuracy=run.metrics["accuracy"], macro_f1=run.metrics["macro_f1"])
         elif run.kind == "training":
@@ -48,6 +50,19 @@ def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
                 row.update(epochs=len(history), best_val_accuracy=best.get("val_accuracy"))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def scoring_protocol(run: Run) -> str:
+    """The protocol an evaluation was scored under (``model``, ``dataset``, ``seven``); older runs,
+    which recorded a sentence, were scored over the dataset's classes."""
+    record = run.info.get("scoring")
+    return record.get("protocol", "?") if isinstance(record, dict) else "dataset" if record else "?"
+
+
+def scoring_note(run: Run) -> tuple[str, list[str]]:
+    """How an evaluation was scored, in one line to show beside its figures, and its warnings."""
+    record = run.info.get("scoring")
+    return scoring_summary(record), list(record.get("warnings", [])) if isinstance(record, dict) else []
 
 
 def _read_history(path: Path) -> list[dict[str, Any]]:
@@ -172,7 +187,7 @@ def grid_image(ledger_dir: Path, grid_file: str) -> np.ndarray:
 
 
 #: Registered datasets whose faces are synthetic (the others are real photographs).
-SYNTHETIC_DATASETS = ("sd_faces", "synthetic")
+SYNTHETIC_DATASETS = tuple(name for name, domain in DATASET_DOMAINS.items() if domain == "synthetic")
 
 
 def spec_domain(spec: str) -> str:
@@ -220,12 +235,12 @@ def map_keypoints(keypoints: np.ndarray, map_size: int, pre_cropped: bool) -> tu
     return np.where(found[:, None, None], points, template[None]) * map_size, found
 
 
-def stored_gap_report(cache_dir: Path, fingerprint: str, real: str, synthetic: str,
+def stored_gap_report(folders: Sequence[Path], fingerprint: str, real: str, synthetic: str,
                       limit: int | None) -> dict[str, Any] | None:
     """The newest domain-gap report ``fer-core gap`` stored for this model and pair of datasets
-    (under ``cache_dir/gap/``) with the same face limit, or None."""
+    in any of ``folders`` (:func:`fer_core.precompute.gap_report_folders`) with the same face limit, or None."""
     found = []
-    for file in (cache_dir / "gap").glob(f"{fingerprint}-*.json"):
+    for file in (file for folder in folders for file in folder.glob(f"{fingerprint}-*.json")):
         try:
             report = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,13 @@ from fer_core.errors import ConfigError, DataError, ModelLoadError
 from fer_core.evaluation import classification_report, mcnemar
 from fer_core.faces import FacePipeline
 from fer_core.inference import predict_dataset
+from fer_core.labels import EMOTIONS
 from fer_core.models import FerModel, load_model
-from fer_core.runs import METRICS_FILE, RUN_FILE, Run, run_id, run_path, utc_now, write_json_atomic
+from fer_core.precompute import select
+from fer_core.sampling import base_label, sampling_of
+from fer_core.scoring import DEFAULT_PROTOCOL, ScoringWarning, scoring_for
+from fer_core.runs import (METRICS_FILE, RUN_FILE, Run, provenance_record, run_id, run_path, utc_now,
+                           write_json_atomic)
 from fer_core.training import (GRADUAL_UNFREEZING_STAGES, HSEMOTION_STAGES, AugmentSettings, Stage, Trainer,
                                TrainSettings, distributed)
 
@@ -53,42 +59,58 @@ def face_pipeline_for(config: Config, model: FerModel) -> FacePipeline | None:
     return FacePipeline.from_config(config, crop_size=model.input_size)
 
 
-def dataset_for(config: Config, spec: str) -> FaceDataset:
-    """A dataset by name (``fer2013:test``) or folder, under ``data.root``."""
-    return open_dataset(spec, config.resolve(config.data.root))
+def dataset_for(config: Config, spec: str, **overrides) -> FaceDataset:
+    """A dataset by name (``fer2013:test``) or folder, under ``data.root``; ``overrides``:
+    ``pre_cropped``, ``domain`` (see :func:`~fer_core.data.open_dataset`)."""
+    return open_dataset(spec, config.resolve(config.data.root), **overrides)
 
 
 def evaluate_model(config: Config, model: FerModel, dataset: FaceDataset, weights_path: Path | None = None,
                    name: str | None = None, limit: int | None = None, n_bootstrap: int = 1000,
-                   progress: bool = True) -> Run:
+                   progress: bool = True, per_class: int | None = None, sample_seed: int = 0,
+                   score_over: str = DEFAULT_PROTOCOL) -> Run:
     """Predict ``dataset`` with ``model`` and write a complete evaluation run directory.
 
-    Re-running with the same ``name`` resumes an interrupted prediction pass.
+    ``limit`` / ``per_class`` evaluate a stratified sample (seeded by ``sample_seed``;
+    :func:`fer_core.precompute.select`), named as such in the run id and its dataset label.
+    ``score_over`` picks the classes a prediction may be (:data:`fer_core.scoring.PROTOCOLS`;
+    default: all of the model's); run.json records it with any warning (fewer than 3 classes,
+    true classes that cannot be predicted). Re-running with the same ``name`` resumes an
+    interrupted prediction pass.
     """
     runs_dir = config.resolve(config.paths.runs_dir)
-    label = dataset.label
-    path = run_path(runs_dir, name or run_id("eval", model.architecture, label))
+    whole = len(dataset)
+    dataset = select(dataset, limit, per_class=per_class, seed=sample_seed)
+    sampling = sampling_of(dataset)
+    scoring = scoring_for(score_over, model.emotions, dataset.emotions, dataset.labels)
+    path = run_path(runs_dir, name or run_id("eval", model.architecture, base_label(dataset),
+                                             *(sampling.id_parts() if sampling else ())))
     info: dict[str, Any] = {
         "kind": "evaluation", "created": utc_now(), "fer_core_version": __version__,
         "model": {"path": str(weights_path) if weights_path else None, "architecture": model.architecture,
                   "fingerprint": model.fingerprint, "input_size": model.input_size,
                   "emotions": list(model.emotions), "provenance": model.provenance},
-        "dataset": {"name": dataset.name, "label": label, "domain": dataset.domain, "emotions": list(dataset.emotions),
-                    "size": len(dataset), "limit": limit},
-        "scoring": "argmax over the dataset's classes (other logits dropped, HSEmotion protocol)",
-        "config": config.to_dict(),
+        "dataset": {"name": dataset.name, "label": dataset.label, "domain": dataset.domain,
+                    "emotions": list(dataset.emotions), "size": whole, "faces": len(dataset), "limit": limit,
+                    "per_class": per_class, "sampling": sampling.record() if sampling else None},
+        "scoring": scoring.record(),
+        "config": config.to_dict(), "provenance": provenance_record(config.root, {"test": dataset}, limit),
     }
     if (path / RUN_FILE).is_file():
         info["created"] = Run.load(path).info.get("created", info["created"])
     write_json_atomic(path / RUN_FILE, info)
+    for warning in scoring.warnings:
+        warnings.warn(f"{dataset.label}: {warning}", ScoringWarning, stacklevel=2)
     table = predict_dataset(model, dataset, path, face_pipeline=face_pipeline_for(config, model),
-                            batch_size=config.inference.batch_size, limit=limit,
-                            device=device_for(config), progress=progress, backend=config.inference.backend)
+                            batch_size=config.inference.batch_size, device=device_for(config),
+                            progress=progress, backend=config.inference.backend, score_over=score_over)
     scored = table[(table["label"] >= 0) & table["error"].isna()]
     if scored.empty:
         raise DataError(f"{dataset.name}: no readable labelled faces to evaluate")
-    metrics = classification_report(scored["label"].to_numpy(), scored["pred"].to_numpy(), dataset.emotions,
-                                     n_resamples=n_bootstrap)
+    true_classes = [e for e in dataset.emotions if EMOTIONS.index(e) in set(scored["label"])]
+    metrics = classification_report(scored["label"].to_numpy(), scored["pred"].to_numpy(), true_classes,
+                                     n_resamples=n_bootstrap, predicted=scoring.classes)
+    metrics["scoring"] = scoring.record()
     metrics["unreadable"] = int(table["error"].notna().sum())
     metrics["faces_found_rate"] = float(table["face_found"].mean())
     write_json_atomic(path / METRICS_FILE, metrics)
@@ -130,9 +152,10 @@ def train_model(config: Config, args: Any) -> dict[str, Any]:
         architecture=architecture, input_size=init.input_size if init else (args.input_size or config.model.input_size),
         stages=stages, batch_size=args.batch_size, optimizer=args.optimizer, weight_decay=args.weight_decay,
         sam_rho=args.sam_rho, label_smoothing=args.label_smoothing, soft_targets=args.soft_labels,
-        class_weights=args.class_weights, augment=None if args.no_augment else AugmentSettings(),
-        drop_rate=args.drop_rate, seed=args.seed, max_steps_per_epoch=args.max_steps, device=device_for(config),
-        channels_last=device_for(config).startswith("cuda"), mixed_precision=device_for(config).startswith("cuda"))
+        class_weights=args.class_weights, logit_adjustment=args.logit_adjustment,
+        augment=None if args.no_augment else AugmentSettings(), drop_rate=args.drop_rate,
+        select_metric=args.select, seed=args.seed, max_steps_per_epoch=args.max_steps, device=device_for(config),
+        channels_last=True, mixed_precision=device_for(config).startswith("cuda"))
     with distributed.process_group(settings.device):  # data-parallel under torchrun
         name = distributed.broadcast_object(args.name or run_id("train", architecture, args.train))  # one run dir
         run_dir = run_path(config.resolve(config.paths.runs_dir), name)

@@ -5,7 +5,7 @@ import streamlit as st
 
 from dashboard import charts, ui
 from fer_core.errors import DataError
-from fer_core.views import comparable_runs, per_class_deltas
+from fer_core.views import comparable_runs, per_class_deltas, scoring_note
 from fer_core.workflows import compare_runs
 
 st.title("Baseline metrics")
@@ -17,9 +17,11 @@ if runs:
     chosen = st.selectbox("Run", list(labels), format_func=labels.get)
     run = next(r for r in runs if r.id == chosen)
     m = run.metrics
+    scoring, warnings = scoring_note(run)
     st.caption(f"{m['n']} faces of {run.info['dataset'].get('label', run.info['dataset']['name'])} "
-               f"({run.info['dataset']['domain']}); "
-               f"classes scored: {', '.join(m['emotions'])}")
+               f"({run.info['dataset']['domain']}), true classes: {', '.join(m['emotions'])}; {scoring}")
+    for warning in warnings:
+        st.warning(warning)
     table = pd.DataFrame([
         {"metric": name.replace("_", " "), "value": m[name], "95% CI low": m["ci95"][name][0],
          "95% CI high": m["ci95"][name][1]}

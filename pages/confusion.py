@@ -5,7 +5,7 @@ import streamlit as st
 
 from dashboard import charts, compute, ui
 from fer_core.explain import method_names
-from fer_core.views import confusion_cell
+from fer_core.views import confusion_cell, scoring_note
 
 st.title("Confusion")
 config = ui.get_config()
@@ -15,25 +15,30 @@ if runs:
     chosen = st.selectbox("Run", list(labels), format_func=labels.get)
     run = next(r for r in runs if r.id == chosen)
     confusion = run.metrics["confusion"]
-    emotions = list(confusion["labels"])
+    emotions = list(confusion["labels"])  # the true classes (rows)
+    predictions = list(confusion.get("predicted", emotions))  # every class a prediction could be (columns)
     counts = np.asarray(confusion["counts"])
+    scoring, warnings = scoring_note(run)
+    st.caption(f"Rows: the true classes; columns: the classes a prediction could be, {scoring}.")
+    for warning in warnings:
+        st.warning(warning)
     normalized = st.toggle("Row-normalized", value=False)
-    off_diagonal = counts - np.diag(np.diag(counts))
+    off_diagonal = np.where(np.equal.outer(emotions, predictions), 0, counts)
     worst = np.unravel_index(off_diagonal.argmax(), counts.shape)  # the most frequent confusion
     if st.session_state.get("cell-run") != run.id:  # another run: start from its most frequent confusion
         st.session_state["cell-run"] = run.id
-        st.session_state["cell-true"], st.session_state["cell-predicted"] = emotions[worst[0]], emotions[worst[1]]
+        st.session_state["cell-true"], st.session_state["cell-predicted"] = emotions[worst[0]], predictions[worst[1]]
     event = st.plotly_chart(charts.confusion_heatmap(confusion, normalized), key=f"confusion-heatmap-{run.id}",
                             on_select="rerun", selection_mode="points")
     points = (event or {}).get("selection", {}).get("points", []) if event else []
     click = (points[0].get("y"), points[0].get("x")) if points else None
-    if click and set(click) <= set(emotions) and click != st.session_state.get("cell-click"):
+    if click and click[0] in emotions and click[1] in predictions and click != st.session_state.get("cell-click"):
         st.session_state["cell-click"] = click  # a new click picks the cell; the boxes below stay free to change
         st.session_state["cell-true"], st.session_state["cell-predicted"] = click
     st.caption("Click a cell, or pick it here:")
     left, middle, right = st.columns(3)
     true = left.selectbox("True class", emotions, key="cell-true")
-    predicted = middle.selectbox("Predicted class", emotions, key="cell-predicted")
+    predicted = middle.selectbox("Predicted class", predictions, key="cell-predicted")
     method = right.selectbox("Saliency method", method_names(), index=method_names().index("gradcam"),
                               key="cell-method")
     cell = confusion_cell(run, true, predicted)

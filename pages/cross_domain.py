@@ -1,4 +1,5 @@
-"""Cross-domain: which training data against which test data (the train x test matrix), accuracy
+"""Cross-domain: which training data against which test data (the train x test matrix: one row
+per model with the faces each cell scored, or an explicit aggregate with its spread), accuracy
 by the synthetic share of the training set (RQ2), and per-class and per-intensity accuracy on
 synthetic faces (RQ1)."""
 
@@ -9,18 +10,28 @@ from dashboard import charts, ui
 from fer_core.cross_domain import (
     METRICS,
     accuracy_by_fraction,
+    cell_notes,
+    cross_domain_cells,
     cross_domain_matrix,
     evaluation_records,
+    matrix_markdown,
     per_class_accuracy,
 )
 from fer_core.errors import DataError
 from fer_core.runs import Run
-from fer_core.views import per_intensity_accuracy, synthetic_state
+from fer_core.views import per_intensity_accuracy, scoring_protocol, synthetic_state
+
+
+#: How the matrix's rows are made: one per model, or an aggregate over the models of a group.
+ROW_CHOICES = {None: "one per model", "train_domain": "mean per training domain",
+               "train_data": "mean per training data"}
 
 
 @st.cache_data(show_spinner="Reading the evaluation runs...", ttl=30)
 def records(runs_dir: str) -> pd.DataFrame:
-    return evaluation_records(runs_dir)
+    """Every evaluation, with the protocol it was scored under (``scoring``)."""
+    table = evaluation_records(runs_dir)
+    return table.assign(scoring=[scoring_protocol(Run.load(path)) for path in table["path"]])
 
 
 st.title("Cross-domain")
@@ -35,13 +46,22 @@ if config is not None:
     metric = st.radio("Score", METRICS, horizontal=True, key="xd-metric", format_func=lambda m: m.replace("_", " "))
 
     st.subheader("Trained on x tested on")
-    left, right = st.columns(2)
-    rows = left.selectbox("Rows", ["train_domain", "train_data", "model"], key="xd-rows")
-    columns = right.selectbox("Columns", ["test_set", "test_domain"], key="xd-columns")
-    matrix = cross_domain_matrix(table, metric, rows, columns)
-    st.plotly_chart(charts.accuracy_matrix(matrix), key="xd-matrix")
-    st.caption(f"Mean {metric.replace('_', ' ')} over the models in each cell, each model's newest evaluation "
-               f"counted once ({len(table)} evaluation runs).")
+    rows = st.radio("Rows", list(ROW_CHOICES), horizontal=True, key="xd-rows", format_func=ROW_CHOICES.get)
+    cells = cross_domain_cells(table, metric, aggregate=rows)
+    st.plotly_chart(charts.accuracy_matrix(cross_domain_matrix(cells, metric), notes=cell_notes(cells)),
+                    key="xd-matrix")
+    protocols = sorted(set(table["scoring"]))
+    what = ("each row is one model (training domain · run, fingerprint)" if rows is None
+            else "each cell is the mean over its models, with their number and standard deviation")
+    st.caption(f"{metric.replace('_', ' ').capitalize()}: {what}; each model's newest evaluation of a test set "
+               f"counts once; n = faces scored, limited = scored on part of the test set (--limit) ({len(table)} "
+               f"evaluation runs, scored with --score-over {', '.join(protocols)}). The same from a shell: "
+               f"`fer-core cross-domain{'' if rows is None else ' --aggregate ' + rows}`.")
+    with st.expander("The cells as a table"):
+        st.markdown(matrix_markdown(cells, metric))
+    if len(protocols) > 1:
+        st.warning(f"These runs were scored under different protocols ({', '.join(protocols)}): a cell may mix "
+                   "figures that are not comparable. Re-evaluate them with one --score-over.")
 
     st.subheader("RQ2: accuracy by synthetic share of the training set")
     fractions = accuracy_by_fraction(table, metric)

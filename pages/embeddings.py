@@ -11,6 +11,7 @@ from dashboard import charts, compute, jobs, ui
 from fer_core.data import available_datasets
 from fer_core.domain_gap import PROJECTIONS
 from fer_core.errors import FerCoreError
+from fer_core.precompute import gap_report_folders
 from fer_core.views import model_files, spec_domain, stored_gap_report
 
 
@@ -53,7 +54,8 @@ if models:
     projections = sorted(PROJECTIONS, key=lambda name: (name != "pca", name))  # PCA first: instant on any size
     projection = row[0].radio("Projection", projections, horizontal=True, key="emb-projection")
     color_by = row[1].radio("Colour by", ["domain", "emotion", "correctness"], horizontal=True, key="emb-color")
-    limit = int(row[2].number_input("Faces per dataset (0: all)", min_value=0, value=1000, step=500, key="emb-limit"))
+    limit = int(row[2].number_input("Faces per dataset, a stratified sample (seed 0; 0: all)", min_value=0, value=1000,
+                                    step=500, key="emb-limit"))
 
     try:
         found = compute.embeddings(model, model.fingerprint, config, (real, synthetic), projection, limit or None)
@@ -76,7 +78,7 @@ if models:
         chosen = table.iloc[rows]
         st.subheader(f"{len(chosen)} selected face(s)")
         for spec in (real, synthetic):
-            part = chosen[chosen["dataset"] == spec].head(24)
+            part = chosen[chosen["domain"] == spec_domain(spec)].head(24)  # one real and one synthetic dataset
             if part.empty:
                 continue
             faces = compute.faces_for_keys(config, spec, tuple(part["key"]), model.input_size)
@@ -90,7 +92,7 @@ if models:
     st.subheader("Domain gap")
     limit_args = ["--limit", str(limit)] if limit else []
     model_args = ["--model", str(models[st.session_state["emb-model"]])]
-    stored = stored_gap_report(config.resolve(config.paths.cache_dir), model.fingerprint, real, synthetic,
+    stored = stored_gap_report(gap_report_folders(config), model.fingerprint, real, synthetic,
                                limit or None)
     flag = f"gap::{model.fingerprint}::{real}::{synthetic}::{limit}"
     if stored is None and st.button("Measure the domain gap on these faces", key="gap-button"):

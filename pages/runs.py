@@ -10,11 +10,27 @@ from fer_core.data import available_datasets
 from fer_core.domain_gap import PROJECTIONS
 from fer_core.errors import FerCoreError
 from fer_core.explain import method_names
-from fer_core.runs import list_runs
-from fer_core.views import model_files, runs_table, spec_domain, training_history
+from fer_core.runs import NOT_A_REPO, list_runs
+from fer_core.scoring import DEFAULT_PROTOCOL, PROTOCOLS
+from fer_core.views import model_files, runs_table, scoring_note, spec_domain, training_history
 
 #: Precompute commands offered when the CLI has them.
 PRECOMPUTE_COMMANDS = ("embed", "explain", "gap")
+
+
+def show_provenance(record: dict | None) -> None:
+    """How a run was made (its run.json ``provenance``): the command, commit, versions and data."""
+    if not record:
+        st.caption("This run was written before runs recorded their command, commit and data fingerprint.")
+        return
+    command = record["command"]
+    git = record["git"]
+    commit = git["commit"] if git["commit"] == NOT_A_REPO else git["commit"][:12] + (" (dirty)" if git["dirty"] else "")
+    data = [f"{role}: {d['label']}, {d['size']:,} faces" + (f" (limit {d['limit']})" if d.get("limit") else "")
+            + f", sha256 {d['sha256']}" for role, d in record["data"].items()]
+    st.caption(f"Made by `{shlex.join(command['argv']) if command['via'] == 'cli' else command['call']}`  \n"
+               f"Commit {commit} · " + ", ".join(f"{name} {version}" for name, version in record["versions"].items())
+               + ("  \nData: " + "; ".join(data) if data else ""))
 
 st.title("Runs")
 config = ui.get_config()
@@ -37,10 +53,15 @@ if config is not None:
                 st.plotly_chart(charts.training_curves(history), key="curves")
         elif run.kind == "evaluation" and run.complete:
             m = run.metrics
-            st.write(f"Accuracy **{m['accuracy']:.2%}**, macro-F1 **{m['macro_f1']:.3f}** on {m['n']} faces.")
+            scoring, warnings = scoring_note(run)
+            st.write(f"Accuracy **{m['accuracy']:.2%}**, macro-F1 **{m['macro_f1']:.3f}** on {m['n']} faces of "
+                     f"{run.info['dataset'].get('label')}, {scoring}.")
+            for warning in warnings:
+                st.warning(warning)
             ui.page_link("baseline_metrics.py")
         elif not run.complete:
             st.info("This evaluation has not finished (no metrics.json yet); run the same command again to resume it.")
+        show_provenance(run.info.get("provenance"))
         with st.expander("Configuration (run.json)"):
             st.json(run.info, expanded=1)
 
@@ -55,13 +76,16 @@ if config is not None:
         kind = st.radio("Job", offered, horizontal=True, key="job-kind")
         left, right = st.columns(2)
         model_label = left.selectbox("Model", list(models), key="job-model")
-        limit = right.number_input("Only the first N faces of each dataset (0: all)", min_value=0, value=0, step=100,
-                                   key="job-limit")
+        limit = right.number_input("A stratified sample of N faces of each dataset (seed 0; 0: all)", min_value=0,
+                                   value=0, step=100, key="job-limit")
         args = [kind, "--model", str(models[model_label])]
         if kind == "evaluate":
             args += ["--dataset", left.selectbox("Dataset", datasets, key="job-dataset")]
             name = right.text_input("Run name (blank: generated)", key="job-name").strip()
             args += ["--name", name] if name else []
+            score_over = left.radio("Score over", list(PROTOCOLS), horizontal=True, key="job-score-over",
+                                    help="; ".join(f"{p.name}: {p.description}" for p in PROTOCOLS.values()))
+            args += ["--score-over", score_over] if score_over != DEFAULT_PROTOCOL else []
         elif kind == "embed":
             for spec in left.multiselect("Datasets (projected together)", datasets, default=datasets[:1],
                                          key="job-datasets"):

@@ -11,20 +11,39 @@ from dashboard import charts, compute, jobs, ui
 from fer_core.data import available_datasets
 from fer_core.errors import FerCoreError
 from fer_core.explain import default_layer, layers, load_quality, method_defaults, method_names, overlay
-from fer_core.explain.regions import region_shares, to_template
+from fer_core.explain.base import map_cell_size
+from fer_core.explain.regions import compare_domains, region_shares, to_template
+from fer_core.explain.sanity import faithfulness_rows, randomisation_rows, statistics_method
 from fer_core.labels import EMOTIONS
 from fer_core.views import map_keypoints, model_files, spec_domain
+
+#: Methods whose maps are coarser than the facial regions (one value per layer cell).
+COARSE = {"gradcam": "coarse, fast overlay", "gradcam++": "coarse"}
+
+
+def audited(result: dict) -> bool:
+    """Whether a stored result has the audited checks (noise stability, centre prior)."""
+    return "noise_stability" in result.get("randomisation", {}) and "margin" in result.get("faithfulness", {})
 
 
 def quality_note(result: dict) -> str:
     """One line on a method's stored sanity checks."""
-    randomisation, faithfulness = result.get("randomisation", {}), result.get("faithfulness", {})
-    spearman = (randomisation.get("spearman") or [float("nan")])[-1]
-    return (f"model randomisation: Spearman {spearman:.2f} after re-initialising the top layers "
-            f"(threshold {randomisation.get('threshold', float('nan')):.2f}); deletion beats a random order on "
-            f"{faithfulness.get('deletion_win_rate', float('nan')):.0%} of the faces, insertion on "
-            f"{faithfulness.get('insertion_win_rate', float('nan')):.0%} "
-            f"({result.get('faces', {}).get('n', '?')} faces)")
+    if not audited(result):
+        return "stored before the noise-stability and centre-prior controls: record it again"
+    randomisation, faithfulness = result["randomisation"], result["faithfulness"]
+    last, stable = randomisation["cascade"][-1]["decision"], randomisation["noise_stability"]["decision"]
+    return (f"model randomisation: Spearman {last['mean']:.2f} (CI to {last['ci_high']:.2f}) after re-initialising "
+            f"the top layers, vs {stable['mean']:.2f} (CI from {stable['ci_low']:.2f}) for invisible noise and "
+            f"{randomisation['different_faces']['decision']['mean']:.2f} between different faces; against the centre "
+            f"prior, deletion p = {faithfulness['centre_deletion_p_value']:.3f}, insertion p = "
+            f"{faithfulness['centre_insertion_p_value']:.3f} ({result.get('faces', {}).get('n', '?')} faces)")
+
+
+def method_label(method: str, failed: set[str]) -> str:
+    """The method's name, with its coarseness and a failed sanity check noted."""
+    notes = [COARSE[method]] if method in COARSE else []
+    return f"{method} ({', '.join(notes + (['failed sanity check'] if method in failed else []))})" \
+        if notes or method in failed else method
 
 #: How to record a method's sanity checks (stored per model for this page to flag).
 SANITY_SNIPPET = """from fer_core.config import load_config
@@ -58,7 +77,7 @@ if models:
     quality = load_quality(config, model.fingerprint)
     failed = {m for m, result in quality.items() if not result.get("passed", True)}
     method = row[1].selectbox("Method", methods, index=methods.index("gradcam"), key="sal-method",
-                              format_func=lambda m: f"{m} (failed sanity check)" if m in failed else m)
+                              format_func=lambda m: method_label(m, failed))
     layer = None
     if "layer" in method_defaults(method):
         names = layers(model)
@@ -87,6 +106,21 @@ if models:
         snippet = SANITY_SNIPPET.format(method=method, config=ui.config_file() or "configs/config.yaml",
                                         weights=models[st.session_state["sal-model"]])
         st.expander("How to record a sanity check").code(snippet, language="python")
+    checked = {m: result for m, result in quality.items() if audited(result)}
+    statistics = statistics_method(quality)
+    if checked:
+        with st.expander("Sanity tables of every checked method"):
+            st.caption(f"Most faithful method that passed, the default for region and faithfulness statistics: "
+                       f"**{statistics['method']}** ({statistics['note']}).")
+            st.markdown("**Model randomisation** (Spearman with the trained model's maps per cascade step, beside "
+                        "the different-faces and noise-stability controls)")
+            st.dataframe(pd.DataFrame(randomisation_rows(checked)), hide_index=True, key="sanity-randomisation")
+            st.caption(f"Pass: {next(iter(checked.values()))['randomisation']['criterion']}.")
+            st.markdown("**Deletion / insertion** (area under the target probability; random order and centre "
+                        "prior as controls)")
+            st.dataframe(pd.DataFrame(faithfulness_rows(checked)), hide_index=True, key="sanity-faithfulness")
+            st.caption(f"Pass: {next(iter(checked.values()))['faithfulness']['criterion']}.")
+    stability = quality.get(method, {}).get("randomisation", {}).get("noise_stability", {}).get("decision")
 
     sets = {}
     for domain, spec in (("real", real), ("synthetic", synthetic)):
@@ -104,6 +138,11 @@ if models:
         column.caption(f"{len(found.table)} {emotion} face(s); {found.computed} computed now, "
                        f"{len(found.table) - found.computed} from the cache")
         diagnostics = found.diagnostics
+        if method == "lrp":
+            column.caption("Noise stability of these maps (Spearman with the map of the same face plus invisible "
+                           f"noise): {stability['mean']:.2f}, 95% CI {stability['ci_low']:.2f}-{stability['ci_high']:.2f}"
+                           if stability else "Noise stability not measured for LRP on this model: record a sanity "
+                           "check (below) before reading these maps.")
         if "conservation_error" in diagnostics and len(diagnostics):
             column.caption(f"Relevance conservation error (input relevance vs the target logit): median "
                            f"{diagnostics['conservation_error'].median():.1%}, worst "
@@ -157,6 +196,31 @@ if models:
         st.dataframe(differences[["region", "mean_a", "mean_b", "difference", "p_value", "p_holm"]].rename(
             columns={"mean_a": f"mean {differences['domain_a'].iloc[0]}",
                      "mean_b": f"mean {differences['domain_b'].iloc[0]}"}), hide_index=True, key="region-tests")
+
+        st.subheader("Regions on one aligned template, against a fixed-map null")
+        points = np.concatenate([map_keypoints(found.keypoints, side, compute.dataset(config, spec).pre_cropped)[0]
+                                 for spec, found in sets.values()])
+        try:
+            framed = compare_domains(np.concatenate([found.maps for _, found in sets.values()]), points,
+                                     np.asarray(domains), n_resamples=200, n_permutations=1999,
+                                     cell_size=map_cell_size(model, method, **({"layer": layer} if layer else {})))
+        except FerCoreError as exc:
+            st.info(f"No template comparison: {exc}")
+        else:
+            table = pd.DataFrame(framed["differences"])
+            st.dataframe(table[["region", "mean_a", "mean_b", "difference", "null_difference", "effect", "p_value",
+                                "p_holm"]].rename(columns={"mean_a": "mean real", "mean_b": "mean synthetic"}),
+                         hide_index=True, key="region-null-tests")
+            st.caption(f"Every map warped onto one template ({framed['support']:.0%} of it reached by every face); "
+                       "the null is the pooled mean map applied to every face through the same pipeline, so its "
+                       "difference is what framing alone gives, and the effect is the difference beyond it. "
+                       f"Test: {framed['test']}. The faces are compared as stored: harmonise their resolution and "
+                       "colour (fer_core.explain.regions.harmonise_faces) for a strict comparison.")
+            for note in framed["notes"]:
+                st.warning(f"{method}: {note}.")
+        if method != statistics["method"]:
+            st.info(f"Region statistics are best read with {statistics['method']}, the most faithful method that "
+                    f"passed the sanity checks ({statistics['note']}).")
 
     options = ["--model", str(models[st.session_state["sal-model"]]), "--method", method, "--target", target,
                *(["--layer", layer] if layer else [])]

@@ -168,6 +168,7 @@ def test_baseline_metrics_shows_the_run_and_compares_two(monkeypatch, app_config
     accuracy = table.loc[table["metric"] == "accuracy"].iloc[0]
     assert accuracy["value"] == pytest.approx(metrics["accuracy"])
     assert accuracy["95% CI low"] == pytest.approx(metrics["ci95"]["accuracy"][0])
+    assert "scored over the model's 8 classes (--score-over model)" in texts(app)  # the protocol beside the figure
     assert len(app.get("plotly_chart")) == 3  # per-class bars, the confusion matrix, per-class deltas
     assert any(f"{metrics['valence']['accuracy']:.2%}" in m.value for m in app.markdown)
     app.toggle[0].set_value(False).run()
@@ -186,27 +187,30 @@ def test_confusion_cell_lists_its_faces_with_probabilities_and_maps(monkeypatch,
     app.selectbox[0].set_value("dash-eval").run()
     run = Run.load(project / "runs" / "dash-eval")
     counts = np.array(run.metrics["confusion"]["counts"])
-    emotions = run.metrics["confusion"]["labels"]
-    off = counts - np.diag(np.diag(counts))
+    emotions = run.metrics["confusion"]["labels"]  # rows: FER2013's 7 true classes
+    predicted = run.metrics["confusion"]["predicted"]  # columns: the model's 8 (scored over them)
+    assert counts.shape == (7, 8) and "scored over the model's 8 classes" in texts(app)
+    off = np.where(np.equal.outer(emotions, predicted), 0, counts)
     i, j = np.unravel_index(off.argmax(), counts.shape)  # the default cell: the most frequent confusion
     picked = app.selectbox(key="cell-true").value, app.selectbox(key="cell-predicted").value
-    assert picked == (emotions[i], emotions[j])
-    assert f"{counts[i, j]} face(s): true {emotions[i]}, predicted {emotions[j]}" in texts(app)
+    assert picked == (emotions[i], predicted[j])
+    assert f"{counts[i, j]} face(s): true {emotions[i]}, predicted {predicted[j]}" in texts(app)
     table = app.dataframe[0].value
     predictions = run.predictions
     expected = predictions[(predictions["label"] == EMOTIONS.index(emotions[i]))
-                           & (predictions["pred"] == EMOTIONS.index(emotions[j]))]
+                           & (predictions["pred"] == EMOTIONS.index(predicted[j]))]
     shown = min(8, counts[i, j])
     assert len(table) == shown
     assert set(table["key"]) <= set(expected["key"])
     assert list(table["p_predicted"]) == sorted(table["p_predicted"], reverse=True)
     assert len(images(app)) == 2 * shown  # each face and its Grad-CAM overlay
     # a diagonal cell: the correctly classified faces of the largest class
-    k = int(np.diag(counts).argmax())
+    correct = [counts[row, predicted.index(emotion)] for row, emotion in enumerate(emotions)]
+    k = int(np.argmax(correct))
     app.selectbox(key="cell-true").set_value(emotions[k])
     app.selectbox(key="cell-predicted").set_value(emotions[k]).run()
     assert not app.exception
-    assert f"{counts[k, k]} face(s): true {emotions[k]}, predicted {emotions[k]}" in texts(app)
+    assert f"{correct[k]} face(s): true {emotions[k]}, predicted {emotions[k]}" in texts(app)
     app.toggle[0].set_value(True).run()
     heatmap = json.loads(app.get("plotly_chart")[0].proto.spec)["data"][0]
     assert np.allclose(plotly_array(heatmap["z"]), run.metrics["confusion"]["normalized"])
@@ -217,6 +221,7 @@ def test_runs_lists_runs_shows_curves_and_runs_a_background_job(monkeypatch, app
     table = app.dataframe[0].value
     assert {"dash-eval", "dash-eval-first", "tiny"} <= set(table["run"])
     assert table.set_index("run").loc["dash-eval", "n"] == 359
+    assert table.set_index("run").loc["dash-eval", "scoring"] == "model"
     app.selectbox[0].set_value("tiny").run()
     history = json.loads((project / "runs" / "tiny" / "history.json").read_text())["history"]
     curves = json.loads(app.get("plotly_chart")[0].proto.spec)["data"]
@@ -337,12 +342,15 @@ def test_cross_domain_shows_the_matrix_and_per_class_accuracy(monkeypatch, app_c
     assert not app.exception, [e.value for e in app.exception]
     sd = json.loads((project / "runs" / "dash-eval-sd" / "metrics.json").read_text())
     on_fer = [Run.load(p.parent) for p in (project / "runs").glob("*/metrics.json")
-              if Run.load(p.parent).info["dataset"]["label"] == "fer2013:test"]
+              if Run.load(p.parent).info["dataset"]["label"].split("[")[0] == "fer2013:test"]  # samples too
     real = max(on_fer, key=lambda r: r.info["created"]).metrics  # a model's newest evaluation counts
     matrix = json.loads(app.get("plotly_chart")[0].proto.spec)["data"][0]
     cells = {(y, x): z for y, row in zip(matrix["y"], plotly_array(matrix["z"])) for x, z in zip(matrix["x"], row)}
-    assert cells[("real", "sd_faces")] == pytest.approx(sd["accuracy"])
-    assert cells[("real", "fer2013:test")] == pytest.approx(real["accuracy"])
+    tiny = f"real · tiny ({load_model(load_config(app_config).model.weights_path).fingerprint[:8]})"  # one row a model
+    assert cells[(tiny, "sd_faces")] == pytest.approx(sd["accuracy"])
+    assert cells[(tiny, "fer2013:test")] == pytest.approx(real["accuracy"])
+    text = dict(zip(matrix["y"], matrix["text"]))[tiny]
+    assert f"n={sd['n']}" in text[matrix["x"].index("sd_faces")] and f"n={real['n']}" in text[matrix["x"].index("fer2013:test")]
     assert "fer-core sweep" in texts(app)  # one synthetic share only: the sweep is what is missing
     table = app.dataframe[0].value
     table = table[table["evaluation"] == "dash-eval-sd"].set_index("emotion")

@@ -43,7 +43,7 @@ def batch(model, test_faces) -> torch.Tensor:
 def test_method_registry_lists_the_methods():
     assert method_names() == ["gradcam", "gradcam++", "integrated_gradients", "lrp", "occlusion", "saliency",
                               "smoothgrad"]
-    assert method_defaults("integrated_gradients")["baseline"] == "black"
+    assert method_defaults("integrated_gradients")["baseline"] == "blurred"
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "integrated_gradients", "occlusion", "saliency",
@@ -276,7 +276,8 @@ def test_gradcam_deletion_beats_the_random_order_on_the_shipped_model(ferplus_ro
     assert faithful["deletion_auc"] < faithful["random_deletion_auc"] - 0.03, faithful["deletion_auc"]
     assert faithful["deletion_p_value"] < 0.05 and faithful["deletion_win_rate"] > 0.5
     assert faithful["insertion_auc"] > faithful["random_insertion_auc"]
-    assert gradcam["randomisation"]["passed"] and gradcam["passed"]
+    # the centre prior is the bar to pass (issue 14): Grad-CAM does not clear it (p 0.50 / 0.96 measured)
+    assert gradcam["randomisation"]["passed"] and not faithful["passed"] and not gradcam["passed"]
     assert load_quality(tmp_path, model.fingerprint) == json.loads(json.dumps(results))
 
 

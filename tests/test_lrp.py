@@ -103,19 +103,24 @@ def test_maps_depend_on_the_target_class(model, batch, contrast):
     assert np.median(first.diagnostics["conservation_error"]) < 0.05
 
 
-def test_randomising_the_top_layers_changes_the_signed_maps_but_not_their_magnitude(model, batch):
-    """Measured on the shipped model (see README): with classifier, bn2 and conv_head
-    re-initialised, the signed maps decorrelate (pass) but the absolute maps keep a rank
-    correlation of about 0.7 (fail, like saliency's 0.70 and integrated gradients' 0.61);
-    the failure is recorded, not hidden."""
+def test_randomisation_is_read_against_the_maps_noise_stability(model, batch):
+    """Measured on the shipped model (32 FER+ faces, see README): the default LRP map of a face
+    plus invisible noise (sigma 0.01) keeps a Spearman of only 0.72 (absolute maps) / 0.59
+    (|signed|), about what re-initialising classifier, bn2 and conv_head keeps (0.70 / 0.47) and
+    not far above two different faces (0.49 / 0.42): the check fails in both modes. (The old
+    check called the signed maps a pass: their Spearman fell to 0.003, but noise alone takes
+    them to 0.51.)"""
     faces = batch[:8]
-    signed = randomisation_check(model, faces, "lrp", depth=3, absolute=False)
-    assert signed.repeat_spearman == pytest.approx(1.0)
-    assert signed.passed and signed.spearman[-1] < 0.5
-    # Not a mere sign flip of the same map: the per-face correlations are small in magnitude.
-    assert np.mean(np.abs(signed.spearman_per_face[-1])) < 0.6
     magnitude = randomisation_check(model, faces, "lrp", depth=3, absolute=True)
-    assert not magnitude.passed and magnitude.spearman[-1] >= 0.5
+    signed = randomisation_check(model, faces, "lrp", depth=3, absolute=False)
+    for result in (magnitude, signed):
+        assert result.repeat_spearman == pytest.approx(1.0)
+        stability = result.noise_stability.decision
+        # the randomised maps are not "well below" the stability (the criterion): fail
+        assert not result.passed and result.cascade[-1].decision.ci_high >= min(
+            stability.ci_low, (stability.mean + result.different_faces.decision.mean) / 2)
+        assert stability.mean < 0.85, "LRP is unstable under invisible noise (0.72 / 0.59 measured)"
+    assert magnitude.decided_on == "absolute-map" and signed.decided_on == "|signed|"
     assert json.loads(json.dumps(magnitude.to_dict()))["passed"] is False
 
 

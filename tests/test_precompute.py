@@ -304,6 +304,7 @@ def test_gap_report_separates_real_from_synthetic(model, ferplus_root, project, 
 
 def test_cli_embed_explain_gap(project, tiny_model, face_model_path, tmp_path, capsys):
     settings = ["--config", str(project / "configs" / "config.yaml"), "--set", f"paths.cache_dir={tmp_path}",
+                "--set", f"paths.runs_dir={tmp_path / 'runs'}",
                 "--set", f"faces.mediapipe_model={face_model_path}", "--set", "inference.batch_size=16"]
     model = ["--model", str(tiny_model)]
     embedded = cli([*settings, "embed", *model, "--dataset", "ferplus:test", "--dataset", "sd_faces", "--limit", "24",
@@ -314,7 +315,7 @@ def test_cli_embed_explain_gap(project, tiny_model, face_model_path, tmp_path, c
                      "--param", "window=8", "--param", "stride=8", "--target", "true"], capsys)
     assert explained["computed"] == 24 and explained["params"]["window"] == 8 and explained["keypoints_located"] == 24
     gap = cli([*settings, "gap", *model, "--real", "ferplus:test", "--synthetic", "sd_faces", "--limit", "24"], capsys)
-    assert gap["computed_features"] == 0 and Path(gap["path"]).parent == tmp_path / "gap"
+    assert gap["computed_features"] == 0 and Path(gap["path"]).parent == tmp_path / "runs" / "gap"
     assert main([*settings, "explain", *model, "--dataset", "sd_faces", "--method", "nope"]) == 2
     assert "registered methods" in capsys.readouterr().err
     assert main([*settings, "embed", *model, "--dataset", "nowhere"]) == 2

@@ -8,6 +8,7 @@ import pytest
 from fer_core.config import load_config
 from fer_core.data import FerPlusDataset, stratified_split
 from fer_core.inference import predict_dataset
+from fer_core.labels import EMOTIONS
 from fer_core.models import load_model
 from fer_core.workflows import SHIPPED_WEIGHTS, resolve_weights
 from tests.conftest import REPO
@@ -32,3 +33,19 @@ def test_shipped_model_accuracy_on_real_ferplus_test_faces(ferplus_root, tmp_pat
     accuracy = float((table["pred"] == table["label"]).mean())
     # The model card reports 76.5% on all 3,375 test faces; 600 faces give about +-3.5 points.
     assert accuracy == pytest.approx(0.765, abs=0.05)
+
+
+def test_shipped_model_reads_more_than_the_common_classes(ferplus_root, tmp_path):
+    """Recall floors per class on a stratified sample of FER+ test faces (over the model's 8
+    classes). The floors sit below the full test set's recalls (weights/MODEL_CARD.md) by about
+    two binomial standard errors of the sample's class size. Contempt and disgust (26 and 22 test
+    faces, about 9 and 8 here) are not floored: the shipped model reads them at 0.00 and 0.14 on
+    the full test set, a failure the card reports."""
+    model = load_model(WEIGHTS)
+    test = FerPlusDataset(ferplus_root, "test")
+    keep = stratified_split(test.labels, {"use": 1200 / len(test), "rest": 1 - 1200 / len(test)}, seed=2)["use"]
+    table = predict_dataset(model, test.subset(np.sort(keep)), tmp_path, progress=False)
+    recall = {e: float((table["pred"][table["label"] == i] == i).mean()) for i, e in enumerate(EMOTIONS)}
+    floors = {"Anger": 0.5, "Fear": 0.15, "Happiness": 0.8, "Neutral": 0.7, "Sadness": 0.4, "Surprise": 0.7}
+    assert all(recall[e] >= floor for e, floor in floors.items()), recall
+    assert model.provenance["logit_adjustment"]["chosen_on"] == "ferplus:valid"  # never a test split

@@ -48,8 +48,11 @@ def test_evaluate_writes_a_self_describing_run(tiny_model, config, fer2013_test_
     assert info["kind"] == "evaluation" and info["model"]["fingerprint"] == model.fingerprint
     assert info["dataset"]["emotions"] == [e for e in EMOTIONS if e != "Contempt"]
     assert len(table) == len(fer2013_test_subset) == metrics["n"]
-    # 7-class data: contempt is never predicted, though the model has a contempt output.
-    assert (table["pred"] != EMOTIONS.index("Contempt")).all()
+    # scored over the model's 8 classes by default: a prediction may be Contempt, which FER2013 lacks
+    assert info["scoring"]["protocol"] == "model" and info["scoring"]["classes"] == list(EMOTIONS)
+    assert (table["pred"] == table["pred_all"]).all()
+    assert metrics["confusion"]["labels"] == info["dataset"]["emotions"]
+    assert metrics["confusion"]["predicted"] == list(EMOTIONS)
     assert np.allclose(table[[f"prob_{e}" for e in EMOTIONS]].sum(axis=1), 1.0, atol=1e-5)
     assert metrics["accuracy"] == pytest.approx(skm.accuracy_score(table["label"], table["pred"]))
     majority_share = table["label"].value_counts(normalize=True).max()  # Happiness, ~0.25
@@ -57,6 +60,19 @@ def test_evaluate_writes_a_self_describing_run(tiny_model, config, fer2013_test_
     low, high = metrics["ci95"]["accuracy"]
     assert low < metrics["accuracy"] < high
     assert list_runs(config.resolve(config.paths.runs_dir), kind="evaluation")[0].id == "eval-fer2013"
+
+
+def test_seven_protocol_drops_contempt_and_names_itself(tiny_model, config, fer2013_test_subset):
+    model = load_model(tiny_model)
+    run = evaluate_model(config, model, fer2013_test_subset, name="eval-fer2013-seven", n_bootstrap=50,
+                         progress=False, score_over="seven")
+    table = run.predictions
+    assert run.info["scoring"]["protocol"] == "seven" and "Contempt" not in run.info["scoring"]["classes"]
+    assert (table["pred"] != EMOTIONS.index("Contempt")).all()  # HSEmotion's protocol for 7-class data
+    assert run.metrics["confusion"]["predicted"] == run.info["dataset"]["emotions"]  # square again
+    dataset_run = evaluate_model(config, model, fer2013_test_subset, name="eval-fer2013-dataset", n_bootstrap=50,
+                                 progress=False, score_over="dataset")
+    assert (dataset_run.predictions["pred"] == table["pred"]).all()  # FER2013's classes are the seven
 
 
 def test_prediction_resumes_after_an_interruption(tiny_model, config, fer2013_test_subset, tmp_path):
@@ -107,7 +123,9 @@ def test_cli_evaluate_and_errors(tiny_model, project, capsys):
     code = main(["--config", config_file, "evaluate", "--model", str(tiny_model), "--dataset", "ferplus:test",
                  "--limit", "150", "--name", "cli-eval", "--bootstrap", "100"])
     assert code == 0
-    assert "accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ferplus:test[stratified 150, seed 0]: accuracy" in out
+    assert "scored over the model's 8 classes (--score-over model)" in out  # the protocol beside the figure
     assert Run.load(project / "runs" / "cli-eval").metrics["n"] <= 150
     assert main(["--config", config_file, "evaluate", "--model", "weights/none.safetensors",
                  "--dataset", "ferplus:test"]) == 2
@@ -116,6 +134,61 @@ def test_cli_evaluate_and_errors(tiny_model, project, capsys):
     assert "real/affectnet" in capsys.readouterr().err
     assert main(["--config", config_file, "--set", "model.input_size=big", "info"]) == 2
     assert "'model.input_size'" in capsys.readouterr().err
+
+
+def test_cli_limit_is_a_stratified_sample_named_in_the_run(tiny_model, project, capsys):
+    config_file = str(project / "configs" / "config.yaml")
+    assert main(["--config", config_file, "evaluate", "--model", str(tiny_model), "--dataset", "fer2013:test",
+                 "--limit", "40", "--sample-seed", "2", "--bootstrap", "50"]) == 0
+    run = next(r for r in list_runs(project / "runs", kind="evaluation") if "limit40-seed2" in r.id)
+    assert run.id.startswith("eval-mobilenetv3_small_050-fer2013_test-limit40-seed2-")
+    label = "fer2013:test[stratified 40, seed 2]"
+    assert run.info["dataset"]["label"] == label and run.info["dataset"]["sampling"]["seed"] == 2
+    table = run.predictions
+    assert len(table) == 40 and (table["dataset"] == label).all()
+    assert table["label"].nunique() == 7  # every FER2013 class; the first 40 files are all Anger
+    assert label in capsys.readouterr().out
+    # a two-class folder: the CLI warns, and run.json keeps the warning
+    folder = project / "two-classes"
+    for emotion in ("happy", "sad"):
+        (folder / emotion).mkdir(parents=True, exist_ok=True)
+        for source in sorted((project / "data" / "real" / "fer2013" / "test" / emotion).glob("*.jpg"))[:6]:
+            (folder / emotion / source.name).write_bytes(source.read_bytes())
+    assert main(["--config", config_file, "evaluate", "--model", str(tiny_model), "--dataset", str(folder),
+                 "--name", "two-classes", "--bootstrap", "20"]) == 0
+    assert "warning: the test set has only 2 class(es)" in capsys.readouterr().err
+    assert "only 2 class(es)" in Run.load(project / "runs" / "two-classes").info["scoring"]["warnings"][0]
+
+
+def test_predict_a_folder_of_photos_gives_every_face_and_skips_faceless_images(tiny_model, project, synthetic_root,
+                                                                              face_model_path, tmp_path):
+    import cv2
+    from fer_core.images import load_rgb, save_rgb
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("happy_003", "sad_003", "surprise_003"):
+        (photos / f"{name}.jpg").write_bytes((synthetic_root / name.split("_")[0] / f"{name}.jpg").read_bytes())
+    pair = [cv2.resize(load_rgb(synthetic_root / emotion / f"{emotion}_002.jpg"), (256, 256))
+            for emotion in ("happy", "sad")]
+    save_rgb(np.hstack(pair), photos / "two_people.png")  # two faces side by side
+    save_rgb(np.full((256, 256, 3), 128, np.uint8), photos / "grey.png")  # no face
+    out = tmp_path / "out"
+    assert main(["--config", str(project / "configs" / "config.yaml"), "--set",
+                 f"faces.mediapipe_model={face_model_path}", "predict", "--model", str(tiny_model),
+                 "--dataset", str(photos), "--out", str(out)]) == 0
+    table = pd.read_parquet(out / "predictions.parquet")
+    faces = table.groupby("key")["face"].apply(list).to_dict()
+    assert faces == {"happy_003.jpg": [0], "sad_003.jpg": [0], "surprise_003.jpg": [0], "two_people.png": [0, 1],
+                     "grey.png": [-1]}
+    found = table[table["face_found"]]
+    assert len(found) == 5 and (found["pred"] >= 0).all()
+    assert np.allclose(found[[f"prob_{e}" for e in EMOTIONS]].sum(axis=1), 1.0, atol=1e-5)
+    pair = table[table["key"] == "two_people.png"]
+    centres = sorted((pair["box_x0"] + pair["box_x1"]) / 2)
+    assert centres[0] < 256 < centres[1]  # one face in each half of the 512 px wide image
+    grey = table[table["key"] == "grey.png"].iloc[0]
+    assert not grey["face_found"] and grey["pred"] == -1 and grey["error"] is None
+    assert table.loc[table["key"] == "grey.png", [f"prob_{e}" for e in EMOTIONS]].isna().all().all()
 
 
 def test_console_entry_points_run():

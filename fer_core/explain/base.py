@@ -4,15 +4,17 @@ target classes, and returns one ``(N, H, W)`` map per face at the input resoluti
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fer_core.errors import ConfigError
 from fer_core.models.factory import FerModel
@@ -82,6 +84,30 @@ def method_names() -> list[str]:
     return sorted(_METHODS)
 
 
+#: Cell size functions by method: ``(model, **settings) -> side in input pixels`` of the finest
+#: detail the method's map can hold (methods without one attribute single pixels).
+_CELL_SIZES: dict[str, Callable[..., float]] = {}
+
+
+def register_cell_size(name: str) -> Callable[[Callable[..., float]], Callable[..., float]]:
+    """Decorator registering how coarse ``name``'s maps are (see :func:`map_cell_size`)."""
+    def register(function: Callable[..., float]) -> Callable[..., float]:
+        _CELL_SIZES[name] = function
+        return function
+    return register
+
+
+def map_cell_size(model: FerModel, method: str, **params: Any) -> float:
+    """Side, in input pixels, of the finest detail ``method``'s maps hold with ``params``: 1 for
+    pixel methods, the layer's stride for Grad-CAM (16 px for B0's ``blocks.4`` at 64 px: a
+    4 x 4 map), the window for occlusion. A region narrower than this cannot be told from its
+    neighbours."""
+    settings = method_defaults(method)
+    settings.update(params)
+    function = _CELL_SIZES.get(method)
+    return 1.0 if function is None else float(function(model, **settings))
+
+
 def method_defaults(method: str) -> dict[str, Any]:
     """Every parameter of ``method`` and its default value."""
     signature = inspect.signature(_lookup(method))
@@ -100,15 +126,30 @@ def explain(model: FerModel, faces: torch.Tensor, method: str, target: Target = 
         raise ConfigError(f"{method} has no parameter(s) {unknown}; its parameters: {sorted(settings)}")
     settings.update(params)
     inputs = check_batch(model, faces)
-    targets = resolve_targets(model, inputs, target)
-    model.module.eval()
-    result = function(model, inputs, targets, **settings)
+    with eval_mode(model.module):
+        targets = resolve_targets(model, inputs, target)
+        result = function(model, inputs, targets, **settings)
     maps, diagnostics = (result.maps, result.diagnostics) if isinstance(result, MethodResult) else (result, {})
     maps = maps.detach().float().cpu().numpy().astype(np.float32, copy=False)
     if maps.shape != (inputs.shape[0], *inputs.shape[2:]):
         raise RuntimeError(f"{method} returned maps of shape {maps.shape} for inputs {tuple(inputs.shape)}")
     return Attribution(maps, method, tuple(int(t) for t in targets.tolist()), MappingProxyType(settings),
                        MappingProxyType(dict(diagnostics)))
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Run the block with ``module`` (and every submodule) in eval mode, then give each
+    submodule back the train/eval flag it had: every forward pass of :mod:`fer_core.explain`
+    runs under it, so BatchNorm uses (and never updates) its running statistics and dropout is
+    off, whatever mode the caller left the network in."""
+    modes = [(child, child.training) for child in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for child, training in modes:
+            child.training = training
 
 
 def _lookup(method: str) -> AttributionMethod:
@@ -132,7 +173,7 @@ def resolve_targets(model: FerModel, inputs: torch.Tensor, target: Target) -> to
     """``(N,)`` class indices of ``target`` for a batch of ``N`` faces."""
     count = inputs.shape[0]
     if isinstance(target, str) and target == "predicted":
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model.module):
             return model.logits(inputs).argmax(dim=1)
     if isinstance(target, (str, int, np.integer)):
         target = [target] * count
@@ -178,6 +219,20 @@ def gaussian_blur(batch: torch.Tensor, sigma: float) -> torch.Tensor:
     cols = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
     padded = F.pad(batch, (radius, radius, radius, radius), mode="reflect")
     return F.conv2d(F.conv2d(padded, rows, groups=channels), cols, groups=channels)
+
+
+def centre_prior(size: int, sigma: float | None = None) -> np.ndarray:
+    """A ``(size, size)`` float32 Gaussian centred on the crop (``sigma`` defaults to a quarter
+    of the side) that ignores the face: the control a saliency method must beat. Its pixel order
+    is the distance from the centre whatever ``sigma`` (deletion / insertion only use the order)."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
+        raise ConfigError(f"size: expected an integer side of at least 2 pixels, got {size!r}")
+    spread = size / 4 if sigma is None else sigma
+    if isinstance(spread, bool) or not isinstance(spread, (int, float)) or spread <= 0:
+        raise ConfigError(f"sigma: expected a positive number of pixels, got {sigma!r}")
+    offsets = np.arange(size, dtype=np.float64) + 0.5 - size / 2
+    squared = offsets[:, None] ** 2 + offsets[None, :] ** 2
+    return np.exp(-0.5 * squared / spread ** 2).astype(np.float32)
 
 
 #: Named baselines: what a face is compared with (IG) or replaced by (deletion/insertion).

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fer_core.errors import ConfigError
-from fer_core.explain.base import register_method
+from fer_core.explain.base import eval_mode, register_cell_size, register_method
 from fer_core.models.factory import FerModel
 
 #: Grad-CAM's default layer is the last whose map has at least this many cells a side.
@@ -67,7 +67,7 @@ def _probe_sides(model: FerModel, candidates: dict[str, nn.Module], size: int) -
 
     handles = [module.register_forward_hook(record(name)) for name, module in candidates.items()]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model.module):
             model.module(torch.zeros(1, 3, size, size, device=model.device))
     finally:
         for handle in handles:
@@ -148,3 +148,14 @@ def gradcam_plus_plus(model: FerModel, inputs: torch.Tensor, targets: torch.Tens
                         torch.zeros_like(denominator))
     weights = (alpha * F.relu(gradient)).sum(dim=(2, 3), keepdim=True)
     return _upsample(F.relu((weights * activation).sum(dim=1)), inputs)
+
+
+@register_cell_size("gradcam")
+@register_cell_size("gradcam++")
+def cam_cell_size(model: FerModel, layer: str | None = None, **_: object) -> float:
+    """Input pixels per cell of the layer's map at the model's input size."""
+    name, module = resolve_layer(model, layer, model.input_size)
+    side = _map_sides(model, model.input_size).get(name) or _probe_sides(model, {name: module}, model.input_size).get(name)
+    if side is None:
+        raise ConfigError(f"layer {name!r} has no spatial map; fer_core.explain.layers(model) lists those that do")
+    return model.input_size / side

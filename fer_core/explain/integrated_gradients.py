@@ -12,7 +12,7 @@ from fer_core.models.factory import FerModel
 
 @register_method("integrated_gradients")
 def integrated_gradients(model: FerModel, inputs: torch.Tensor, targets: torch.Tensor,
-                         baseline: str | torch.Tensor = "black", n_steps: int = 32,
+                         baseline: str | torch.Tensor = "blurred", n_steps: int = 32,
                          internal_batch_size: int | None = 128, mean_face: torch.Tensor | None = None,
                          blur_sigma: float | None = None, reduction: str = "signed") -> torch.Tensor:
     """Path integral of the gradients from ``baseline`` (see :func:`make_baseline`) to each

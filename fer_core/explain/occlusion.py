@@ -6,7 +6,7 @@ import torch
 from captum.attr import Occlusion
 
 from fer_core.errors import ConfigError
-from fer_core.explain.base import make_baseline, reduce_channels, register_method
+from fer_core.explain.base import make_baseline, reduce_channels, register_cell_size, register_method
 from fer_core.models.factory import FerModel
 
 
@@ -27,3 +27,9 @@ def occlusion(model: FerModel, inputs: torch.Tensor, targets: torch.Tensor, wind
         target=targets, perturbations_per_eval=perturbations_per_eval)
     # The window spans the three channels, so every channel holds the same value.
     return reduce_channels(attributions, "signed") / 3
+
+
+@register_cell_size("occlusion")
+def occlusion_cell_size(model: FerModel, window: int = 8, **_: object) -> float:
+    """The occluding window: detail inside one window is averaged away."""
+    return float(window)

@@ -1,5 +1,6 @@
-"""Saliency quality kept for the dashboard: each method's model-randomisation check and
-deletion / insertion areas against a random order (:func:`~fer_core.explain.sanity_report`),
+"""Saliency quality kept for the dashboard: each method's model-randomisation check (with its
+noise-stability and different-faces controls) and deletion / insertion areas against a random
+order and the centre prior (:func:`~fer_core.explain.sanity_report`),
 stored per model in ``<cache_dir>/quality/<model fingerprint>.json`` (written atomically;
 methods checked later are merged in), and read back by :func:`load_quality` so a page can flag
 a method that failed."""

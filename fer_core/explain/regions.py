@@ -33,6 +33,7 @@ import numpy as np
 from scipy import stats
 
 from fer_core.errors import ConfigError, DataError
+from fer_core.explain.base import centre_prior
 from fer_core.faces.detectors import KEYPOINT_NAMES, LEFT_EYE, MOUTH, RIGHT_EYE, FaceDetector, as_rgb
 from fer_core.labels import EMOTIONS
 
@@ -272,6 +273,158 @@ def to_template(arrays: np.ndarray, keypoints: np.ndarray, size: int, margin: fl
         warped.append(cv2.warpAffine(array, local, (size, size), flags=cv2.INTER_LINEAR,
                                      borderMode=cv2.BORDER_CONSTANT, borderValue=(np.nan,) * 4))
     return np.stack(warped).reshape(len(stack), size, size, *stack.shape[3:])
+
+
+def harmonise_faces(images: Sequence[np.ndarray], side: int, grayscale: bool = True) -> list[np.ndarray]:
+    """Face crops in one format for a domain comparison: each resampled to ``side`` pixels (area
+    averaging when shrinking) and, with ``grayscale``, turned grey (three equal channels). Use the
+    coarser domain's format (FER crops: 48 px grey) so neither domain keeps detail or colour the
+    other lacks; keypoints in a crop's pixels scale by ``side / crop side``."""
+    side = _check_size(side)
+    formatted = []
+    for image in images:
+        rgb = as_rgb(image)
+        if rgb.shape[0] != rgb.shape[1]:
+            raise DataError(f"harmonise_faces expects square face crops, got {rgb.shape[1]}x{rgb.shape[0]}")
+        if rgb.shape[0] != side:
+            shrinking = rgb.shape[0] > side
+            rgb = cv2.resize(rgb, (side, side), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        if grayscale:
+            rgb = np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
+        formatted.append(np.ascontiguousarray(rgb))
+    return formatted
+
+
+def _null_map(null: str | np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """The fixed ``(H, W)`` map of :func:`compare_domains`' null."""
+    if isinstance(null, np.ndarray):
+        if null.shape != maps.shape[1:] or not np.isfinite(null).all():
+            raise DataError(f"null: expected a finite {maps.shape[1:]} map, got shape {null.shape}")
+        return np.maximum(null.astype(np.float64), 0)
+    builder = _NULL_MAPS.get(null)
+    if builder is None:
+        raise ConfigError(f"null: expected one of {sorted(_NULL_MAPS)} or an (H, W) array, got {null!r}")
+    return builder(maps)
+
+
+def _pooled_mean(maps: np.ndarray) -> np.ndarray:
+    peaks = maps.reshape(len(maps), -1).max(axis=1)
+    scaled = maps / np.where(peaks > 0, peaks, 1)[:, None, None]
+    return scaled.mean(axis=0)
+
+
+#: Fixed maps :func:`compare_domains` can take its null from: the pooled mean of every face's
+#: map (each scaled to its maximum; default) or the centre prior.
+_NULL_MAPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "pooled": _pooled_mean, "centre": lambda maps: centre_prior(maps.shape[1]).astype(np.float64)}
+
+
+def _support_shares(warped: np.ndarray, template: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """``(N, len(REGIONS))`` per-area share of each warped map's positive attribution inside
+    ``support`` (1 = a uniform map; NaN for a region outside the support or an empty map)."""
+    inside = template[support].astype(np.int64)
+    values = np.maximum(warped[:, support], 0)
+    sums = np.stack([values[:, inside == index].sum(axis=1) for index in range(len(REGIONS))], axis=1)
+    areas = np.array([(inside == index).mean() for index in range(len(REGIONS))])
+    totals = sums.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = np.where(totals > 0, sums / np.where(totals > 0, totals, 1), np.nan)
+        return np.where(areas > 0, shares / np.where(areas > 0, areas, 1), np.nan)
+
+
+def _finite_mean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else float("nan")
+
+
+def region_widths(size: int, support: np.ndarray | None = None) -> dict[str, float]:
+    """Width in pixels (the diameter of the largest inscribed disc) of each region of the
+    aligned template of a ``size`` crop, inside ``support`` (a ``(size, size)`` bool mask)."""
+    template = region_labels(aligned_template(size), size)
+    inside = np.ones((size, size), dtype=bool) if support is None else support
+    widths = {}
+    for index, name in enumerate(REGIONS):
+        mask = ((template == index) & inside).astype(np.uint8)
+        padded = np.pad(mask, 1)  # the crop border ends a region too
+        widths[name] = float(2 * cv2.distanceTransform(padded, cv2.DIST_L2, 5).max())
+    return widths
+
+
+def compare_domains(maps: np.ndarray, keypoints: np.ndarray, domains: Sequence[str] | np.ndarray,
+                    labels: Sequence[int] | np.ndarray | None = None, size: int | None = None,
+                    null: str | np.ndarray = "pooled", cell_size: float = 1.0, emotions: Sequence[str] = EMOTIONS,
+                    confidence: float = 0.95, n_resamples: int = 1000, n_permutations: int = 9999,
+                    seed: int = 0) -> dict[str, object]:
+    """Region shares of the domains' maps compared on one aligned face template, against a
+    fixed-map null. ``maps`` ``(N, H, W)`` with ``keypoints`` ``(N, 6, 2)`` in the maps' pixels
+    (make the faces' format alike first: :func:`harmonise_faces`); ``labels`` class indices
+    into ``emotions`` (None: one group).
+
+    Each face's positive map is warped onto :func:`aligned_template` at ``size`` (default H) by
+    :func:`to_template`, and shares are taken per area inside the template pixels every face
+    reaches (so every face has the same regions of the same size). Framing still leaves a trace
+    (a map fixed in crop pixels lands on different facial features of a tight FER crop and of a
+    looser detection), so the same pipeline is run on a fixed ``null`` map (see
+    :data:`_NULL_MAPS`) warped with each face's keypoints: its domain difference is what
+    framing alone gives. The test is on each face's share minus its null share (a two-sided
+    permutation test of the domain difference, Holm over the regions, via :func:`region_report`):
+    ``effect`` is the domain difference beyond the null's.
+
+    ``cell_size`` is the side, in map pixels, of the finest detail the maps hold (see
+    :func:`~fer_core.explain.base.map_cell_size`); regions narrower than it on the template are
+    listed in ``coarser_than_map`` and ``notes``. JSON-ready: ``{"regions", "test", "null",
+    "support", "cell_size_template_px", "region_widths_px", "coarser_than_map", "notes",
+    "shares" (residual shares per domain, with CIs), "differences": [{emotion, domain_a,
+    domain_b, region, n_a, n_b, mean_a, mean_b, difference, null_a, null_b, null_difference,
+    effect, p_value, p_holm}]}``."""
+    stack = np.asarray(maps, dtype=np.float64)
+    if stack.ndim != 3 or stack.shape[1] != stack.shape[2] or not np.isfinite(stack).all() or not len(stack):
+        raise DataError(f"maps: expected finite square (N, H, W) attribution maps, got shape {stack.shape}")
+    points = _check_keypoints(keypoints)
+    if len(points) != len(stack):
+        raise DataError(f"expected one (6, 2) keypoint array per map, got {len(points)} for {len(stack)} maps")
+    if isinstance(cell_size, bool) or not isinstance(cell_size, (int, float)) or cell_size <= 0:
+        raise ConfigError(f"cell_size: expected a positive number of map pixels, got {cell_size!r}")
+    size = _check_size(size or stack.shape[1])
+    positive = np.maximum(stack, 0)
+    fixed = _null_map(null, positive)
+    warped = to_template(positive, points, size).astype(np.float64)
+    warped_null = to_template(np.broadcast_to(fixed, stack.shape), points, size).astype(np.float64)
+    support = np.isfinite(warped).all(axis=0) & np.isfinite(warped_null).all(axis=0)
+    if support.mean() < 0.1:
+        raise DataError(f"the faces share only {support.mean():.0%} of the {size} px template: check their keypoints")
+    template = region_labels(aligned_template(size), size)
+    shares = _support_shares(warped, template, support)
+    null_shares = _support_shares(warped_null, template, support)
+    one_group = "(one group)"  # without labels region_report's "all" rows are the only ones kept
+    groups = np.zeros(len(stack), dtype=np.int64) if labels is None else np.asarray(labels)
+    names = [one_group] if labels is None else list(emotions)
+    report = region_report(shares - null_shares, groups, domains, emotions=names, confidence=confidence,
+                           n_resamples=n_resamples, n_permutations=n_permutations, seed=seed)
+    for key in ("shares", "differences"):
+        report[key] = [row for row in report[key] if row["emotion"] != one_group]
+    domain_names = np.asarray(domains).astype(str)
+    for row in report["differences"]:
+        in_group = np.ones(len(stack), dtype=bool) if row["emotion"] == "all" else groups == names.index(row["emotion"])
+        column = REGIONS.index(row["region"])
+        for side, key in (("a", "domain_a"), ("b", "domain_b")):
+            chosen = in_group & (domain_names == row[key])
+            row[f"mean_{side}"], row[f"null_{side}"] = (_finite_mean(values[chosen, column])
+                                                        for values in (shares, null_shares))
+        row["effect"] = row["difference"]
+        row["difference"] = row["mean_a"] - row["mean_b"]
+        row["null_difference"] = row["null_a"] - row["null_b"]
+    scale = float(np.median(np.sqrt(np.abs(np.linalg.det(template_transforms(points, size)[:, :, :2])))))
+    cell = cell_size * scale  # the transforms take map pixels to template pixels
+    widths = region_widths(size, support)
+    coarse = [name for name, width in widths.items() if 0 < width < cell]
+    notes = ([f"the maps hold detail of about {cell:.1f} template px, wider than {', '.join(coarse)} "
+              f"({', '.join(f'{widths[name]:.1f}' for name in coarse)} px across): neighbouring regions there "
+              "cannot be told apart"] if coarse else [])
+    return {**report, "null": null if isinstance(null, str) else "array", "support": float(support.mean()),
+            "cell_size_template_px": cell, "region_widths_px": widths, "coarser_than_map": coarse, "notes": notes,
+            "test": (f"per-face share minus the fixed-map null's share, on one aligned {size} px template: "
+                     + report["test"])}
 
 
 def _holm(p_values: np.ndarray) -> np.ndarray:

@@ -9,7 +9,9 @@ import torch
 
 from fer_core.backends import DEFAULT_BACKEND, InferenceBackend, check_backend_name, load_backend
 from fer_core.errors import ConfigError, DataError
+from fer_core.labels import EMOTIONS
 from fer_core.models.factory import FerModel
+from fer_core.scoring import DEFAULT_PROTOCOL, scoring_for
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -27,12 +29,13 @@ class EmotionRecognizer:
     """
 
     def __init__(self, model: FerModel, device: str | torch.device = "cpu", batch_size: int = 32,
-                 backend: str = DEFAULT_BACKEND) -> None:
+                 backend: str = DEFAULT_BACKEND, score_over: str = DEFAULT_PROTOCOL) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model = model.to(_device(device))
         self.batch_size = batch_size
         self.backend_name = check_backend_name(backend)
+        self.scoring = scoring_for(score_over, model.emotions, ())
 
     @property
     def backend(self) -> InferenceBackend:
@@ -46,14 +49,15 @@ class EmotionRecognizer:
 
     def predict_emotions(self, face_img: np.ndarray | Sequence[np.ndarray],
                          logits: bool = False) -> tuple[str | list[str], np.ndarray]:
-        """The most likely emotion and the scores (softmax, or raw logits if ``logits``) of a face
-        ``(H, W, 3)`` or of a list of faces."""
+        """The most likely emotion (under the ``score_over`` protocol, :mod:`fer_core.scoring`) and
+        the scores (softmax, or raw logits if ``logits``; columns in :attr:`emotions` order) of a
+        face ``(H, W, 3)`` or of a list of faces."""
         single = isinstance(face_img, np.ndarray) and face_img.ndim == 3
         faces = [face_img] if single else list(face_img)
         scores = self._run(faces, self.backend.logits, len(self.emotions))
+        labels = [EMOTIONS[i] for i in self.scoring.predict(scores)]
         if not logits:
             scores = torch.from_numpy(scores).softmax(dim=1).numpy()
-        labels = [self.emotions[i] for i in scores.argmax(axis=1)]
         return (labels[0], scores[0]) if single else (labels, scores)
 
     def extract_features(self, faces: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:

@@ -21,7 +21,7 @@ from fer_core.data import FaceDataset, Sample, stratified_kfold, stratified_spli
 from fer_core.errors import ConfigError, DataError
 from fer_core.faces import FacePipeline
 from fer_core.models import load_model
-from fer_core.runs import write_json_atomic
+from fer_core.runs import provenance_record, write_json_atomic
 from fer_core.training.trainer import Trainer, TrainSettings
 
 #: The synthetic shares of the plan's sweep.
@@ -229,7 +229,10 @@ def sweep(config: Config, real_train_spec: DatasetSpec, synthetic_train_spec: Da
         "experiment": "sweep", "real_train": _spec_name(real_train_spec), "val": _spec_name(val_spec),
         "synthetic_train": None if synthetic_train_spec is None else _spec_name(synthetic_train_spec),
         "tests": test_names, "fractions": fractions, "train_size": size,
-        "settings": dataclasses.asdict(settings), "rows": rows})
+        "settings": dataclasses.asdict(settings), "rows": rows,
+        "provenance": provenance_record(config.root, {role: data for role, data in (
+            ("real_train", real), ("synthetic_train", synthetic), ("val", val),
+            *((f"test {name}", test) for name, test in tests.items())) if data is not None})})
     return _write_csv(rows, out_dir / f"{SUMMARY}.csv")
 
 
@@ -271,6 +274,7 @@ def cross_validate(config: Config, spec: DatasetSpec, k: int, settings: TrainSet
                  for metric in ("accuracy", "macro_f1")}
     _write_csv(rows, out_dir / "folds.csv")
     summary = {"experiment": "crossval", "spec": _spec_name(spec), "k": k, "val_fraction": val_fraction,
-               "settings": dataclasses.asdict(settings), "folds": rows, **aggregate}
+               "settings": dataclasses.asdict(settings), "folds": rows, **aggregate,
+               "provenance": provenance_record(config.root, {"data": dataset})}
     write_json_atomic(out_dir / "crossval.json", summary)
     return summary

@@ -38,10 +38,11 @@ from fer_core.data import FaceDataset, TorchFaceDataset, collate_skip_bad
 from fer_core.errors import ConfigError, DataError
 from fer_core.faces import FacePipeline
 from fer_core.inference import find_face
-from fer_core.labels import EMOTIONS, NUM_CLASSES, restrict_logits
+from fer_core.labels import EMOTIONS, NUM_CLASSES
 from fer_core.models import FerModel, create_model, save_model
 from fer_core.preprocess import Preprocessing
-from fer_core.runs import utc_now, write_json_atomic
+from fer_core.runs import provenance_record, utc_now, write_json_atomic
+from fer_core.scoring import DEFAULT_PROTOCOL, scoring_for
 from fer_core.training import distributed
 from fer_core.training.augment import AugmentSettings, pixel_augmentation, tensor_augmentation
 from fer_core.training.sam import SAM, FrozenBatchNormStats
@@ -84,6 +85,9 @@ class TrainSettings:
     label_smoothing: float = 0.1
     soft_targets: bool = True  # use vote distributions (FER+) when the data has them
     class_weights: bool = False  # inverse-frequency loss weights
+    #: Logit adjustment (Menon et al. 2021): train on ``logits + tau * log(prior)`` with the training
+    #: set's class prior, predict with the plain logits, so rare classes are not swamped (0: off).
+    logit_adjustment: float = 0.0
     augment: AugmentSettings | None = field(default_factory=AugmentSettings)
     drop_rate: float = 0.2  # dropout before the classifier
     select_metric: Literal["accuracy", "macro_f1"] = "accuracy"
@@ -169,6 +173,14 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def class_log_prior(labels: np.ndarray, allowed: torch.Tensor) -> torch.Tensor:
+    """Log class frequencies over the 8 classes (one pseudo-count each for the ``allowed`` classes,
+    so a class with no majority label keeps a finite prior; 0 for classes not allowed)."""
+    counts = np.bincount(labels[labels >= 0], minlength=NUM_CLASSES).astype(np.float64) + allowed.numpy()
+    prior = counts / counts.sum()
+    return torch.tensor(np.where(allowed.numpy() > 0, np.log(np.maximum(prior, 1e-12)), 0.0), dtype=torch.float32)
+
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float,
                        weights: torch.Tensor | None, allowed: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against target distributions, smoothed over the ``allowed`` classes."""
@@ -220,6 +232,7 @@ class Trainer:
         self.allowed = torch.zeros(NUM_CLASSES)
         self.allowed[[EMOTIONS.index(e) for e in train.emotions]] = 1.0
         self.weights = class_weights(train.labels) if settings.class_weights else None
+        self.log_prior = class_log_prior(train.labels, self.allowed) * settings.logit_adjustment
 
     # -- pieces ---------------------------------------------------------------------------
     def _loader(self, dataset: FaceDataset, train: bool, epoch: int) -> tuple[DataLoader, TorchFaceDataset]:
@@ -281,6 +294,8 @@ class Trainer:
         def loss_fn() -> torch.Tensor:
             with autocast:
                 logits = network(images)
+            if self.settings.logit_adjustment:
+                logits = logits.float() + self.log_prior.to(logits.device)
             loss = soft_cross_entropy(logits, targets, self.settings.label_smoothing, self.weights, self.allowed)
             loss.backward()
             return loss
@@ -302,17 +317,19 @@ class Trainer:
 
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
-        """Loss, accuracy and macro-F1 on the validation set (scored over its classes)."""
+        """Loss, accuracy and macro-F1 on the validation set (scored as evaluations are by default:
+        over all the model's classes; macro-F1 over the validation set's classes)."""
         self.module.eval()
         loader, wrapped = self._loader(self.val_data, train=False, epoch=0)
         truths, preds, losses = [], [], []
+        scoring = scoring_for(DEFAULT_PROTOCOL, EMOTIONS, self.val_data.emotions)
         for batch in loader:
             if batch is None:
                 continue
             logits = self.module(batch["image"].to(self.device)).float().cpu()
             known = batch["label"] >= 0
             losses.append(F.cross_entropy(logits[known], batch["label"][known], reduction="sum").item())
-            preds.append(restrict_logits(logits[known].numpy(), self.val_data.emotions).argmax(1))
+            preds.append(scoring.predict(logits[known].numpy()))
             truths.append(batch["label"][known].numpy())
         wrapped.bad_files.warn_skipped()
         y_true, y_pred = np.concatenate(truths), np.concatenate(preds)
@@ -364,7 +381,8 @@ class Trainer:
                                    "classes": self.train_data.class_counts(), "domain": self.train_data.domain},
                          "val": {"name": self.val_data.label, "size": len(self.val_data),
                                  "domain": self.val_data.domain}},
-                **distributed.run_info(self.settings.batch_size), **self.extra_info})
+                **distributed.run_info(self.settings.batch_size), **self.extra_info,
+                "provenance": provenance_record(self.run_dir, {"train": self.train_data, "val": self.val_data})})
         self.module.to(self.device)
         if self.settings.channels_last:
             self.module.to(memory_format=torch.channels_last)
