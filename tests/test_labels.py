@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from fer_core.errors import DataError
+from fer_core.scoring import scoring_for
 from fer_core.labels import (AFFECTNET, CLASS_FOLDERS, EMOTIONS, FER2013_CSV, FER2013_FOLDERS, FERPLUS_VOTES,
-                             LABEL_MAPS, VALENCE_GROUPS, folder_name, parse_emotion, restrict_logits, valence_index)
+                             LABEL_MAPS, VALENCE_GROUPS, folder_name, parse_emotion, valence_index)
 
 
 def test_hsemotion_order():
@@ -41,9 +42,10 @@ def test_seven_class_scoring_drops_contempt():
     logits[0, EMOTIONS.index("Contempt")] = 5.0
     logits[0, EMOTIONS.index("Sadness")] = 1.0
     logits[1, EMOTIONS.index("Happiness")] = 3.0
-    restricted = restrict_logits(logits, FER2013_FOLDERS.emotions)
-    assert list(restricted.argmax(1)) == [EMOTIONS.index("Sadness"), EMOTIONS.index("Happiness")]
-    assert np.isneginf(restricted[:, EMOTIONS.index("Contempt")]).all()
+    for protocol in ("seven", "dataset"):  # FER2013's 7 classes: both drop the contempt logit
+        scoring = scoring_for(protocol, EMOTIONS, FER2013_FOLDERS.emotions)
+        assert list(scoring.predict(logits)) == [EMOTIONS.index("Sadness"), EMOTIONS.index("Happiness")]
+        assert "Contempt" not in scoring.classes
 
 
 def test_valence_groups_cover_every_emotion_once():

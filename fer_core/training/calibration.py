@@ -20,6 +20,7 @@ from fer_core.errors import ConfigError, DataError
 from fer_core.faces import FacePipeline
 from fer_core.labels import EMOTION_INDEX, NUM_CLASSES
 from fer_core.models import FerModel
+from fer_core.scoring import scoring_for
 from fer_core.training.trainer import FaceTransform, class_log_prior
 
 #: The strengths tried: 0 (the model as trained) to 1 (the full prior, balanced error).
@@ -72,11 +73,11 @@ def choose_tau(model: FerModel, logits: np.ndarray, labels: np.ndarray, log_prio
     argmax over all of the model's classes); ties within :data:`F1_TIE` go to accuracy."""
     if not taus or any(not 0.0 <= t <= 2.0 for t in taus):
         raise ConfigError(f"taus: expected strengths in [0, 2], got {list(taus)}")
-    canonical = np.array([EMOTION_INDEX[e] for e in model.emotions])
+    scoring = scoring_for("model", model.emotions)
     present = np.unique(labels)
     table = []
     for tau in taus:
-        predicted = canonical[(logits - tau * log_prior).argmax(1)]
+        predicted = scoring.predict(logits - tau * log_prior)
         recall = skm.recall_score(labels, predicted, labels=present, average=None, zero_division=0)
         table.append({"tau": float(tau), "accuracy": float(np.mean(predicted == labels)),
                       "macro_f1": float(skm.f1_score(labels, predicted, labels=present, average="macro",
