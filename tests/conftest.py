@@ -6,6 +6,15 @@ Tests that need ../shared skip with a reason when it is absent, and fail under C
 from __future__ import annotations
 
 import os
+
+# One compute thread for torch, ONNX Runtime and OpenMP in tests and the processes they start:
+# on a 2-core machine that other jobs keep busy, two threads spin-wait for each other and run
+# tens of times slower (measured here, B0 training step of 64 faces: 0.5 s quiet with 2 threads; at
+# load 5-12, 47-55 s with 2 threads and 4-7 s with 1).
+# Set before anything imports torch; tests that measure threads set their own.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import shutil
 import tempfile
 import zipfile
@@ -99,35 +108,44 @@ def _tiny_model_recipe() -> str:
     return digest.hexdigest()[:16]
 
 
-@pytest.fixture(scope="session")
-def tiny_model(project) -> Path:
-    """A small network trained on 8,000 real FER+ faces (a few minutes, once per code version:
-    the run is kept in ``.testdata/tiny-<recipe>/``): ``runs/tiny/best.safetensors`` of ``project``."""
+def kept_tiny_model() -> Path:
+    """``.testdata/tiny-<recipe>/``: a small network trained on 8,000 real FER+ faces, trained
+    here when it is missing (a few minutes, once per code version)."""
     import numpy as np
 
-    from fer_core.config import load_config
-    from fer_core.data import open_dataset, stratified_split
+    from fer_core.data import FerPlusDataset, stratified_split
     from fer_core.models import TINY_ARCHITECTURE
     from fer_core.training import Stage, Trainer, TrainSettings
 
-    run_dir = project / "runs" / "tiny"
     kept = TESTDATA / f"tiny-{_tiny_model_recipe()}"
     if (kept / "best.safetensors").is_file():
-        shutil.copytree(kept, run_dir)
-        return run_dir / "best.safetensors"
-    config = load_config(project / "configs" / "config.yaml")
-    data_root = config.resolve(config.data.root)
-    train = open_dataset("ferplus:train", data_root)
-    val = open_dataset("ferplus:valid", data_root)
+        return kept
+    ferplus = unpack("ferplus.zip")
+    train, val = FerPlusDataset(ferplus, "train"), FerPlusDataset(ferplus, "valid")
     pick = stratified_split(train.labels, {"use": 8000 / len(train), "rest": 1 - 8000 / len(train)}, seed=0)["use"]
     val_pick = stratified_split(val.labels, {"use": 600 / len(val), "rest": 1 - 600 / len(val)}, seed=0)["use"]
     settings = TrainSettings(architecture=TINY_ARCHITECTURE, input_size=48, stages=(Stage(6, 3e-3, "all"),),
                              batch_size=64, soft_targets=False, augment=None, seed=0)
-    Trainer(run_dir, settings, train.subset(np.sort(pick)), val.subset(np.sort(val_pick))).fit(progress=False)
     staging = Path(tempfile.mkdtemp(dir=TESTDATA, prefix=".tiny-"))
-    shutil.copytree(run_dir, staging, dirs_exist_ok=True)
+    Trainer(staging / "tiny", settings, train.subset(np.sort(pick)), val.subset(np.sort(val_pick))).fit(progress=False)
     try:
-        staging.rename(kept)
+        (staging / "tiny").rename(kept)
     except OSError:  # another session kept it first
-        shutil.rmtree(staging, ignore_errors=True)
+        pass
+    shutil.rmtree(staging, ignore_errors=True)
+    return kept
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Train the tiny model before the first test when a collected test needs it: here, outside
+    every test's time bound (pytest-timeout), since on a busy machine it takes minutes."""
+    if any("tiny_model" in getattr(item, "fixturenames", ()) for item in items) and (SHARED / "data").is_dir():
+        kept_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(project) -> Path:
+    """:func:`kept_tiny_model`, copied into ``project``: ``runs/tiny/best.safetensors``."""
+    run_dir = project / "runs" / "tiny"
+    shutil.copytree(kept_tiny_model(), run_dir)
     return run_dir / "best.safetensors"
