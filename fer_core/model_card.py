@@ -10,6 +10,7 @@ import numpy as np
 
 from fer_core.models import load_model
 from fer_core.runs import Run
+from fer_core.scoring import scoring_summary
 
 
 def confusion_png(run: Run, path: Path) -> None:
@@ -43,6 +44,18 @@ def _metric(m: dict, name: str) -> str:
     return f"{m[name]:.4f} ({low:.4f}-{high:.4f})"
 
 
+def _adjustment_lines(adjustment: dict | None) -> list[str]:
+    """The post-hoc logit adjustment (``fer-core calibrate``) and the validation table it was chosen on."""
+    if not adjustment:
+        return []
+    rows = [f"  | {r['tau']:.3f} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['min_recall']:.3f} |"
+            for r in adjustment["table"]]
+    return [f"- Post-hoc logit adjustment (`fer-core calibrate`): classifier bias shifted by -{adjustment['tau']} x "
+            f"log(class prior of `{adjustment['prior_from']}`), the strength chosen on `{adjustment['chosen_on']}` "
+            f"({adjustment['rule']}; argmax over the model's classes):", "",
+            "  | tau | accuracy | macro-F1 | min recall |", "  | --- | --- | --- | --- |", *rows]
+
+
 def model_card(model_path: Path, runs: Sequence[Run], image_path: Path, image_link: str) -> str:
     """The card's markdown; writes the first run's confusion matrix to ``image_path``."""
     model = load_model(model_path)
@@ -55,17 +68,20 @@ def model_card(model_path: Path, runs: Sequence[Run], image_path: Path, image_li
         f"- Weights: {model_path.stat().st_size / 2**20:.1f} MiB safetensors; fingerprint `{model.fingerprint}`.",
         f"- Trained by {provenance.get('trained_by', 'unknown')} on `{provenance.get('train_data')}`, best epoch "
         f"selected on `{provenance.get('val_data')}` (never on test).",
-        f"- Initialisation: {json.dumps(provenance.get('init', {}).get('from', 'unknown'))}.", "",
+        f"- Initialisation: {json.dumps(provenance.get('init', {}).get('from', 'unknown'))}.",
+        *_adjustment_lines(provenance.get("logit_adjustment")), "",
         "## Recipe", "", "```json", json.dumps(settings, indent=2), "```", "",
         "Selected epoch: `" + json.dumps(provenance.get("selected_epoch")) + "`", "",
         "## Test metrics (95% bootstrap CIs)", "",
-        "| test set | n | accuracy | balanced accuracy | macro-F1 | valence accuracy |", "| --- | --- | --- | --- | --- | --- |",
+        "| test set | n | accuracy | balanced accuracy | macro-F1 | valence accuracy | protocol | faces |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in runs:
         m = run.metrics
         lines.append(f"| `{run.info['dataset'].get('label', run.info['dataset']['name'])}` ({', '.join(m['emotions']) if len(m['emotions']) < 8 else '8 classes'}) "
                      f"| {m['n']} | {_metric(m, 'accuracy')} | {_metric(m, 'balanced_accuracy')} | "
-                     f"{_metric(m, 'macro_f1')} | {m['valence']['accuracy']:.4f} |")
+                     f"{_metric(m, 'macro_f1')} | {m['valence']['accuracy']:.4f} | "
+                     f"{scoring_summary(run.info.get('scoring'))} | {run.info.get('faces', {}).get('detector', 'not recorded')} |")
     for run in runs:
         m = run.metrics
         lines += ["", f"### Per class on `{run.info['dataset'].get('label', run.info['dataset']['name'])}`", "",

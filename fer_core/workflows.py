@@ -83,8 +83,11 @@ def evaluate_model(config: Config, model: FerModel, dataset: FaceDataset, weight
     dataset = select(dataset, limit, per_class=per_class, seed=sample_seed)
     sampling = sampling_of(dataset)
     scoring = scoring_for(score_over, model.emotions, dataset.emotions, dataset.labels)
+    pipeline = face_pipeline_for(config, model)
+    detects = not dataset.pre_cropped and pipeline is not None and pipeline.detector is not None
     path = run_path(runs_dir, name or run_id("eval", model.architecture, base_label(dataset),
-                                             *(sampling.id_parts() if sampling else ())))
+                                             *(sampling.id_parts() if sampling else ()),
+                                             pipeline.detector.name if detects else ""))
     info: dict[str, Any] = {
         "kind": "evaluation", "created": utc_now(), "fer_core_version": __version__,
         "model": {"path": str(weights_path) if weights_path else None, "architecture": model.architecture,
@@ -94,6 +97,8 @@ def evaluate_model(config: Config, model: FerModel, dataset: FaceDataset, weight
                     "emotions": list(dataset.emotions), "size": whole, "faces": len(dataset), "limit": limit,
                     "per_class": per_class, "sampling": sampling.record() if sampling else None},
         "scoring": scoring.record(),
+        "faces": {"detector": pipeline.detector.fingerprint() if detects else "none: pre-cropped, each image is one face",
+                  "pipeline": pipeline.fingerprint() if detects else None},
         "config": config.to_dict(), "provenance": provenance_record(config.root, {"test": dataset}, limit),
     }
     if (path / RUN_FILE).is_file():
@@ -101,7 +106,7 @@ def evaluate_model(config: Config, model: FerModel, dataset: FaceDataset, weight
     write_json_atomic(path / RUN_FILE, info)
     for warning in scoring.warnings:
         warnings.warn(f"{dataset.label}: {warning}", ScoringWarning, stacklevel=2)
-    table = predict_dataset(model, dataset, path, face_pipeline=face_pipeline_for(config, model),
+    table = predict_dataset(model, dataset, path, face_pipeline=pipeline,
                             batch_size=config.inference.batch_size, device=device_for(config),
                             progress=progress, backend=config.inference.backend, score_over=score_over)
     scored = table[(table["label"] >= 0) & table["error"].isna()]
