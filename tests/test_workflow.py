@@ -197,3 +197,16 @@ def test_console_entry_points_run():
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert "fer-core" in result.stdout
+
+
+def test_model_card_prints_each_figures_protocol_and_detector(tiny_model, config, tmp_path, synthetic_root):
+    from fer_core.model_card import model_card
+    from fer_core.precompute import select
+    model = load_model(tiny_model)
+    faces = select(open_dataset("sd_faces", config.resolve(config.data.root)), 20, seed=0)
+    run = evaluate_model(config, model, faces, name="card-sd", n_bootstrap=50, progress=False)
+    assert run.info["faces"]["detector"].startswith("mediapipe:")  # the shipped model, no setup
+    text = model_card(tiny_model, [run], tmp_path / "confusion.png", "confusion.png")
+    row = next(line for line in text.splitlines() if line.startswith("| `sd_faces["))
+    assert "scored over the model's 8 classes (--score-over model)" in row and "| mediapipe:" in row
+    assert (tmp_path / "confusion.png").stat().st_size > 0
