@@ -29,6 +29,14 @@ def _dataset_label(run: Run) -> str:
     return data.get("label") or data.get("name") or ""
 
 
+def dataset_spec(run: Run) -> str:
+    """The spec that opens the whole dataset an evaluation's faces were drawn from
+    (``ferplus:test`` for a run on ``ferplus:test[stratified 150, seed 0]``): its sample keys are
+    that dataset's keys. Runs recorded before ``spec`` was kept give their label less the sample."""
+    data = run.info.get("dataset") or {}
+    return data.get("spec") or _dataset_label(run).split("[", 1)[0]
+
+
 def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per run: id, kind, when, model, data and (when finished) the headline scores."""
     rows = []

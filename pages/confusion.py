@@ -5,7 +5,7 @@ import streamlit as st
 
 from dashboard import charts, compute, ui
 from fer_core.explain import method_names
-from fer_core.views import confusion_cell, scoring_note
+from fer_core.views import confusion_cell, dataset_spec, scoring_note
 
 st.title("Confusion")
 config = ui.get_config()
@@ -50,7 +50,7 @@ if runs:
         model, source = compute.run_model(config, run)
         crop_size = model.input_size if model else run.info["model"]["input_size"]
         keys = tuple(cell["key"].head(shown))
-        faces = compute.faces_for_keys(config, run.info["dataset"]["label"], keys, crop_size)
+        faces = compute.faces_for_keys(config, dataset_spec(run), keys, crop_size)
         heat = compute.overlays(model, faces, method, "predicted") if model else []
         st.caption(f"Attribution maps of the predicted class with {source}." if model else source)
         columns = st.columns(4)

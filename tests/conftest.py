@@ -5,6 +5,7 @@ Tests that need ../shared skip with a reason when it is absent, and fail under C
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # One compute thread for torch, ONNX Runtime and OpenMP in tests and the processes they start:
@@ -19,6 +20,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -26,6 +28,20 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("FER_CORE_SHARED", REPO.parent / "shared"))
 TESTDATA = REPO / ".testdata"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch threads, then restore the previous count: a test that
+    compares a computation with one in a subprocess must use the subprocess's thread count
+    (another count changes float rounding), whatever an earlier test left set."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def require_shared(path: Path) -> Path:
@@ -38,22 +54,40 @@ def require_shared(path: Path) -> Path:
     pytest.skip(message)
 
 
+@contextlib.contextmanager
+def testdata_lock(name: str) -> Iterator[None]:
+    """Hold ``.testdata/.<name>.lock`` for the block: parallel test workers (pytest-xdist) that need
+    the same unpacked archive or trained model wait for the one preparing it instead of doing the
+    work twice on the same cores."""
+    import fcntl
+    TESTDATA.mkdir(exist_ok=True)
+    with open(TESTDATA / f".{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def unpack(archive: str) -> Path:
     """Unzip ``../shared/data/<archive>`` once into ``.testdata/<stem>/`` and return that folder."""
     source = require_shared(SHARED / "data" / archive)
     target = TESTDATA / Path(archive).stem
     if (target / ".complete").exists():
         return target
-    TESTDATA.mkdir(exist_ok=True)
+    with testdata_lock(target.name):
+        if not (target / ".complete").exists():
+            _unzip(source, target)
+    return target
+
+
+def _unzip(source: Path, target: Path) -> None:
+    """Extract ``source`` into a staging folder and rename it to ``target`` when complete."""
     staging = Path(tempfile.mkdtemp(dir=TESTDATA, prefix=f".{target.name}-"))
     with zipfile.ZipFile(source) as zf:
         zf.extractall(staging)
     (staging / ".complete").touch()
-    try:
-        staging.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    staging.rename(target)
 
 
 @pytest.fixture(scope="session")
@@ -111,15 +145,23 @@ def _tiny_model_recipe() -> str:
 def kept_tiny_model() -> Path:
     """``.testdata/tiny-<recipe>/``: a small network trained on 8,000 real FER+ faces, trained
     here when it is missing (a few minutes, once per code version)."""
+    kept = TESTDATA / f"tiny-{_tiny_model_recipe()}"
+    if (kept / "best.safetensors").is_file():
+        return kept
+    with testdata_lock(kept.name):
+        if not (kept / "best.safetensors").is_file():
+            _train_tiny_model(kept)
+    return kept
+
+
+def _train_tiny_model(kept: Path) -> None:
+    """Train the tiny model into a staging folder and rename it to ``kept`` when complete."""
     import numpy as np
 
     from fer_core.data import FerPlusDataset, stratified_split
     from fer_core.models import TINY_ARCHITECTURE
     from fer_core.training import Stage, Trainer, TrainSettings
 
-    kept = TESTDATA / f"tiny-{_tiny_model_recipe()}"
-    if (kept / "best.safetensors").is_file():
-        return kept
     ferplus = unpack("ferplus.zip")
     train, val = FerPlusDataset(ferplus, "train"), FerPlusDataset(ferplus, "valid")
     pick = stratified_split(train.labels, {"use": 8000 / len(train), "rest": 1 - 8000 / len(train)}, seed=0)["use"]
@@ -128,12 +170,8 @@ def kept_tiny_model() -> Path:
                              batch_size=64, soft_targets=False, augment=None, seed=0)
     staging = Path(tempfile.mkdtemp(dir=TESTDATA, prefix=".tiny-"))
     Trainer(staging / "tiny", settings, train.subset(np.sort(pick)), val.subset(np.sort(val_pick))).fit(progress=False)
-    try:
-        (staging / "tiny").rename(kept)
-    except OSError:  # another session kept it first
-        pass
+    (staging / "tiny").rename(kept)
     shutil.rmtree(staging, ignore_errors=True)
-    return kept
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -80,13 +80,21 @@ def browser(tmp_path_factory):
 
 
 def wait_for(driver, css: str, text: str | None = None, timeout: float = 120):
+    """The element ``css`` (holding ``text``); on a time-out, fail with what the page shows
+    (its text, and a screenshot in screenshots/timeout.png)."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
     wait = WebDriverWait(driver, timeout)
-    if text is None:
-        return wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, css)))
-    return wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
+    try:
+        if text is None:
+            return wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, css)))
+        return wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
+    except TimeoutException:
+        shoot(driver, "timeout")
+        shown = driver.find_element(By.TAG_NAME, "body").text
+        pytest.fail(f"{driver.current_url}: no {css!r} {text or ''} within {timeout:.0f} s; the page shows:\n{shown}")
 
 
 def shoot(driver, name: str) -> None:

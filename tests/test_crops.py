@@ -213,3 +213,36 @@ def test_a_folder_of_crops_is_scored_whole_and_detect_re_crops_it(crop_folder, t
     print(f"\n40 FER2013 crops: re-cropped by Haar {re_cropped:.0%}; accuracy {accuracy}")
     assert re_cropped > 0.5  # measured 65 %
     assert accuracy["whole"] > accuracy["detected"]  # measured 0.675 and 0.400 (the issue: 0.485 and 0.307)
+
+
+def test_predict_on_a_flat_folder_gives_a_row_per_face_and_reports_photos_without_one(synthetic_root, tmp_path):
+    """Issue 12, point 9: ``predict`` on a plain folder of photos (no class folders), with the
+    shipped model and detector: one row per detected face, a photo without a face reported and
+    not classified."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    happy, sad = sorted((synthetic_root / "happy").glob("*.jpg"))[0], sorted((synthetic_root / "sad").glob("*.jpg"))[0]
+    shutil.copy(happy, photos / "one-happy.jpg")
+    pair = np.concatenate([load_rgb(happy), load_rgb(sad)], axis=1)   # two 512 px faces side by side
+    cv2.imwrite(str(photos / "two-faces.png"), cv2.cvtColor(pair, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(photos / "grey-wall.png"), np.full((512, 512, 3), 128, np.uint8))
+    out = tmp_path / "out"
+
+    assert main(["predict", "--dataset", str(photos), "--out", str(out)]) == 0
+
+    table = pd.read_parquet(out / "predictions.parquet")
+    assert sorted(table["key"].value_counts().items()) == [("grey-wall.png", 1), ("one-happy.jpg", 1),
+                                                           ("two-faces.png", 2)]
+    pair_rows = table[table["key"] == "two-faces.png"].sort_values("face")
+    assert pair_rows["face"].tolist() == [0, 1] and pair_rows["face_found"].all()
+    # the two boxes are the two halves' faces: one left of x = 512, one right of it
+    centres = (pair_rows["box_x0"] + pair_rows["box_x1"]).to_numpy() / 2
+    assert sorted(centres < 512) == [False, True]
+    wall = table[table["key"] == "grey-wall.png"].iloc[0]
+    assert not wall["face_found"] and wall["face"] == -1 and wall["pred"] == -1
+    probability_columns = [c for c in table.columns if c.startswith("prob_")]
+    assert np.isnan(wall[probability_columns].to_numpy(float)).all()   # not classified
+    faces = table[table["face_found"]]
+    probabilities = faces[probability_columns].to_numpy(float)
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    assert (faces["pred"].to_numpy() == probabilities.argmax(axis=1)).all()

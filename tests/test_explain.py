@@ -104,7 +104,10 @@ def test_gradcam_and_gradcam_plus_plus_follow_the_papers(model, batch):
         np.testing.assert_allclose(maps, expected.numpy(), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize(("baseline", "n_steps"), [("black", 128), ("blurred", 64)])
+# The Riemann sum's error falls with the steps, fastest from a blurred baseline (its path stays near
+# the face). Measured on the tiny model, relative completeness error: black 0.072 / 0.021 / 0.013 at
+# 128 / 256 / 512 steps, blurred 0.008 at 128. The steps below keep each about 4x under the bound.
+@pytest.mark.parametrize(("baseline", "n_steps"), [("black", 512), ("blurred", 64)])
 def test_integrated_gradients_are_complete(model, batch, baseline, n_steps):
     faces = batch[:8]
     attribution = explain(model, faces, "integrated_gradients", baseline=baseline, n_steps=n_steps)
@@ -129,7 +132,10 @@ def test_integrated_gradients_batching_and_mean_face_baseline(model, batch):
 
 
 def test_randomisation_tells_the_trained_model_from_a_randomised_one(model, batch):
-    result = randomisation_check(model, batch[:8], "gradcam", depth=3)
+    # All 32 faces: a pass allows at most 10% constant maps at the last step (Grad-CAM's ReLU zeroes
+    # some randomised maps), which 8 faces would make a rule of none. Measured: 3 of 32 constant,
+    # last-step Spearman -0.15 vs noise stability 0.96 and different faces 0.05.
+    result = randomisation_check(model, batch, "gradcam", depth=3)
     assert result.layers == ["classifier", "conv_head", layers(model)[-1]]
     assert result.repeat_spearman == pytest.approx(1.0)
     assert result.spearman[-1] < 0.5 and min(result.spearman) < 0.5

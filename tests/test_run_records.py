@@ -16,11 +16,11 @@ import torch
 from fer_core import __version__
 from fer_core.cli import main
 from fer_core.config import load_config
-from fer_core.data import FerPlusDataset
+from fer_core.data import FerPlusDataset, open_dataset
 from fer_core.models import load_model
 from fer_core.precompute import gap_report_folders
 from fer_core.runs import NOT_A_REPO, Run, data_fingerprint, git_state, provenance_record
-from fer_core.views import stored_gap_report
+from fer_core.views import dataset_spec, rows_for_keys, stored_gap_report
 from fer_core.workflows import SHIPPED_WEIGHTS, evaluate_model
 
 #: Faces of the stratified FER+ test sample the evaluations score (``limit``).
@@ -82,6 +82,11 @@ def test_evaluation_records_command_commit_versions_and_data(repo_project, proje
     data = record["data"]["test"]   # the faces scored: the stratified sample the limit drew
     assert data["label"] == f"ferplus:test[stratified {LIMIT}, seed 0]" and data["size"] == LIMIT
     assert data["limit"] == LIMIT
+    # the spec opens the whole dataset the sample came from, and every scored key is found in it
+    # (the Confusion page opened the sample's label, "ferplus:test[stratified 12, seed 0]", and failed)
+    assert dataset_spec(run) == run.info["dataset"]["spec"] == "ferplus:test"
+    whole = open_dataset(dataset_spec(run), project / "data")
+    assert len(whole) == len(ferplus_test) and len(rows_for_keys(whole, list(run.predictions["key"]))) == LIMIT
     scored = run.predictions
     lines = sorted(f"{key}\t{label}" for key, label in zip(scored["key"], scored["label"]))
     assert data["sha256"] == hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]

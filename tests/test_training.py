@@ -37,6 +37,7 @@ from fer_core.training import (GRADUAL_UNFREEZING_STAGES, SAM, FaceTransform, St
                                set_trainable)
 from fer_core.training.experiments import MixedDataset, mixed_training_set
 from fer_core.training.trainer import class_log_prior, class_weights, soft_cross_entropy
+from tests.conftest import torch_threads
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = TrainSettings(architecture=TINY_ARCHITECTURE, input_size=48, stages=(Stage(3, 3e-3, "all"),),
@@ -178,14 +179,15 @@ def checkpoint_epochs(run_dir: Path) -> int:
 def reference_run(ferplus, tmp_path_factory) -> Path:
     """Three uninterrupted epochs (augmentation and dropout on, soft targets)."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    Trainer(run_dir, SETTINGS, *ferplus).fit(progress=False)
+    with torch_threads(1):  # the thread count of the killed subprocess (OMP_NUM_THREADS=1, conftest)
+        Trainer(run_dir, SETTINGS, *ferplus).fit(progress=False)
     return run_dir
 
 
 def test_resume_after_kill_9_equals_an_uninterrupted_run(ferplus, ferplus_root, reference_run, tmp_path):
     run_dir = tmp_path / "run"
     script = RESUME_SCRIPT.format(repo=str(REPO), ferplus=str(ferplus_root), run_dir=str(run_dir))
-    process = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
+    process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 120
         while checkpoint_epochs(run_dir) < 1:
@@ -197,7 +199,8 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(ferplus, ferplus_root, 
         process.wait()
     killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert 1 <= len(killed_at["history"]) < SETTINGS.epochs  # killed in the middle
-    result = Trainer(run_dir, SETTINGS, *ferplus).fit(progress=False)  # the same command again resumes
+    with torch_threads(1):
+        result = Trainer(run_dir, SETTINGS, *ferplus).fit(progress=False)  # the same command again resumes
 
     reference = torch.load(reference_run / "checkpoint.pt", weights_only=True)
     resumed = torch.load(run_dir / "checkpoint.pt", weights_only=True)
