@@ -4,6 +4,9 @@
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
+# Two test workers (pytest-xdist), each test file on one worker so its module fixtures are built once;
+# PARALLEL= runs the suite in one process.
+PARALLEL ?= -n 2 --dist loadfile
 
 .PHONY: install run test test-fast
 
@@ -19,7 +22,7 @@ run: install
 	$(VENV)/bin/streamlit run dashboard/Home.py
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(PARALLEL) -m "not slow" $(PYTEST_ARGS)

@@ -44,6 +44,15 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Every test starts on one torch thread, whatever the test before it set (a configured model
+    applies ``inference.threads``; benchmarks set their own): two threads on a loaded 2-core machine
+    spin-wait for each other (see above), and float rounding depends on the count."""
+    with torch_threads(1):
+        yield
+
+
 def require_shared(path: Path) -> Path:
     """``path`` if it exists; otherwise skip (or fail under CI=true) with the reason."""
     if path.exists():
