@@ -6,7 +6,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 # Two test workers (pytest-xdist), each test file on one worker so its module fixtures are built once;
 # PARALLEL= runs the suite in one process.
-PARALLEL ?= -n 2 --dist loadfile
+PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: install run test test-fast
 

@@ -17,6 +17,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import shutil
+import subprocess
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -151,10 +153,15 @@ def _tiny_model_recipe() -> str:
     return digest.hexdigest()[:16]
 
 
+def kept_tiny_model_path() -> Path:
+    """Where :func:`kept_tiny_model` keeps the model of this code version."""
+    return TESTDATA / f"tiny-{_tiny_model_recipe()}"
+
+
 def kept_tiny_model() -> Path:
     """``.testdata/tiny-<recipe>/``: a small network trained on 8,000 real FER+ faces, trained
     here when it is missing (a few minutes, once per code version)."""
-    kept = TESTDATA / f"tiny-{_tiny_model_recipe()}"
+    kept = kept_tiny_model_path()
     if (kept / "best.safetensors").is_file():
         return kept
     with testdata_lock(kept.name):
@@ -183,11 +190,60 @@ def _train_tiny_model(kept: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+#: The heaviest test files, heaviest first (seconds on one quiet core, serial run): the workers take
+#: files in this order (``--no-loadscope-reorder``), the long ones first and the short ones last, so
+#: neither worker is left alone with a long file at the end. Files not named follow in name order.
+HEAVY_FILES = ("test_distributed",     # 60 s
+               "test_faults",          # 57
+               "test_browser",         # 55
+               "test_training",        # 38
+               "test_domain_gap",      # 38
+               "test_precompute",      # 33
+               "test_dashboard",       # 23
+               "test_explain",         # 22
+               "test_benchmarks_smoke",  # 19
+               "test_workflow",        # 16
+               "test_hostile",         # 15
+               "test_cache",           # 15
+               "test_lrp",             # 12
+               "test_backends",        # 12
+               "test_faces",           # 11
+               "test_synthetic")       # 11
+
+#: The background process training the tiny model (started by this process, or None).
+_tiny_model_training: subprocess.Popen | None = None
+
+
+def _needs_tiny_model(item: pytest.Item) -> bool:
+    return "tiny_model" in getattr(item, "fixturenames", ())
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Train the tiny model before the first test when a collected test needs it: here, outside
-    every test's time bound (pytest-timeout), since on a busy machine it takes minutes."""
-    if any("tiny_model" in getattr(item, "fixturenames", ()) for item in items) and (SHARED / "data").is_dir():
-        kept_tiny_model()
+    """Order the files, and start training the tiny model in the background when a collected test
+    needs it and it is not kept yet: the files that do not need it run first, while it trains
+    (outside every test's time bound; on a busy machine it takes minutes)."""
+    needs = {item.path.stem for item in items if _needs_tiny_model(item)}
+    training = bool(needs) and (SHARED / "data").is_dir() and not (kept_tiny_model_path() / "best.safetensors").is_file()
+
+    def rank(item: pytest.Item) -> tuple[int, int, str]:
+        stem = item.path.stem
+        weight = HEAVY_FILES.index(stem) if stem in HEAVY_FILES else len(HEAVY_FILES)
+        return (training and stem in needs, weight, stem)
+    items.sort(key=rank)   # stable: the tests of a file keep their order
+    global _tiny_model_training
+    if training and _tiny_model_training is None:
+        TESTDATA.mkdir(exist_ok=True)
+        with open(TESTDATA / "tiny-training.log", "ab") as log:
+            _tiny_model_training = subprocess.Popen(
+                [sys.executable, "-c", "from tests.conftest import kept_tiny_model; kept_tiny_model()"],
+                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Let a background training finish (its model is kept for the next run) rather than leave
+    it running or cut it off half-way."""
+    if _tiny_model_training is not None:
+        _tiny_model_training.wait(timeout=1800)
 
 
 @pytest.fixture(scope="session")

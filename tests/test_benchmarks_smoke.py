@@ -105,6 +105,7 @@ def test_p3_upload_latency_variants_give_the_same_maps(bench, capsys, project, t
     assert "P3 (as the page does)" in printed
 
 
+@pytest.mark.slow
 def test_p4_memory_workers_agree_on_the_faces_they_share(bench, capsys, project, tiny_model):
     result, printed = smoke(bench("p4_memory"), capsys, "--data", project / "data", "--model", tiny_model)
     (predict,) = result.values()

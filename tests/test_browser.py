@@ -117,6 +117,7 @@ PAGES = (
 )
 
 
+@pytest.mark.slow
 def test_every_page_renders(server, browser):
     for path, title, content in PAGES:
         browser.get(server + path)
@@ -142,6 +143,7 @@ def choose(driver, label: str, option: str) -> None:
     field.send_keys(Keys.ENTER)
 
 
+@pytest.mark.slow
 def test_upload_a_face_see_its_prediction_and_switch_the_method(server, browser, synthetic_root):
     browser.get(server + "/upload")
     wait_for(browser, "h1", "Upload a photo")
@@ -158,6 +160,7 @@ def test_upload_a_face_see_its_prediction_and_switch_the_method(server, browser,
     shoot(browser, "upload_integrated_gradients")
 
 
+@pytest.mark.slow
 def test_switch_the_saliency_method(server, browser):
     browser.get(server + "/saliency")
     wait_for(browser, "h1", "Saliency browser")

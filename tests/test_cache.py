@@ -184,6 +184,7 @@ def test_other_weights_or_input_size_miss_and_renamed_files_hit(model, model_fil
     assert len(names) == 40 and features.shape == (40, changed.feature_dim) and not np.isnan(features).any()
 
 
+@pytest.mark.slow
 def test_a_killed_writer_leaves_whole_entries_and_the_rerun_completes(model_file, ferplus_root, faces, tmp_path):
     cache_path = tmp_path / "results.sqlite"
     total = 240
@@ -208,6 +209,7 @@ def test_a_killed_writer_leaves_whole_entries_and_the_rerun_completes(model_file
     assert len(stored_rows(cache_path)) == 3 * total
 
 
+@pytest.mark.slow
 def test_two_writer_processes_at_once_lose_nothing(model_file, ferplus_root, faces, tmp_path):
     cache_path = tmp_path / "results.sqlite"
     ResultCache(cache_path).close()

@@ -286,6 +286,12 @@ def test_folder_layout_errors(tmp_path: Path) -> None:
 
 
 def test_iterating_keeps_no_pixels(fer2013_root: Path) -> None:
+    # A first dataset and read outside the trace: the first use in a process imports modules and
+    # fills caches (measured 18 MB when no test before this one had read an image), which is not the
+    # index's size. The dataset keeps no cache of its own, so the traced one is built from scratch.
+    warm = FolderDataset(fer2013_root, "train")
+    warm.read(warm[0])
+    del warm
     tracemalloc.start()
     dataset = FolderDataset(fer2013_root, "train")
     index_bytes, _ = tracemalloc.get_traced_memory()
@@ -300,7 +306,10 @@ def test_iterating_keeps_no_pixels(fer2013_root: Path) -> None:
     print(f"FER2013 train index: {index_bytes / 1e6:.2f} MB for {len(dataset)} samples; reading 2,000 faces: "
           f"peak +{(peak - index_bytes) / 1e3:.0f} kB, after +{(current - index_bytes) / 1e3:.0f} kB")
     assert checksum > 0
-    assert index_bytes < 6e6  # ~28.7k keys and labels; the pixels alone would be 198 MB as RGB
+    # ~28.7k paths and labels: measured 2.8-10.5 MB after the warm-up, depending on what the process
+    # did before (the same construction twice in one process: 2.8 then 10.5 MB). The pixels alone
+    # would be 198 MB as RGB: the bound is ten times under that, twice the most measured.
+    assert index_bytes < 20e6
     assert peak - index_bytes < 1e6  # 2,000 RGB faces would be 13.8 MB if kept
     assert current - index_bytes < 1e5
 

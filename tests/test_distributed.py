@@ -115,6 +115,7 @@ def two_ranks(ferplus_root, tmp_path_factory) -> tuple[list[dict], Path]:
     return launch(2, root / "out", root / "run", ferplus_root), root / "run"
 
 
+@pytest.mark.slow
 def test_two_ranks_end_identical_and_only_rank_0_writes(two_ranks, ferplus_root, tmp_path):
     ranks, run_dir = two_ranks
     assert [r["world_size"] for r in ranks] == [2, 2]
@@ -145,6 +146,7 @@ def test_two_ranks_end_identical_and_only_rank_0_writes(two_ranks, ferplus_root,
     assert figures == {k: last[k] for k in ("val_loss", "val_accuracy", "val_macro_f1")}
 
 
+@pytest.mark.slow
 def test_two_ranks_follow_one_rank_with_the_same_global_batch(two_ranks, ferplus_root, tmp_path):
     ranks, _ = two_ranks
     one = launch(1, tmp_path / "out", tmp_path / "run", ferplus_root)[0]
@@ -165,6 +167,7 @@ def test_two_ranks_follow_one_rank_with_the_same_global_batch(two_ranks, ferplus
     assert two[-1]["train_loss"] < two[0]["train_loss"] - 0.1  # it learned: equal losses are no accident
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_equals_the_uninterrupted_run(two_ranks, ferplus_root, tmp_path):
     ranks, reference_dir = two_ranks
     run_dir = tmp_path / "run"
@@ -178,6 +181,7 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(two_ranks, ferplus_ro
     assert (run_dir / "best.safetensors").read_bytes() == (reference_dir / "best.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_fer_core_train_runs_under_torchrun(project, fer2013_root, tmp_path):
     val = tmp_path / "val"  # 8 real FER2013 test faces per class
     for class_dir in sorted((fer2013_root / "test").iterdir()):

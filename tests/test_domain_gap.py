@@ -133,7 +133,9 @@ def test_nearest_real_face_is_the_cosine_nearest_and_shares_labels(domains):
     np.testing.assert_allclose(self_distances, 0, atol=1e-6)
 
 
-@pytest.mark.parametrize("method, params", [("pca", {}), ("tsne", {"max_iter": 500}), ("umap", {})])
+# UMAP's first call compiles its numba kernels (~30 s): an end-to-end check marked slow
+@pytest.mark.parametrize("method, params", [("pca", {}), ("tsne", {"max_iter": 500}),
+                                            pytest.param("umap", {}, marks=pytest.mark.slow)])
 def test_projections_are_seeded_and_keep_the_emotion_structure(domains, method, params):
     from sklearn.manifold import trustworthiness
     from sklearn.model_selection import cross_val_score

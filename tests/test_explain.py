@@ -263,6 +263,7 @@ def test_gradcam_on_a_layer_that_an_inplace_silu_overwrites(ferplus_root):
 SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "fer_b0_ferplus.safetensors"
 
 
+@pytest.mark.slow
 def test_gradcam_deletion_beats_the_random_order_on_the_shipped_model(ferplus_root, tmp_path):
     """The shipped B0 (64 px) on 32 real FER+ test faces, blurred replacement. Grad-CAM on its
     default layer removes the evidence faster than a random pixel order. That layer is

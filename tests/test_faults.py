@@ -180,6 +180,7 @@ def assert_same_predictions(resumed: Path, reference: Path) -> None:
 
 # -- kill -9, then the same command again -------------------------------------------------------
 
+@pytest.mark.slow
 def test_predict_killed_then_rerun_equals_an_uninterrupted_run(projects):
     interrupted, reference = projects
     args = ("predict", "--dataset", "ferplus:test", "--cache", "--out")
@@ -196,6 +197,7 @@ def test_predict_killed_then_rerun_equals_an_uninterrupted_run(projects):
     assert counts["logits"] == counts["embedding"] == distinct_faces(interrupted, "test")
 
 
+@pytest.mark.slow
 def test_embed_killed_then_rerun_equals_an_uninterrupted_run(projects):
     interrupted, reference = projects
     for project in projects:  # a cache of its own, so that embed computes every face
@@ -211,6 +213,7 @@ def test_embed_killed_then_rerun_equals_an_uninterrupted_run(projects):
     assert counts["projection"] >= 1
 
 
+@pytest.mark.slow
 def test_explain_killed_then_rerun_equals_an_uninterrupted_run(projects):
     interrupted, reference = projects
     args = ("--set", "paths.cache_dir=cache-explain", "explain", "--dataset", "ferplus:test", "--limit", "240",
@@ -233,6 +236,7 @@ def history_epochs(run_dir: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_train_killed_then_resumed_equals_an_uninterrupted_run(projects):
     interrupted, reference = projects
     args = ("train", "--train", "ferplus:train", "--val", "ferplus:valid", "--architecture", "mobilenetv3_small_050",
@@ -259,6 +263,7 @@ def grid_image(faces: list[np.ndarray], cell: int = 170, gutter: int = 6) -> np.
     return image
 
 
+@pytest.mark.slow
 def test_synthetic_extraction_killed_then_rerun_equals_an_uninterrupted_run(projects, synthetic_root,
                                                                             face_model_path, tmp_path):
     interrupted, reference = projects
@@ -415,6 +420,7 @@ SESSION = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_sessions_and_a_cli_writer_share_the_cache(projects, tiny_model, tmp_path):
     interrupted, _ = projects
     config = load_config(interrupted / "configs" / "config.yaml")

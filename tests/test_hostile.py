@@ -364,6 +364,7 @@ def test_max_pixels_guard_is_below_pillows_own(corpus):
 
 # -- images through the CLI ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_predicts_a_folder_of_hostile_images(sandbox, corpus):
     out = sandbox.project / "runs" / "hostile-predict"
     env = {**os.environ, "HOME": str(sandbox.root / "home"), "TMPDIR": str(sandbox.root / "tmp"),

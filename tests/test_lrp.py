@@ -103,6 +103,7 @@ def test_maps_depend_on_the_target_class(model, batch, contrast):
     assert np.median(first.diagnostics["conservation_error"]) < 0.05
 
 
+@pytest.mark.slow
 def test_randomisation_is_read_against_the_maps_noise_stability(model, batch):
     """Measured on the shipped model (32 FER+ faces, see README): the default LRP map of a face
     plus invisible noise (sigma 0.01) keeps a Spearman of only 0.72 (absolute maps) / 0.59

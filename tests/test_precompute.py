@@ -169,6 +169,7 @@ def test_other_model_preprocessing_or_settings_are_recomputed(model, tiny_model,
                            progress=False, n_steps=8).computed == 0
 
 
+@pytest.mark.slow
 def test_killed_job_resumes_to_the_uninterrupted_result(model, tiny_model, ferplus_root, tmp_path):
     script = tmp_path / "job.py"
     script.write_text(KILLED_JOB)
@@ -204,6 +205,7 @@ def cli(args, capsys):
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_shards_together_equal_one_process(project, tiny_model, face_model_path, tmp_path, capsys):
     settings = ["--config", str(project / "configs" / "config.yaml"), "--set", f"faces.mediapipe_model={face_model_path}"]
     sharded, single = tmp_path / "sharded", tmp_path / "single"
@@ -241,6 +243,7 @@ def test_shards_together_equal_one_process(project, tiny_model, face_model_path,
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_torchrun_embed_splits_the_data(project, tiny_model, tmp_path, capsys):
     settings = ["--config", str(project / "configs" / "config.yaml"), "--set", "faces.detector=none"]
     job = ["embed", "--model", str(tiny_model), "--dataset", "ferplus:test", "--limit", "40", "--projection", "pca"]

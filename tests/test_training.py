@@ -184,6 +184,7 @@ def reference_run(ferplus, tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_equals_an_uninterrupted_run(ferplus, ferplus_root, reference_run, tmp_path):
     run_dir = tmp_path / "run"
     script = RESUME_SCRIPT.format(repo=str(REPO), ferplus=str(ferplus_root), run_dir=str(run_dir))

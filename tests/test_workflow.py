@@ -191,6 +191,7 @@ def test_predict_a_folder_of_photos_gives_every_face_and_skips_faceless_images(t
     assert table.loc[table["key"] == "grey.png", [f"prob_{e}" for e in EMOTIONS]].isna().all().all()
 
 
+@pytest.mark.slow
 def test_console_entry_points_run():
     script = Path(sys.executable).parent / "fer-core"
     for command in ([str(script), "--version"], [sys.executable, "-m", "fer_core", "--help"]):
