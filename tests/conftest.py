@@ -15,6 +15,9 @@ import os
 # Set before anything imports torch; tests that measure threads set their own.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# numba (UMAP, pynndescent) too: with its default of one thread per core, the UMAP test waited
+# 59 s for 25 s of work on a quiet machine; on one thread it took 24 s.
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 import shutil
 import subprocess

@@ -292,6 +292,20 @@ def test_saliency_browser_puts_real_and_synthetic_maps_side_by_side(monkeypatch,
     checked = open_page(monkeypatch, app_config, "saliency.py")
     verdict = "failed the sanity check" if not result["passed"] else "gradcam passed the sanity check"
     assert verdict in texts(checked)
+    # the stored check's two tables, with their controls (issue 14): the cascade steps beside the
+    # different-faces and noise-stability rows; deletion / insertion beside a random order and the
+    # centre prior, each figure as stored
+    frames = [frame.value for frame in checked.dataframe]
+    [randomisation] = [frame for frame in frames if "step" in frame.columns]
+    [faithfulness] = [frame for frame in frames if "centre_deletion_auc" in frame.columns]
+    assert list(randomisation["step"]) == [f"+{layer}" for layer in result["randomisation"]["layers"]] + [
+        "different faces", "noise stability"]
+    stability = result["randomisation"]["noise_stability"]["decision"]["mean"]
+    assert randomisation["decision_mean"].iloc[-1] == pytest.approx(stability)
+    [row] = faithfulness.to_dict("records")
+    for field in ("deletion_auc", "random_deletion_auc", "centre_deletion_auc", "centre_deletion_p_value",
+                  "insertion_auc", "centre_insertion_auc", "centre_insertion_p_value"):
+        assert row[field] == pytest.approx(result["faithfulness"][field]), field
 
 
 def test_embeddings_plot_both_domains_and_measure_the_gap(monkeypatch, app_config, project):
