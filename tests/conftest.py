@@ -195,7 +195,7 @@ def _train_tiny_model(kept: Path) -> None:
 
 #: The heaviest test files, heaviest first (seconds on one quiet core, serial run): the workers take
 #: files in this order (``--no-loadscope-reorder``), the long ones first and the short ones last, so
-#: neither worker is left alone with a long file at the end. Files not named follow in name order.
+#: no worker is left alone with a long file at the end. Files not named follow in name order.
 HEAVY_FILES = ("test_distributed",     # 60 s
                "test_faults",          # 57
                "test_browser",         # 55

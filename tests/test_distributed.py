@@ -20,6 +20,7 @@ import torch
 from fer_core.errors import ConfigError
 from fer_core.models import TINY_ARCHITECTURE
 from fer_core.training import Stage, Trainer, TrainSettings, distributed
+from tests.conftest import torch_threads
 from tests.test_training import ferplus_faces
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,12 +137,8 @@ def test_two_ranks_end_identical_and_only_rank_0_writes(two_ranks, ferplus_root,
     # On two threads the convolutions add up in another order: val_loss moved by 3e-8 (1.5e-8 relative).
     single = Trainer(tmp_path / "check", SETTINGS, *ferplus_faces(ferplus_root))
     single.module.load_state_dict(checkpoint["model"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         figures = single.validate()
-    finally:
-        torch.set_num_threads(threads)
     last = checkpoint["history"][-1]
     assert figures == {k: last[k] for k in ("val_loss", "val_accuracy", "val_macro_f1")}
 

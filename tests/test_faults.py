@@ -40,6 +40,7 @@ from fer_core.inference import FORWARD_KINDS, FacePreparer, cached_forward
 from fer_core.models import load_model, save_model
 from fer_core.precompute import select
 from fer_core.runs import Run, write_json_atomic
+from tests.conftest import torch_threads
 
 REPO = Path(__file__).resolve().parent.parent
 SPLIT_COUNTS = {"FER2013Train": 320, "FER2013Valid": 160, "FER2013Test": 600}  # csv rows; ties are dropped
@@ -95,12 +96,8 @@ def distinct_faces(project: Path, *splits: str) -> int:
 def cli(project: Path, *args: str) -> int:
     """The command in this process, on one thread like :func:`cli_process` (another thread count
     changes float rounding, and these tests compare runs exactly)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return main(["--config", str(project / "configs" / "config.yaml"), *args])
-    finally:
-        torch.set_num_threads(threads)
 
 
 def cli_process(project: Path, *args: str) -> subprocess.Popen:

@@ -31,6 +31,7 @@ from fer_core.images import load_rgb
 from fer_core.labels import CLASS_FOLDERS, EMOTIONS
 from fer_core.models import (ARCHITECTURES, HSEMOTION_CLASS_ORDERS, TINY_ARCHITECTURE, EmotionRecognizer, FerModel,
                              create_model, load_model, save_model)
+from tests.conftest import torch_threads
 
 B0, B2 = "tf_efficientnet_b0_ns", "tf_efficientnet_b2_ns"
 SMALL = 64  # input side for the EfficientNets on CPU
@@ -81,10 +82,8 @@ def logits_of(model: FerModel, batch: torch.Tensor) -> torch.Tensor:
 def one_torch_thread():
     """These networks are small at 64 px: a second intra-op thread gains little, and on a busy
     2-core machine it makes each forward pass tens of times slower (threads spin-wait)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
