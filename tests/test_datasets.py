@@ -329,7 +329,7 @@ def test_registry_opens_named_datasets(tmp_path: Path, fer2013_root: Path, ferpl
                                        synthetic_root: Path) -> None:
     root = _data_root(tmp_path, fer2013_root, ferplus_root, synthetic_root)
     assert available_datasets(root) == ["fer2013:train", "fer2013:test", "ferplus:train", "ferplus:valid",
-                                        "ferplus:test", "sd_faces"]
+                                        "ferplus:test", "sd_faces", "sd_faces:train", "sd_faces:test"]
     fer = open_dataset("fer2013:test", root)
     assert len(fer) == 7_178 and fer.pre_cropped and fer.name == "fer2013" and fer.domain == "real"
     assert open_dataset("ferplus:test", root).class_counts() == FERPLUS_TEST_MAJORITY

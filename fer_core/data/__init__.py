@@ -11,6 +11,7 @@ from fer_core.data.datasets import (
     FerPlusVotes,
     FolderDataset,
     Sample,
+    SplitDataset,
     SubsetDataset,
     ferplus_emotion_votes,
     ferplus_majority,
@@ -24,12 +25,22 @@ from fer_core.data.registry import (
     open_dataset,
     register_dataset,
 )
-from fer_core.data.splits import stratified_kfold, stratified_split
+from fer_core.data.splits import (
+    SplitWarning,
+    grid_groups,
+    per_class_split,
+    sequential_group_splits,
+    stratified_group_kfold,
+    stratified_group_split,
+    stratified_kfold,
+    stratified_split,
+)
 from fer_core.data.torch_dataset import BadFileLog, TorchFaceDataset, collate_skip_bad
 
 __all__ = [
     "FER2013_USAGES", "FERPLUS_SPLITS", "DataWarning", "FaceDataset", "Fer2013CsvDataset", "FerPlusDataset",
-    "FerPlusVotes", "FolderDataset", "Sample", "SubsetDataset", "ferplus_emotion_votes", "ferplus_majority",
+    "FerPlusVotes", "FolderDataset", "Sample", "SplitDataset", "SubsetDataset", "ferplus_emotion_votes", "ferplus_majority",
     "load_ferplus_votes", "DatasetEntry", "available_datasets", "dataset_names", "install_archive", "open_dataset",
-    "register_dataset", "stratified_kfold", "stratified_split", "BadFileLog", "TorchFaceDataset", "collate_skip_bad",
+    "register_dataset", "SplitWarning", "grid_groups", "per_class_split", "sequential_group_splits", "stratified_group_kfold",
+    "stratified_group_split", "stratified_kfold", "stratified_split", "BadFileLog", "TorchFaceDataset", "collate_skip_bad",
 ]

@@ -14,7 +14,7 @@ import csv
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -178,6 +178,18 @@ class SubsetDataset(FaceDataset):
 
     def read(self, sample: Sample) -> np.ndarray:
         return self.parent.read(sample)
+
+
+class SplitDataset(SubsetDataset):
+    """The samples of ``parent`` at ``indices`` as its split ``split``: every ``Sample.split``
+    and the label say so (``sd_faces:test``); keys stay the parent's."""
+
+    def __init__(self, parent: FaceDataset, indices: Sequence[int] | np.ndarray, split: str) -> None:
+        super().__init__(parent, indices)
+        self.split = split
+
+    def _sample(self, index: int) -> Sample:
+        return replace(super()._sample(index), split=self.split)
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:

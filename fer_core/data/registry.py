@@ -21,7 +21,9 @@ from fer_core.data.datasets import (
     FaceDataset,
     FerPlusDataset,
     FolderDataset,
+    SplitDataset,
 )
+from fer_core.data.splits import per_class_split
 from fer_core.errors import DataError
 
 DatasetBuilder = Callable[[Path, str | None], FaceDataset]
@@ -36,7 +38,8 @@ class DatasetEntry:
     (default: the split name). ``archive``: the shared zip that provides it, and
     ``archive_prefix`` the folder inside the zip whose content goes to ``location``.
     ``required_files``: files beside the split folders (relative to ``location``).
-    ``how_to_get``: what to tell a user when it is missing.
+    ``how_to_get``: what to tell a user when it is missing. ``split_optional``: the name alone
+    (no split) opens every face.
     """
 
     name: str
@@ -48,6 +51,7 @@ class DatasetEntry:
     required_files: tuple[str, ...] = ()
     archive: str | None = None
     archive_prefix: str = ""
+    split_optional: bool = False
 
     def split_folder(self, data_root: Path, split: str | None) -> Path:
         """The folder that must exist for ``split`` (the dataset folder when flat)."""
@@ -65,14 +69,15 @@ _REGISTRY: dict[str, DatasetEntry] = {}
 
 def register_dataset(name: str, location: str, splits: tuple[str, ...], how_to_get: str, *,
                      split_paths: dict[str, str] | None = None, required_files: tuple[str, ...] = (),
-                     archive: str | None = None,
-                     archive_prefix: str = "") -> Callable[[DatasetBuilder], DatasetBuilder]:
+                     archive: str | None = None, archive_prefix: str = "",
+                     split_optional: bool = False) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Decorator registering a builder ``(dataset folder, split) -> FaceDataset`` under ``name``."""
     def decorator(build: DatasetBuilder) -> DatasetBuilder:
         if name in _REGISTRY:
             raise ValueError(f"dataset {name!r} is already registered")
         _REGISTRY[name] = DatasetEntry(name, location, splits, build, how_to_get,
-                                       tuple((split_paths or {}).items()), required_files, archive, archive_prefix)
+                                       tuple((split_paths or {}).items()), required_files, archive, archive_prefix,
+                                       split_optional)
         return build
     return decorator
 
@@ -108,12 +113,24 @@ def _synthetic(folder: Path, split: str | None) -> FaceDataset:
     return FolderDataset(folder, split, name="synthetic", domain="synthetic", pre_cropped=True)
 
 
-@register_dataset("sd_faces", "synthetic/sd_faces", (), archive="synthetic_sd_faces.zip",
-                  archive_prefix="synthetic_sd_faces",
+#: The documented split of the shared Stable Diffusion faces (for RQ2 out of the box):
+#: ``sd_faces:test`` holds 20% of every emotion's faces (rounded; :func:`per_class_split` with
+#: seed 0 over the faces sorted by path: 95 of the 476), ``sd_faces:train`` the rest (381);
+#: ``sd_faces`` alone is all 476 faces (what the shipped model is evaluated on).
+SD_FACES_TEST_FRACTION = 0.2
+SD_FACES_SPLIT_SEED = 0
+
+
+@register_dataset("sd_faces", "synthetic/sd_faces", ("train", "test"), archive="synthetic_sd_faces.zip",
+                  archive_prefix="synthetic_sd_faces", split_paths={"train": ".", "test": "."}, split_optional=True,
                   how_to_get="unzip synthetic_sd_faces.zip and move the content of its synthetic_sd_faces/ "
                              "folder into {location}, so that {location}/<class>/*.jpg exist")
 def _sd_faces(folder: Path, split: str | None) -> FaceDataset:
-    return FolderDataset(folder, None, name="sd_faces", domain="synthetic", pre_cropped=False)
+    every = FolderDataset(folder, None, name="sd_faces", domain="synthetic", pre_cropped=False)
+    if split is None:
+        return every
+    parts = dict(zip(("train", "test"), per_class_split(every.labels, SD_FACES_TEST_FRACTION, SD_FACES_SPLIT_SEED)))
+    return SplitDataset(every, parts[split], split)
 
 
 def dataset_names() -> list[str]:
@@ -128,7 +145,7 @@ def _entry(name: str) -> DatasetEntry:
 
 
 def _check_split(entry: DatasetEntry, split: str | None) -> None:
-    if entry.splits and split not in entry.splits:
+    if entry.splits and split not in entry.splits and not (split is None and entry.split_optional):
         raise DataError(f"{entry.name} needs a split: write {entry.name}:<split> "
                         f"with <split> one of {list(entry.splits)}")
     if not entry.splits and split is not None:
@@ -163,7 +180,7 @@ def _open_folder(folder: Path, split: str | None, data_root: Path, pre_cropped: 
 def open_dataset(spec: str, data_root: str | Path, *, pre_cropped: bool | None = None,
                  domain: str | None = None) -> FaceDataset:
     """The dataset ``spec`` names: ``name[:split]`` of a registered dataset (e.g. ``fer2013:test``,
-    ``ferplus:valid``, ``sd_faces``), or an existing folder ``path`` (``<class>/`` subfolders)
+    ``ferplus:valid``, ``sd_faces``, ``sd_faces:test``), or an existing folder ``path`` (``<class>/`` subfolders)
     or ``path:split`` (``<split>/<class>/`` subfolders). Relative paths are taken from the
     current directory; named datasets live under ``data_root``.
 
@@ -199,7 +216,7 @@ def available_datasets(data_root: str | Path) -> list[str]:
     present = []
     for name in dataset_names():
         entry = _REGISTRY[name]
-        for split in entry.splits or (None,):
+        for split in (None, *entry.splits) if entry.split_optional else entry.splits or (None,):
             if all(p.exists() for p in entry.required_paths(data_root, split)):
                 present.append(name if split is None else f"{name}:{split}")
     return present

@@ -4,7 +4,8 @@ For each grid: find its layout (:func:`~fer_core.synthetic.grid.find_layout`), c
 detect faces in each cell (the short-range detector needs the face to fill a good part of the
 image, so detection runs per cell, never on the whole grid), reject cells with no face, several
 faces, a face cut by the cell border, or a face failing :class:`QualityThresholds`, align and
-crop the rest to ``face_size`` and write them to ``processed/{split}/{class folder}/``. When
+crop the rest to ``face_size`` and write them to ``processed/{split}/{class folder}/`` (a grid's
+faces all go to one split, stratified by emotion: :func:`~fer_core.data.splits.sequential_group_splits`). When
 fewer than ``min_confirmed`` of the cells hold exactly one whole face, the regular layout the
 prompt asked for is tried too and the one confirming more faces is kept; a row that stays
 unconfirmed (shifted against the others) gets cells centred on the faces found along it. Near-duplicates across the
@@ -13,7 +14,6 @@ whole set are rejected last. Every cell gets a manifest row, accepted or with it
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Iterable
@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from fer_core.data.splits import sequential_group_splits, warn_empty_sides
 from fer_core.errors import ConfigError, DataError
 from fer_core.faces.align import align_face, check_margin, check_size
 from fer_core.faces.detectors import Detection, FaceDetector, as_rgb
@@ -54,7 +55,9 @@ class ExtractSettings:
             the fallback layout.
         min_confirmed: a found layout with fewer cells holding exactly one face than this
             fraction is compared with the requested one.
-        test_fraction: share of grids (not faces) assigned to the test split.
+        test_fraction: share of each emotion's grids (not faces) assigned to the test split; every
+            emotion with two or more grids gets at least one test and one training grid, and a
+            grid keeps its split when more grids are added (in ledger order).
         split_seed: seed of the grid-to-split assignment.
         grid: layout detection settings.
         thresholds: quality limits.
@@ -207,12 +210,6 @@ def extract_grid(rgb: np.ndarray, detector: FaceDetector, settings: ExtractSetti
     return grid, source, sorted(cells, key=lambda c: (c.row, c.column))
 
 
-def _split(sha256: str, settings: ExtractSettings) -> str:
-    """Train or test for a grid, from its content hash (all faces of a grid share it)."""
-    draw = int(hashlib.sha256(f"{settings.split_seed}:{sha256}".encode()).hexdigest()[:12], 16) / 16 ** 12
-    return "test" if draw < settings.test_fraction else "train"
-
-
 def committed_grids(ledger: CreditLedger) -> list[dict[str, Any]]:
     """The ledger's committed grids, each with ``path`` (the image file) added."""
     return [{**e, "path": contained_path(ledger.path.parent, e["file"], f"{ledger.path} entry {e['id']}")}
@@ -224,6 +221,8 @@ def extract_faces(grids: Iterable[dict[str, Any]], detector: FaceDetector, out_d
                   progress: bool = True) -> pd.DataFrame:
     """Extract every grid (ledger entries: ``path``, ``sha256``, ``id`` and :data:`GRID_FIELDS`) into
     ``out_dir/{split}/{class folder}/`` (rebuilt from scratch) and write the manifest; returns it.
+    An emotion left without accepted faces in train or test draws one
+    :class:`~fer_core.data.splits.SplitWarning`.
     """
     settings = settings or ExtractSettings()
     out_dir, manifest_path = Path(out_dir), Path(manifest_path)
@@ -232,18 +231,18 @@ def extract_faces(grids: Iterable[dict[str, Any]], detector: FaceDetector, out_d
     rows: list[dict[str, Any]] = []
     hashes: list[tuple[int, int]] = []  # (hash, manifest row index) of accepted faces
     grids = list(grids)
-    for grid in tqdm(grids, desc="extract grids", unit="grid", disable=not progress):
+    splits = sequential_group_splits([str(grid.get("emotion")) for grid in grids], settings.test_fraction,
+                                     settings.split_seed)
+    for grid, split in zip(tqdm(grids, desc="extract grids", unit="grid", disable=not progress), splits):
         path = Path(grid["path"])
         base = {"grid_id": grid.get("id"), "grid_file": str(grid.get("file", path.name)),
                 **{k: grid.get(k) for k in GRID_FIELDS}}
         try:
             rgb = load_rgb(path)
-            sha256 = grid.get("sha256") or hashlib.sha256(path.read_bytes()).hexdigest()
         except DataError as exc:
             rows.append({**base, "row": -1, "column": -1, "accepted": False,
                          "reject_reason": f"grid unreadable: {exc}"})
             continue
-        split = _split(sha256, settings)
         layout, source, cells = extract_grid(rgb, detector, settings, grid.get("layout"))
         confirmed = _confirmed(cells) / len(cells)
         for cell in cells:
@@ -278,6 +277,10 @@ def extract_faces(grids: Iterable[dict[str, Any]], detector: FaceDetector, out_d
             row.update(accepted=reason is None, reject_reason=reason)
             rows.append(row)
     manifest = pd.DataFrame(rows)
+    if settings.test_fraction not in (0.0, 1.0) and "face_file" in manifest:
+        accepted = manifest[manifest["face_file"].notna()]
+        warn_empty_sides({emotion: accepted[accepted["emotion"] == emotion]["split"].value_counts().to_dict()
+                          for emotion in manifest["emotion"].dropna().unique()}, "synthetic train/test split")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.mkdir(parents=True, exist_ok=True)
