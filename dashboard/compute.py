@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 import torch
 
@@ -14,14 +15,17 @@ from dashboard import ui
 from fer_core.cache import ResultCache, content_hash
 from fer_core.config import Config
 from fer_core.data import FaceDataset
+from fer_core.domain_gap import class_matched_rows, domain_gap_report, per_class_gap
 from fer_core.errors import DataError
 from fer_core.explain import explain, overlay
-from fer_core.explain.regions import region_report
-from fer_core.models import FerModel
+from fer_core.explain.regions import compare_domains, region_report
+from fer_core.face_detail import FaceMap, FaceView, explain_face, view_face
+from fer_core.labels import EMOTIONS
+from fer_core.models import EmotionRecognizer, FerModel
 from fer_core.precompute import (AttributionSet, Embeddings, embed_datasets, explain_dataset, gap_report,
                                  gap_report_folders)
 from fer_core.runs import Run
-from fer_core.views import class_rows, faces_of, rows_for_keys
+from fer_core.views import class_rows, faces_of, rows_for_keys, thumbnail_uri
 from fer_core.workflows import dataset_for
 
 
@@ -83,20 +87,104 @@ def _cache(config: Config) -> ResultCache:
     return ResultCache.from_config(config)
 
 
-@st.cache_data(show_spinner="Reading attribution maps from the cache (computing the missing ones)...",
-               max_entries=64)
-def attribution_set(_model: FerModel, fingerprint: str, config: Config, spec: str, emotion: str, method: str,
-                    target: str, layer: str | None, count: int) -> AttributionSet:
-    """``method``'s maps of the first ``count`` faces labelled ``emotion`` in ``spec``, through
-    :func:`fer_core.precompute.explain_dataset` (stored maps are read, missing ones computed and stored)."""
+@st.cache_data(show_spinner=False, max_entries=1024)
+def attribution_chunk(_model: FerModel, fingerprint: str, config: Config, spec: str, rows: tuple[int, ...],
+                      method: str, target: str, layer: str | None) -> AttributionSet:
+    """``method``'s maps of the faces at ``rows`` of ``spec``, through
+    :func:`fer_core.precompute.explain_dataset` (stored maps are read, missing ones computed and
+    stored); ``layer`` as :func:`fer_core.explain.canonical_layer` names it. A page asks for a few
+    faces at a time to show each part as it comes."""
+    with _cache(config) as cache:
+        return explain_dataset(_model, dataset(config, spec).subset(list(rows)), cache, method, target=target,
+                               layer=layer, face_pipeline=ui.get_face_pipeline(config, _model.input_size),
+                               progress=False, backend=config.inference.backend)
+
+
+def join_attributions(parts: Sequence[AttributionSet]) -> AttributionSet:
+    """One :class:`AttributionSet` of consecutive parts of one method's maps (in their order)."""
+    if not parts:
+        raise DataError("no attribution maps to join")
+    first = parts[0]
+    return AttributionSet(pd.concat([p.table for p in parts], ignore_index=True),
+                          np.concatenate([p.maps for p in parts]), np.concatenate([p.keypoints for p in parts]),
+                          pd.concat([p.diagnostics for p in parts], ignore_index=True), first.method, first.params,
+                          sum(p.computed for p in parts), [key for p in parts for key in p.skipped])
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def class_predictions(_model: FerModel, fingerprint: str, config: Config, spec: str, emotion: str,
+                      count: int) -> pd.DataFrame:
+    """The first ``count`` faces labelled ``emotion`` in ``spec``, classified (through the result
+    cache): the embeddings table's ``key``, ``label``, ``pred``, ``pred_emotion``, ``confidence``
+    and ``row``, each face's position in the dataset."""
     data = dataset(config, spec)
     rows = class_rows(data, emotion, count)
     if not len(rows):
         raise DataError(f"{spec} has no {emotion} faces")
     with _cache(config) as cache:
-        return explain_dataset(_model, data.subset(rows), cache, method, target=target, layer=layer,
-                               face_pipeline=ui.get_face_pipeline(config, _model.input_size), progress=False,
-                               backend=config.inference.backend)
+        table = embed_datasets(_model, {spec: data.subset(rows)}, cache, ui.get_face_pipeline(config, _model.input_size),
+                               projections=(), progress=False, backend=config.inference.backend).table
+    position = dict(zip((data[int(row)].key for row in rows), rows))
+    return table[["key", "content", "label", "emotion", "pred", "pred_emotion", "confidence"]].assign(
+        row=[int(position[key]) for key in table["key"]])
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def face_view(_recognizer: EmotionRecognizer, fingerprint: str, config: Config, spec: str, key: str,
+              crop_size: int) -> FaceView:
+    """:func:`fer_core.face_detail.view_face` of one face of ``spec``."""
+    return view_face(_recognizer, dataset(config, spec), key, ui.get_face_pipeline(config, crop_size))
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def face_map(_model: FerModel, fingerprint: str, config: Config, spec: str, key: str, method: str,
+             target: str) -> FaceMap | None:
+    """:func:`fer_core.face_detail.explain_face` of one face (maps from the result cache where stored)."""
+    with _cache(config) as cache:
+        return explain_face(_model, dataset(config, spec), key, cache, method, target,
+                            ui.get_face_pipeline(config, _model.input_size), config.inference.backend)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def thumbnails(config: Config, spec: str, keys: tuple[str, ...], side: int = 40) -> list[str]:
+    """A small JPEG ``data:`` URI of each sample's image as stored (centre square: the face of a
+    pre-cropped or portrait image, without a detector pass), for hover previews."""
+    data = dataset(config, spec)
+    uris = []
+    for row in rows_for_keys(data, keys):
+        image = data.read(data[row])
+        height, width = image.shape[:2]
+        side_px = min(height, width)
+        top, left = (height - side_px) // 2, (width - side_px) // 2
+        uris.append(thumbnail_uri(image[top:top + side_px, left:left + side_px], side))
+    return uris
+
+
+@st.cache_data(show_spinner="Measuring the gap within each emotion...", max_entries=16)
+def class_gap(_embeddings: Embeddings, fingerprint: str, specs: tuple[str, ...], limit: int | None) -> pd.DataFrame:
+    """:func:`fer_core.domain_gap.per_class_gap` between the real and the synthetic labelled
+    faces of these embeddings (memoised by model, datasets and sample)."""
+    table = _embeddings.table
+    real = ((table["domain"] == "real") & (table["label"] >= 0)).to_numpy()
+    synthetic = ((table["domain"] == "synthetic") & (table["label"] >= 0)).to_numpy()
+    labels = table["label"].to_numpy()
+    return pd.DataFrame(per_class_gap(_embeddings.features[real], labels[real], _embeddings.features[synthetic],
+                                      labels[synthetic]))
+
+
+@st.cache_data(show_spinner="Measuring the gap on class-matched faces...", max_entries=16)
+def matched_gap(_embeddings: Embeddings, fingerprint: str, specs: tuple[str, ...], limit: int | None) -> dict:
+    """:func:`fer_core.domain_gap.domain_gap_report` on a class-matched draw of these embeddings
+    (:func:`fer_core.domain_gap.class_matched_rows`, seed 0), with the faces it drew."""
+    table = _embeddings.table
+    real, synthetic = (np.flatnonzero((table["domain"] == domain).to_numpy()) for domain in ("real", "synthetic"))
+    labels = table["label"].to_numpy()
+    first, second = class_matched_rows(labels[real], labels[synthetic])
+    real, synthetic = real[first], synthetic[second]
+    report = domain_gap_report(_embeddings.features[real], _embeddings.features[synthetic], labels[real],
+                               labels[synthetic])
+    return {**report, "per_class": {EMOTIONS[label]: int(n) for label, n in zip(*np.unique(labels[real],
+                                                                                        return_counts=True))}}
 
 
 @st.cache_resource(show_spinner="Reading embeddings and projections from the cache (computing the missing ones)...",
@@ -128,3 +216,10 @@ def region_table(shares: np.ndarray, domains: tuple[str, ...], emotion: str) -> 
     """:func:`fer_core.explain.regions.region_report` of one class's faces of both domains."""
     return region_report(shares, np.zeros(len(shares), dtype=np.int64), np.asarray(domains), emotions=[emotion],
                          n_resamples=1000, n_permutations=1999)
+
+
+@st.cache_data(show_spinner="Comparing the regions against the fixed-map null...", max_entries=32)
+def template_comparison(maps: np.ndarray, keypoints: np.ndarray, domains: tuple[str, ...], cell_size: float) -> dict:
+    """:func:`fer_core.explain.regions.compare_domains` of these maps (memoised by their values)."""
+    return compare_domains(maps, keypoints, np.asarray(domains), n_resamples=200, n_permutations=1999,
+                           cell_size=cell_size)

@@ -255,3 +255,70 @@ def domain_gap_report(real: np.ndarray, synthetic: np.ndarray, real_labels: np.n
     if real_labels is not None and synthetic_labels is not None:
         report["centroid_distances"] = centroid_distances(real, real_labels, synthetic, synthetic_labels)
     return report
+
+
+def nearest_rows(query: np.ndarray, pool: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` rows of ``pool`` nearest to the feature vector ``query`` by cosine distance
+    (``1 - cos``), nearest first: their indices and distances."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(f"k: expected a positive number of neighbours, got {k!r}")
+    query_row, pool = _check_pair(np.asarray(query).reshape(1, -1), pool, min_rows=1)
+    distances = 1.0 - (_unit_rows(pool, "pool features") @ _unit_rows(query_row, "query features")[0])
+    order = np.argsort(distances, kind="stable")[:k]
+    return order, distances[order]
+
+
+def class_matched_rows(real_labels: np.ndarray, synthetic_labels: np.ndarray,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a class-matched comparison: for every emotion both sets hold, as many faces of it
+    from each set (the smaller count, a seeded draw from the larger); unlabelled faces and the
+    classes one set lacks are left out. The gap measured on these rows is not the class mix's."""
+    real_labels, synthetic_labels = np.asarray(real_labels), np.asarray(synthetic_labels)
+    if real_labels.ndim != 1 or synthetic_labels.ndim != 1:
+        raise DataError(f"expected one label per face (-1: unknown), got shapes {real_labels.shape} and "
+                        f"{synthetic_labels.shape}")
+    known = [_check_labels(labels[labels >= 0], int((labels >= 0).sum()), name)  # -1: unknown, left out
+             for name, labels in (("real labels", real_labels), ("synthetic labels", synthetic_labels))]
+    rng = np.random.default_rng(seed)
+    real_rows, synthetic_rows = [], []
+    for label in np.intersect1d(*known):
+        first, second = np.flatnonzero(real_labels == label), np.flatnonzero(synthetic_labels == label)
+        count = min(len(first), len(second))
+        real_rows.append(np.sort(rng.choice(first, count, replace=False)))
+        synthetic_rows.append(np.sort(rng.choice(second, count, replace=False)))
+    if not real_rows:
+        raise DataError("the real and synthetic faces share no labelled emotion: nothing to match")
+    return np.concatenate(real_rows), np.concatenate(synthetic_rows)
+
+
+#: Fewest faces of a class on each side for :func:`per_class_gap` to measure it.
+MIN_CLASS_FACES = 5
+
+
+def per_class_gap(real: np.ndarray, real_labels: np.ndarray, synthetic: np.ndarray, synthetic_labels: np.ndarray,
+                  permutations: int = 200, seed: int = 0) -> list[dict]:
+    """The gap within each emotion both sets hold (at least :data:`MIN_CLASS_FACES` faces a
+    side): class sizes, centroid cosine distance, the domain classifier's balanced accuracy
+    (chance: 0.5) and RBF MMD² with its permutation p-value, Holm-adjusted over the classes
+    (``p_holm``). A class with fewer faces gets a row with its sizes and a ``note``."""
+    real, synthetic = _check_pair(real, synthetic, min_rows=1)
+    real_labels = _check_labels(real_labels, len(real), "real labels")
+    synthetic_labels = _check_labels(synthetic_labels, len(synthetic), "synthetic labels")
+    centroids = centroid_distances(real, real_labels, synthetic, synthetic_labels)
+    rows = []
+    for emotion, centroid in centroids.items():
+        label = EMOTIONS.index(emotion)
+        first, second = real[real_labels == label], synthetic[synthetic_labels == label]
+        row = {"emotion": emotion, "n_real": len(first), "n_synthetic": len(second),
+               "centroid_cosine": centroid["cosine"], "classifier_balanced_accuracy": float("nan"),
+               "mmd2": float("nan"), "p_value": float("nan"), "note": ""}
+        if min(len(first), len(second)) < MIN_CLASS_FACES:
+            row["note"] = f"fewer than {MIN_CLASS_FACES} faces on a side: not measured"
+        else:
+            folds = min(5, len(first), len(second))
+            row["classifier_balanced_accuracy"] = domain_classifier_accuracy(first, second, folds, seed).balanced_accuracy
+            row["mmd2"], row["p_value"] = mmd_rbf(first, second, permutations=permutations, seed=seed)
+        rows.append(row)
+    from fer_core.explain.regions import _holm  # one Holm adjustment for the package
+    adjusted = _holm(np.array([row["p_value"] for row in rows], dtype=np.float64))
+    return [{**row, "p_holm": float(p)} for row, p in zip(rows, adjusted)]

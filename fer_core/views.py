@@ -37,15 +37,39 @@ def dataset_spec(run: Run) -> str:
     return data.get("spec") or _dataset_label(run).split("[", 1)[0]
 
 
+def evaluation_sample(run: Run) -> tuple[str, bool]:
+    """The faces an evaluation scored, in words (``"150 of 3,573 (stratified 150, seed 0)"``,
+    ``"all 476"``), and whether they are only part of its dataset (``--limit`` / ``--per-class``)."""
+    data = run.info.get("dataset") or {}
+    size, faces = data.get("size"), data.get("faces", data.get("size"))
+    how = _dataset_label(run).partition("[")[2].rstrip("]")
+    limited = bool(how) or (size is not None and faces is not None and faces < size)
+    if not limited:
+        return (f"all {size:,}" if size is not None else "all"), False
+    counted = f"{faces:,} of {size:,}" if size is not None and faces is not None else "part"
+    return counted + (f" ({how})" if how else ""), True
+
+
+def detector_name(run: Run) -> str:
+    """The face detector an evaluation found faces with (``mediapipe``, ``none``); ``?`` when
+    the run did not record it."""
+    detector = (run.info.get("faces") or {}).get("detector")
+    return str(detector).split(":", 1)[0] if detector else "?"
+
+
 def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
-    """One row per run: id, kind, when, model, data and (when finished) the headline scores."""
+    """One row per run: id, kind, when, model, data and (when finished) the headline scores; an
+    evaluation also says which faces it scored (``sample``, ``limited`` when only part of its
+    dataset), how (``scoring`` protocol) and with which face ``detector``."""
     rows = []
     for run in runs:
         info = run.info
         row: dict[str, Any] = {"run": run.id, "kind": run.kind, "created": info.get("created", "")[:19]}
         if run.kind == "evaluation":
+            sample, limited = evaluation_sample(run)
             row.update(model=info.get("model", {}).get("architecture"), data=_dataset_label(run),
-                       domain=info.get("dataset", {}).get("domain"), scoring=scoring_protocol(run))
+                       domain=info.get("dataset", {}).get("domain"), sample=sample, limited=limited,
+                       scoring=scoring_protocol(run), detector=detector_name(run))
             if run.complete:
                 row.update(n=run.metrics["n"], accuracy=run.metrics["accuracy"], macro_f1=run.metrics["macro_f1"])
         elif run.kind == "training":
@@ -257,3 +281,94 @@ def stored_gap_report(folders: Sequence[Path], fingerprint: str, real: str, synt
                 report.get("limit")) == (real, synthetic, limit):
             found.append({**report, "path": str(file)})
     return max(found, key=lambda r: r.get("created", ""), default=None)
+
+
+def thumbnail_uri(image: np.ndarray, side: int = 48, quality: int = 80) -> str:
+    """A small JPEG of an RGB uint8 face as a ``data:`` URI (``side`` pixels a side), to carry
+    in a chart's hover data."""
+    import base64
+
+    import cv2
+    rgb = np.asarray(image)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise DataError(f"expected an (H, W, 3) uint8 RGB face, got {rgb.shape} {rgb.dtype}")
+    small = cv2.resize(rgb, (side, side), interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise DataError("the face could not be encoded as JPEG")
+    return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
+#: The correctness filters of :func:`filter_faces`.
+CORRECTNESS = ("all", "correct", "wrong")
+
+
+def filter_faces(table: pd.DataFrame, correctness: str = "all",
+                 confidence: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """Positions in ``table`` (an embeddings table: ``label``, ``pred``, ``confidence``) of the
+    faces whose prediction is right (``correctness="correct"``; unlabelled faces are neither),
+    wrong, or either (``"all"``), with a confidence within ``confidence`` (inclusive)."""
+    if correctness not in CORRECTNESS:
+        raise DataError(f"correctness: expected one of {list(CORRECTNESS)}, got {correctness!r}")
+    low, high = confidence
+    if not 0 <= low <= high <= 1:
+        raise DataError(f"confidence: expected 0 <= low <= high <= 1, got {confidence}")
+    labels, predicted = table["label"].to_numpy(), table["pred"].to_numpy()
+    keep = (table["confidence"].to_numpy() >= low) & (table["confidence"].to_numpy() <= high)
+    if correctness != "all":
+        keep &= (labels >= 0) & ((labels == predicted) == (correctness == "correct"))
+    return np.flatnonzero(keep)
+
+
+def class_counts(datasets: dict[str, FaceDataset]) -> pd.DataFrame:
+    """Faces per emotion of each dataset (``{spec: dataset}``): one row per dataset, a column
+    per emotion any of them has, ``unlabelled`` when some faces have no label, and ``total``."""
+    rows = []
+    for spec, dataset in datasets.items():
+        labels = np.asarray(dataset.labels)
+        row: dict[str, Any] = {"dataset": spec, "domain": dataset.domain}
+        row.update({EMOTIONS[i]: int(n) for i, n in enumerate(np.bincount(labels[labels >= 0],
+                                                                           minlength=len(EMOTIONS))) if n})
+        if (labels < 0).any():
+            row["unlabelled"] = int((labels < 0).sum())
+        row["total"] = len(labels)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    emotions = [e for e in EMOTIONS if e in table]
+    ordered = ["dataset", "domain", *emotions, *(["unlabelled"] if "unlabelled" in table else []), "total"]
+    return table[ordered].fillna({e: 0 for e in emotions}).astype({e: int for e in emotions}) if rows else table
+
+
+def sanity_verdicts(quality: dict[str, dict[str, Any]], methods: Sequence[str]) -> pd.DataFrame:
+    """Every method's stored sanity check in one row (:func:`fer_core.explain.load_quality`):
+    ``verdict`` (passed, failed, not checked), the randomisation check's last cascade step
+    beside the noise-stability control, the deletion p-value against the centre prior, the faces
+    it was measured on and when."""
+    rows = []
+    for method in methods:
+        result = quality.get(method)
+        if result is None:
+            rows.append({"method": method, "verdict": "not checked"})
+            continue
+        randomisation, faithfulness = result.get("randomisation", {}), result.get("faithfulness", {})
+        cascade = randomisation.get("cascade") or [{}]
+        rows.append({"method": method, "verdict": "passed" if result.get("passed", True) else "failed",
+                     "randomised_spearman": cascade[-1].get("decision", {}).get("mean"),
+                     "noise_stability": randomisation.get("noise_stability", {}).get("decision", {}).get("mean"),
+                     "deletion_p_vs_centre": faithfulness.get("centre_deletion_p_value"),
+                     "faces": (result.get("faces") or {}).get("n"), "source": (result.get("faces") or {}).get("source"),
+                     "measured": str(result.get("created", ""))[:19]})
+    return pd.DataFrame(rows)
+
+
+#: The real test sets a page opens first, in order of preference.
+PREFERRED_REAL = ("fer2013:test", "ferplus:test")
+
+
+def preferred_index(specs: Sequence[str], preferred: Sequence[str] = PREFERRED_REAL) -> int:
+    """Position in ``specs`` of the dataset a page should open first: the first of ``preferred``
+    installed, else the first test split, else the first."""
+    for spec in preferred:
+        if spec in specs:
+            return list(specs).index(spec)
+    return next((i for i, spec in enumerate(specs) if spec.endswith(":test")), 0)

@@ -6,7 +6,7 @@ from fer_core.explain.base import (BASELINES, METHODS, REDUCTIONS, Attribution, 
                                    explain, gaussian_blur, make_baseline, map_cell_size, method_defaults, method_names,
                                    register_method)
 from fer_core.explain import integrated_gradients, lrp, occlusion, saliency, smoothgrad  # noqa: F401  (registers)
-from fer_core.explain.gradcam import default_layer, layers
+from fer_core.explain.gradcam import canonical_layer, default_layer, layers
 from fer_core.explain.overlay import class_mean_maps, colormap_names, mean_face, normalize_map, overlay
 from fer_core.explain.quality import load_quality, quality_path, record_quality
 from fer_core.explain.regions import (REGIONS, aligned_template, compare_domains, crop_keypoints, harmonise_faces,
@@ -20,7 +20,8 @@ __all__ = [
     "BASELINES", "METHODS", "REDUCTIONS", "Attribution", "MethodResult", "centre_prior", "eval_mode", "explain",
     "gaussian_blur", "make_baseline", "map_cell_size", "STATISTICS_METHOD", "faithfulness_rows", "most_faithful",
     "randomisation_rows", "statistics_method", "compare_domains", "harmonise_faces",
-    "method_defaults", "method_names", "register_method", "default_layer", "layers", "class_mean_maps", "colormap_names",
+    "method_defaults", "method_names", "register_method", "canonical_layer", "default_layer", "layers",
+    "class_mean_maps", "colormap_names",
     "normalize_map", "overlay", "FaithfulnessResult", "RandomisationResult", "deletion_insertion",
     "randomisation_check", "sanity_report", "mean_face", "load_quality", "quality_path", "record_quality",
     "REGIONS", "aligned_template", "crop_keypoints", "region_areas", "region_labels", "region_masks",

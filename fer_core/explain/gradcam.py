@@ -42,6 +42,14 @@ def default_layer(model: FerModel, input_size: int | None = None) -> str:
     return (wide_enough or list(sides))[-1]
 
 
+def canonical_layer(model: FerModel, layer: str | None) -> str | None:
+    """``layer`` as a stored result's key names it: None for the model's :func:`default_layer`,
+    named or not (``blocks.4`` and None are one setting for B0 at 64 px), else the layer's name.
+    Pass this to :func:`fer_core.precompute.explain_dataset` so maps precomputed with the default
+    (``fer-core explain`` without ``--layer``) are found by a caller that names the layer."""
+    return None if layer is None or layer == default_layer(model) else layer
+
+
 #: Stage sides by (network class, stage names, input size): probed once, as they follow the
 #: architecture and not the weights.
 _SIDES: dict[tuple[str, tuple[str, ...], int], dict[str, int]] = {}
