@@ -1,20 +1,22 @@
-"""Inference backends: the one forward pass behind predict, embed and upload.
+"""Inference backends: the one forward pass behind predict, embed and upload, and the device
+it runs on.
 
 A backend turns a preprocessed ``(N, 3, S, S)`` batch into the logits and the pooled
 penultimate features of a :class:`~fer_core.models.FerModel` (one pass gives both). They are
-chosen by name from :data:`BACKENDS` (config key ``inference.backend``):
+chosen by name from :data:`INFERENCE_BACKENDS` (config key ``inference.backend``):
 
 - ``torch``: the model's own eager forward (the reference);
 - ``torch-channels-last``: the same weights in NHWC memory layout;
 - ``onnx``: the model exported to ONNX (TensorFlow-"same" pads fixed for its input size)
   and run by ONNX Runtime with every graph optimisation (BatchNorm folded into the
-  convolutions, Conv+SiLU and Pad+Conv fused, blocked NCHWc layout). On CPU this runs
-  EfficientNet-B0 several times faster than eager torch with the same outputs (see
-  ``benchmarks/p2_fast_path.py``).
+  convolutions, Conv+SiLU and Pad+Conv fused, blocked NCHWc layout), with the same outputs.
+  Measured speeds: ``docs/benchmarks.md`` (``benchmarks/p2_fast_path.py``).
 
 :func:`load_backend` builds a backend once per model, name and thread count and keeps it
-while the model lives (an ONNX export takes a second or two). :func:`set_inference_threads`
-applies the config key ``inference.threads`` (done where a configured model is loaded).
+while the model lives (an ONNX export takes a while). :func:`set_inference_threads`
+applies the config key ``inference.threads`` (done where a configured model is loaded);
+:func:`resolve_device` turns ``model.device`` (``auto``, ``cpu``, ``cuda:N``) into a device and
+:func:`on_device` puts a model there.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from timm.layers.conv2d_same import Conv2dSame
 from timm.layers.padding import get_same_padding
 from torch import nn
 
-from fer_core.errors import ConfigError
+from fer_core.errors import ConfigError, InvalidArgument
 
 if TYPE_CHECKING:
     from fer_core.models import FerModel
@@ -101,8 +103,8 @@ class StaticSamePadConv(nn.Module):
 
 def with_static_padding(module: nn.Module, input_size: int) -> nn.Module:
     """``module`` with every :class:`Conv2dSame` replaced by a :class:`StaticSamePadConv` for
-    ``input_size`` inputs (in place; the same outputs at that size). Measured: B0's ONNX graph
-    runs 1.27x faster under ONNX Runtime than with run-time padding."""
+    ``input_size`` inputs (in place; the same outputs at that size): constant pads that ONNX
+    Runtime folds into the convolutions."""
     sizes: dict[str, tuple[int, int]] = {}
     hooks = [conv.register_forward_pre_hook(lambda _, args, name=name: sizes.__setitem__(name, args[0].shape[-2:]))
              for name, conv in module.named_modules() if isinstance(conv, Conv2dSame)]
@@ -176,8 +178,7 @@ def onnx_bytes(model: "FerModel", opset: int = ONNX_OPSET) -> bytes:
     network = LogitsAndFeatures(with_static_padding(module, model.input_size)).eval()
     example = torch.zeros(1, 3, model.input_size, model.input_size)
     buffer = io.BytesIO()
-    # The TorchScript exporter: ~2 s and no onnxscript. The dynamo exporter's graph ran 1.1-1.3x faster under ORT
-    # (its optimiser folds the 'same' pads into the convolutions) but takes ~16 s to export on 2 cores.
+    # The TorchScript exporter: fast and no onnxscript; the dynamo exporter is compared in docs/benchmarks.md.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(network, (example,), buffer, input_names=[ONNX_INPUT], output_names=list(ONNX_OUTPUTS),
@@ -224,7 +225,7 @@ def fold_pads_into_convs(graph: bytes) -> bytes:
     """``graph`` after ONNX Runtime's basic (portable) optimisations, with every constant
     zero spatial ``Pad`` that feeds only a ``Conv`` moved into that convolution's own
     (possibly asymmetric) ``pads``. The outputs are the same; ONNX Runtime then keeps the
-    whole network in its blocked layout (measured: B0 at 224 px 1.18x faster)."""
+    whole network in its blocked layout."""
     ort = import_onnxruntime()
     onnx = importlib.import_module("onnx")
     with tempfile.TemporaryDirectory() as folder:
@@ -280,19 +281,51 @@ class OnnxRuntimeBackend(InferenceBackend):
         return torch.from_numpy(logits), torch.from_numpy(features)
 
 
-#: Every backend by its ``inference.backend`` name.
-BACKENDS: Mapping[str, Callable[["FerModel", int], InferenceBackend]] = MappingProxyType({
+#: Every inference backend by its ``inference.backend`` name.
+INFERENCE_BACKENDS: Mapping[str, Callable[["FerModel", int], InferenceBackend]] = MappingProxyType({
     backend.name: backend for backend in (TorchBackend, ChannelsLastBackend, OnnxRuntimeBackend)})
 DEFAULT_BACKEND = TorchBackend.name
+
+
+def __getattr__(name: str) -> Any:
+    """``BACKENDS``, the registry's old name (``fer_core.synthetic.backends`` has its own
+    ``BACKENDS``), still works with a :class:`DeprecationWarning`."""
+    if name == "BACKENDS":
+        warnings.warn("fer_core.backends.BACKENDS was renamed INFERENCE_BACKENDS", DeprecationWarning, stacklevel=2)
+        return INFERENCE_BACKENDS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _LOADED: "weakref.WeakKeyDictionary[FerModel, dict[tuple, InferenceBackend]]" = weakref.WeakKeyDictionary()
 
 
 def check_backend_name(name: str) -> str:
-    """``name`` if it is registered, else a :class:`ConfigError` listing the registered names."""
-    if name not in BACKENDS:
-        raise ConfigError(f"unknown inference backend {name!r}; registered backends: {sorted(BACKENDS)}")
+    """``name`` if it is registered, else an :class:`InvalidArgument` listing the registered names."""
+    if name not in INFERENCE_BACKENDS:
+        raise InvalidArgument(f"unknown inference backend {name!r}; registered backends: "
+                              f"{sorted(INFERENCE_BACKENDS)}")
     return name
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The device ``model.device`` names: ``auto`` is CUDA when available, else the CPU; any
+    other name is taken as torch names it (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidArgument(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+
+
+def on_device(model: "FerModel", device: str | torch.device | None) -> "FerModel":
+    """``model`` in eval mode, moved to :func:`resolve_device` of ``device`` when one is given
+    (None leaves it where it is). Returns the model."""
+    if device is not None:
+        model.to(resolve_device(device))
+    model.module.eval()
+    return model
 
 
 def set_inference_threads(threads: int) -> None:
@@ -310,7 +343,7 @@ def load_backend(model: "FerModel", name: str = DEFAULT_BACKEND, threads: int = 
     """The ``name`` backend of ``model`` with ``threads`` intra-op threads (0: as many as torch
     uses now), built on first use and kept while the model lives (rebuilt when its weights,
     device or thread count change)."""
-    factory = BACKENDS[check_backend_name(name)]
+    factory = INFERENCE_BACKENDS[check_backend_name(name)]
     threads = threads or torch.get_num_threads()
     key = (name, threads, model.fingerprint, str(model.device))
     loaded = _LOADED.setdefault(model, {})

@@ -3,6 +3,10 @@
 Every key is checked on load: an unknown key, a value of the wrong type or a path that does
 not exist is a :class:`~fer_core.errors.ConfigError` naming the key (``model.input_size``).
 Relative paths resolve against the project root: the folder that holds ``configs/``.
+
+Keys that nothing ever read were removed (:data:`REMOVED_KEYS`): a config that still sets one
+to the value that was in effect anyway loads with a ``FutureWarning`` saying to delete it; any
+other value is an error, since it was never applied.
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ import dataclasses
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, Mapping
 
 import yaml
 
-from fer_core.errors import ConfigError
+from fer_core.errors import ConfigError, InvalidArgument
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "config.yaml"
@@ -37,14 +43,13 @@ DEFAULT_FACE_MODEL = "short_range"
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which network, at which input size, from which weights."""
+    """Which network, at which input size, from which weights, on which device."""
 
     architecture: str = "tf_efficientnet_b0_ns"
     input_size: int = 224
-    num_classes: int = 8
     weights_path: Path | None = None  # must exist when set
     trust_pickle: bool = False  # allow loading pickled .pt files (runs code from the file)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N: where the configured model is loaded and run
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,6 @@ class DataConfig:
     """Where data lives and the synthetic grid geometry of the plan."""
 
     root: Path = Path("data")
-    grid_size: int = 1024
     face_size: int = 128
     grid_layout: int = 6
     split_seed: int = 0
@@ -74,22 +78,12 @@ class FacesConfig:
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
-    """Pixels -> tensor; HSEmotion uses ImageNet mean/std on RGB."""
-
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    interpolation: Literal["bilinear", "bicubic", "area"] = "bilinear"
-
-
-@dataclass(frozen=True)
 class InferenceConfig:
     """Batch inference settings."""
 
     batch_size: int = 32
-    num_workers: int = 0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    backend: str = "torch"  # a name from fer_core.backends.BACKENDS: torch | torch-channels-last | onnx
+    backend: str = "torch"  # a name from fer_core.backends.INFERENCE_BACKENDS: torch | torch-channels-last | onnx
 
 
 @dataclass(frozen=True)
@@ -107,7 +101,6 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
-    preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     root: Path = PROJECT_ROOT  # not a YAML key: where relative paths resolve
@@ -148,8 +141,20 @@ def face_model_file(value: Path | str | None, root: Path | None = None) -> Path:
 
 #: Keys whose value is a file that must exist when set.
 _MUST_EXIST = {"model.weights_path"}
-_POSITIVE = {"model.input_size", "model.num_classes", "data.grid_size", "data.face_size", "data.grid_layout",
-             "inference.batch_size"}
+_POSITIVE = {"model.input_size", "data.face_size", "data.grid_layout", "inference.batch_size"}
+#: Keys removed because nothing read them: the value that was in effect whatever the config
+#: said, and why (where the setting comes from instead).
+REMOVED_KEYS: Mapping[str, tuple[Any, str]] = MappingProxyType({
+    "model.num_classes": (8, "the classes come from the weights file: FerModel.emotions"),
+    "data.grid_size": (1024, "nothing read it; the synthetic generator sizes its own grid images"),
+    "inference.num_workers": (0, "nothing read it; predict, embed and explain read images ahead in 2 threads"),
+    "preprocessing.mean": ([0.485, 0.456, 0.406], "normalisation comes from the weights file: FerModel.mean"),
+    "preprocessing.std": ([0.229, 0.224, 0.225], "normalisation comes from the weights file: FerModel.std"),
+    "preprocessing.interpolation": ("bilinear", "models resize bilinearly (area when shrinking): "
+                                                "FerModel.preprocessing"),
+})
+#: Sections whose every key was removed.
+_REMOVED_SECTIONS = {"preprocessing"}
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -199,9 +204,40 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in this module
 
 
+def _removed(key: str, value: Any) -> None:
+    """Accept a removed key that holds the value that was in effect (a FutureWarning says to
+    delete it); any other value was never applied: an error."""
+    if key not in REMOVED_KEYS:
+        raise ConfigError(f"unknown config key '{key}'; the section '{key.split('.')[0]}' was removed")
+    in_effect, reason = REMOVED_KEYS[key]
+    plain = list(value) if isinstance(value, tuple) else value
+    if plain != in_effect:
+        raise ConfigError(f"config key '{key}' was removed: it never had an effect, so your value {value!r} was "
+                          f"never applied ({reason}). Delete the key")
+    warnings.warn(f"config key '{key}' was removed: it never had an effect ({reason}). Delete it from your config",
+                  FutureWarning, stacklevel=2)
+
+
+def _without_removed(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """``values`` less the removed keys and sections (each checked by :func:`_removed`)."""
+    kept = dict(values)
+    for name in list(kept):
+        key = f"{prefix}{name}"
+        if key in _REMOVED_SECTIONS:
+            section = kept.pop(name) or {}
+            if not isinstance(section, Mapping):
+                raise ConfigError(f"config key '{key}': expected a mapping, got {section!r}")
+            for inner, value in section.items():
+                _removed(f"{key}.{inner}", value)
+        elif key in REMOVED_KEYS:
+            _removed(key, kept.pop(name))
+    return kept
+
+
 def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(values, Mapping):
         raise ConfigError(f"config key '{prefix.rstrip('.') or '<top>'}': expected a mapping, got {values!r}")
+    values = _without_removed(values, prefix)
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls) if not (cls is Config and f.name == "root")}
     unknown = sorted(set(values) - known)
@@ -227,8 +263,6 @@ def _validate(config: Config) -> None:
                 raise ConfigError(f"config key '{key}': must be positive, got {value}")
             if key in _MUST_EXIST and value is not None and not config.resolve(value).is_file():
                 raise ConfigError(f"config key '{key}': file not found: {config.resolve(value)}")
-    if config.model.num_classes != 8:
-        raise ConfigError("config key 'model.num_classes': fer_core uses the 8 HSEmotion classes; set 8")
     if not 0.0 <= config.data.val_fraction < 1.0:
         raise ConfigError(f"config key 'data.val_fraction': must be in [0, 1), got {config.data.val_fraction}")
     if config.faces.mediapipe_model is not None and not config.face_model().is_file():
@@ -236,10 +270,14 @@ def _validate(config: Config) -> None:
                           f"BlazeFace .tflite path or one of the shipped models {sorted(SHIPPED_FACE_MODELS)}")
     if config.faces.margin < 0:
         raise ConfigError(f"config key 'faces.margin': must be >= 0, got {config.faces.margin}")
-    from fer_core.backends import BACKENDS  # the registry is the one list of names (imports torch)
-    if config.inference.backend not in BACKENDS:
+    from fer_core.backends import INFERENCE_BACKENDS, resolve_device  # the registry is the one list (imports torch)
+    if config.inference.backend not in INFERENCE_BACKENDS:
         raise ConfigError(f"config key 'inference.backend': {config.inference.backend!r} is not one of "
-                          f"{sorted(BACKENDS)}")
+                          f"{sorted(INFERENCE_BACKENDS)}")
+    try:
+        resolve_device(config.model.device)
+    except InvalidArgument as exc:
+        raise ConfigError(f"config key 'model.device': {exc}") from None
 
 
 def config_from_dict(values: Mapping[str, Any] | None = None, root: Path | str = PROJECT_ROOT) -> Config:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -26,16 +25,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fer_core.backends import DEFAULT_BACKEND
+from fer_core.backends import DEFAULT_BACKEND, on_device
 from fer_core.cache import CacheKey, ResultCache
 from fer_core.config import Config
 from fer_core.data import FaceDataset
 from fer_core.domain_gap import PROJECTIONS, domain_gap_report, project
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument, MissingResultsError
 from fer_core.explain import explain, method_defaults, method_names
 from fer_core.explain.regions import crop_keypoints
 from fer_core.faces import FaceDetector, FacePipeline
-from fer_core.inference import FacePreparer, PreparedFace, cached_forward, iter_prepared, sample_hash
+from fer_core.extraction import BatchConsumer, FacePreparer, PreparedFace, extract, forward_chunks
 from fer_core.labels import EMOTIONS
 from fer_core.models import FerModel
 from fer_core.sampling import SampledDataset, Sampling, sampled_name
@@ -62,9 +61,9 @@ class Shard:
 
     def __post_init__(self) -> None:
         if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
-            raise ConfigError(f"shard: expected a positive number of shards, got {self.count!r}")
+            raise InvalidArgument(f"shard: expected a positive number of shards, got {self.count!r}")
         if isinstance(self.index, bool) or not isinstance(self.index, int) or not 0 <= self.index < self.count:
-            raise ConfigError(f"shard: index {self.index!r} is outside 0..{self.count - 1} "
+            raise InvalidArgument(f"shard: index {self.index!r} is outside 0..{self.count - 1} "
                               f"(K counts from 0: 0/{self.count} .. {self.count - 1}/{self.count})")
 
     @classmethod
@@ -72,7 +71,7 @@ class Shard:
         """``"K/N"`` (e.g. ``"0/4"``) as a shard."""
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
         if not match:
-            raise ConfigError(f"shard: expected K/N such as 0/2 (K counts from 0), got {text!r}")
+            raise InvalidArgument(f"shard: expected K/N such as 0/2 (K counts from 0), got {text!r}")
         return cls(int(match.group(1)), int(match.group(2)))
 
     @classmethod
@@ -130,19 +129,14 @@ def merge_shard_predictions(out_dir: Path | str, count: int) -> pd.DataFrame | N
     return table
 
 
-def _digests(dataset: FaceDataset, workers: int = 4) -> list[str | None]:
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda i: sample_hash(dataset, dataset[i]), range(len(dataset))))
-
-
 def _json_param(name: str, value: Any) -> str:
     if isinstance(value, torch.Tensor | np.ndarray):
-        raise ConfigError(f"parameter {name!r} is an array; dataset attributions are cached by their settings, "
+        raise InvalidArgument(f"parameter {name!r} is an array; dataset attributions are cached by their settings, "
                           "so give it by name (e.g. baseline='blurred')")
     try:
         return json.dumps(value, sort_keys=True)
     except TypeError:
-        raise ConfigError(f"parameter {name!r}: expected a JSON value, got {type(value).__name__}") from None
+        raise InvalidArgument(f"parameter {name!r}: expected a JSON value, got {type(value).__name__}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,7 +177,7 @@ class AttributionSet:
 def stored_map_size(model: FerModel, map_size: int) -> int:
     """The side attribution maps are stored at: ``map_size``, but never above the model's input."""
     if isinstance(map_size, bool) or not isinstance(map_size, int) or map_size < 4:
-        raise ConfigError(f"map_size: expected an integer of at least 4 pixels, got {map_size!r}")
+        raise InvalidArgument(f"map_size: expected an integer of at least 4 pixels, got {map_size!r}")
     return min(map_size, model.input_size)
 
 
@@ -202,42 +196,17 @@ def downsample_maps(maps: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray
     return (small / scales[:, None, None]).astype(np.float16), scales
 
 
-def locate_keypoints(prepared: PreparedFace, model: FerModel, locator: FaceDetector | None) -> np.ndarray:
+def locate_keypoints(prepared: PreparedFace, locator: FaceDetector | None) -> np.ndarray:
     """The face's 6 keypoints as fractions of the model's input crop: the face pipeline's
-    when it detected the face, else ``locator`` run on the crop itself (pre-cropped data, by
-    :func:`fer_core.explain.regions.crop_keypoints`), else NaN (where
+    when it detected the face, else ``locator`` run on the crop the model saw (pre-cropped
+    data, by :func:`fer_core.explain.regions.crop_keypoints`), else NaN (where
     ``regions.PRECROPPED_TEMPLATE`` can stand in)."""
     if prepared.keypoints is not None:
         return np.asarray(prepared.keypoints, dtype=np.float32)
-    if locator is None or prepared.tensor is None:
+    if locator is None or prepared.pixels is None:
         return _NO_KEYPOINTS
-    crop = model.preprocessing.to_image(prepared.tensor)
-    points, detected = crop_keypoints([crop], locator)
-    return (points[0] / crop.shape[0]).astype(np.float32) if detected[0] else _NO_KEYPOINTS
-
-
-def _targets_and_contents(model: FerModel, dataset: FaceDataset, cache: ResultCache | None,
-                          preparer: FacePreparer, target: str, batch_size: int, progress: bool,
-                          backend: str) -> tuple[np.ndarray, list[str | None]]:
-    """Per face, the model class to explain (-1: none) and the image's content hash (None when
-    unreadable). The predicted class comes from one cached forward pass, which hashes the
-    images as it reads them."""
-    if target == "predicted":
-        with tqdm(total=len(dataset), desc=f"logits {dataset.name}", unit="face", disable=not progress,
-                  leave=False) as bar:
-            forward = cached_forward(model, dataset, preparer, range(len(dataset)), cache, batch_size,
-                                     on_progress=bar.update, backend=backend)
-        readable = np.isfinite(forward.logits).all(axis=1)
-        return np.where(readable, np.nan_to_num(forward.logits).argmax(axis=1), -1), list(forward.contents)
-    if target == "true":
-        index = {emotion: i for i, emotion in enumerate(model.emotions)}
-        targets = np.array([index.get(EMOTIONS[label], -1) if label >= 0 else -1 for label in dataset.labels])
-    elif target in model.emotions:
-        targets = np.full(len(dataset), model.emotions.index(target))
-    else:
-        raise ConfigError(f"target: expected one of {list(TARGET_MODES)} or an emotion of the model "
-                          f"{list(model.emotions)}, got {target!r}")
-    return targets, _digests(dataset)
+    points, detected = crop_keypoints([prepared.pixels], locator)
+    return (points[0] / prepared.pixels.shape[0]).astype(np.float32) if detected[0] else _NO_KEYPOINTS
 
 
 def _per_face(diagnostics: Mapping[str, Any], count: int) -> list[dict[str, float]]:
@@ -249,12 +218,116 @@ def _per_face(diagnostics: Mapping[str, Any], count: int) -> list[dict[str, floa
     return [{name: float(values[i]) for name, values in columns.items()} for i in range(count)]
 
 
+class _Attributions(BatchConsumer):
+    """:func:`explain_dataset`'s part of the extraction pass: per face, the class to explain
+    (from the pass's logits for ``target="predicted"``), its stored map, diagnostics and
+    keypoints, and for the missing ones the map of the prepared batch (with the keypoints of
+    the crop the model saw)."""
+
+    def __init__(self, model: FerModel, cache: ResultCache, method: str, settings: dict[str, Any], side: int,
+                 preparation: str, locator: FaceDetector | None, target: str, targets: np.ndarray | None,
+                 on_batch: Callable[[int], object]) -> None:
+        self.model, self.cache, self.method, self.settings, self.side = model, cache, method, settings, side
+        self.preparation, self.locator, self.on_batch = preparation, locator, on_batch
+        self.key_settings = json.dumps({name: json.loads(_json_param(name, value)) for name, value in settings.items()},
+                                       sort_keys=True)
+        self.fixed = targets  # None: each face's predicted class
+        self.targets: dict[int, int] = {}
+        self.row_keys: dict[int, dict[str, CacheKey]] = {}
+        self.results: dict[CacheKey, np.ndarray] = {}
+        self.stored_now: set[str] = set()
+        self.explained = 0
+        self.what = f"{method} maps (target {target})"
+
+    def _keys(self, content: str, target: int) -> dict[str, CacheKey]:
+        entry = {"method": self.method, "target": self.model.emotions[target], "settings": self.key_settings,
+                 "map_size": self.side}
+        fingerprint = self.model.fingerprint
+        return {"attribution": CacheKey("attribution", fingerprint, self.preparation, content, entry),
+                "diagnostics": CacheKey("diagnostics", fingerprint, self.preparation, content, entry),
+                "keypoints": CacheKey("keypoints", fingerprint, self.preparation, content,
+                                      {"locator": self.locator.fingerprint() if self.locator else "none"})}
+
+    def look_up(self, rows: Sequence[int], contents: Sequence[str | None], logits: np.ndarray) -> list[int]:
+        if self.fixed is None:
+            readable = np.isfinite(logits[rows]).all(axis=1)
+            targets = np.where(readable, np.nan_to_num(logits[rows]).argmax(axis=1), -1)
+        else:
+            targets = self.fixed[rows]
+        wanted = [(row, int(target)) for row, target in zip(rows, targets) if target >= 0]
+        for row, target in wanted:
+            self.targets[row] = target
+            self.row_keys[row] = self._keys(contents[row], target)
+        found = self.cache.get_many(key for row, _ in wanted for key in self.row_keys[row].values())
+        self.results.update(found)
+        return [row for row, _ in wanted if contents[row] in self.stored_now
+                or not all(key in found for key in self.row_keys[row].values())]
+
+    def compute(self, rows: Sequence[int], faces: Sequence[PreparedFace]) -> dict[CacheKey, np.ndarray]:
+        batch = torch.stack([face.tensor for face in faces])
+        result = explain(self.model, batch, self.method, target=[self.targets[row] for row in rows], **self.settings)
+        maps, scales = downsample_maps(result.maps, self.side)
+        new: dict[CacheKey, np.ndarray] = {}
+        for row, face, face_map, scale, measured in zip(rows, faces, maps, scales,
+                                                        _per_face(result.diagnostics, len(rows))):
+            keys = self.row_keys[row]
+            new[keys["attribution"]] = face_map
+            record = {SCALE: float(scale), **measured}
+            new[keys["diagnostics"]] = np.frombuffer(json.dumps(record, sort_keys=True).encode(), dtype=np.uint8)
+            new[keys["keypoints"]] = locate_keypoints(face, self.locator)
+        self.results.update(new)
+        return new
+
+    def stored(self, rows: Sequence[int]) -> None:
+        self.stored_now.update(self.row_keys[row]["attribution"].content for row in rows)
+        self.explained += len(rows)
+        if rows:
+            self.on_batch(len(rows))
+
+    def attribution_set(self, dataset: FaceDataset, contents: Sequence[str | None]) -> AttributionSet:
+        """The explained faces in dataset order (stored or computed now)."""
+        done = [row for row in sorted(self.row_keys) if self.row_keys[row]["attribution"] in self.results]
+        samples = [dataset[row] for row in done]
+        table = pd.DataFrame({
+            "key": [s.key for s in samples], "source": [s.source for s in samples],
+            "content": [contents[row] for row in done],
+            "label": np.array([s.label for s in samples], dtype=np.int64),
+            "target": np.array([self.targets[row] for row in done], dtype=np.int64),
+            "target_emotion": [self.model.emotions[self.targets[row]] for row in done]})
+        records = pd.DataFrame([json.loads(self.results[self.row_keys[row]["diagnostics"]].tobytes()) for row in done],
+                               index=table.index, columns=None if done else [SCALE])
+        scales = records.pop(SCALE).to_numpy(np.float64)
+        maps = np.stack([self.results[self.row_keys[row]["attribution"]].astype(np.float64) * scale
+                         for row, scale in zip(done, scales)]).astype(np.float32) if done \
+            else np.zeros((0, self.side, self.side), np.float32)
+        keypoints = np.stack([self.results[self.row_keys[row]["keypoints"]] for row in done]) if done \
+            else np.zeros((0, 6, 2), np.float32)
+        explained = set(done)
+        skipped = [dataset[row].key for row in range(len(dataset)) if row not in explained]
+        return AttributionSet(table, maps, keypoints, records, self.method, json.loads(self.key_settings),
+                              self.explained, skipped)
+
+
+def _fixed_targets(model: FerModel, dataset: FaceDataset, target: str) -> np.ndarray | None:
+    """Per face, the model class to explain (-1: none) when it does not depend on the model's
+    output; None for ``"predicted"`` (each face's top class, from the extraction pass)."""
+    if target == "predicted":
+        return None
+    if target == "true":
+        index = {emotion: i for i, emotion in enumerate(model.emotions)}
+        return np.array([index.get(EMOTIONS[label], -1) if label >= 0 else -1 for label in dataset.labels])
+    if target in model.emotions:
+        return np.full(len(dataset), model.emotions.index(target))
+    raise InvalidArgument(f"target: expected one of {list(TARGET_MODES)} or an emotion of the model "
+                          f"{list(model.emotions)}, got {target!r}")
+
+
 def explain_dataset(model: FerModel, dataset: FaceDataset, cache: ResultCache, method: str,
                     target: str = "predicted", layer: str | None = None, map_size: int = DEFAULT_MAP_SIZE,
                     face_pipeline: FacePipeline | None = None, batch_size: int = 16, limit: int | None = None,
-                    shard: Shard | None = None, device: str = "cpu", progress: bool = True,
+                    shard: Shard | None = None, device: str | None = None, progress: bool = True,
                     on_batch: Callable[[int], object] = lambda n: None, backend: str = DEFAULT_BACKEND,
-                    **params: Any) -> AttributionSet:
+                    compute: bool = True, **params: Any) -> AttributionSet:
     """Attribution maps of ``method`` (any name of :func:`fer_core.explain.method_names`) for
     every face of ``dataset``, read from ``cache`` where stored and computed otherwise.
 
@@ -266,93 +339,45 @@ def explain_dataset(model: FerModel, dataset: FaceDataset, cache: ResultCache, m
         face_pipeline: finds and aligns faces in images that are not pre-cropped; its
             detector also places keypoints on pre-cropped faces.
         limit, shard: a stratified sample of ``limit`` faces (:func:`select`), then this shard's block.
-        on_batch: called with the number of faces after each stored batch.
+        device: where the model runs (None: where it is; :func:`fer_core.backends.on_device`).
+        on_batch: called with the number of faces after each stored batch of maps.
         backend: what computes the logits that ``target="predicted"`` needs (the maps always
             come from the torch model: they need its gradients).
+        compute: False reads stored maps only: a face without its map (or, for
+            ``target="predicted"``, its logits) raises :class:`~fer_core.errors.MissingResultsError`.
         params: the method's settings (:func:`fer_core.explain.method_defaults`).
 
-    Each entry is keyed by the model's fingerprint, the preprocessing and face pipeline, the
-    image's content hash and ``method``, the explained class, every method setting and the
-    map size; each batch's maps, keypoints and diagnostics are stored in one transaction.
+    One pass of the extraction engine (:func:`fer_core.extraction.extract`) reads, hashes and
+    prepares each face once: the predicted class comes from its forward pass (stored with the
+    logits), the maps from the same prepared batch. Each entry is keyed by the model's
+    fingerprint, the preprocessing and face pipeline, the image's content hash and ``method``,
+    the explained class, every method setting and the map size; each batch's logits, maps,
+    keypoints and diagnostics are stored in one transaction.
     """
     if method not in method_names():
-        raise ConfigError(f"unknown attribution method {method!r}; registered methods: {method_names()}")
+        raise InvalidArgument(f"unknown attribution method {method!r}; registered methods: {method_names()}")
     settings = method_defaults(method)
     if layer is not None:
         if "layer" not in settings:
-            raise ConfigError(f"method {method!r} has no layer; layer-based methods: "
-                              f"{[m for m in method_names() if 'layer' in method_defaults(m)]}")
+            raise InvalidArgument(f"method {method!r} has no layer; layer-based methods: "
+                                  f"{[m for m in method_names() if 'layer' in method_defaults(m)]}")
         params = {**params, "layer": layer}
     unknown = sorted(set(params) - set(settings))
     if unknown:
-        raise ConfigError(f"{method} has no parameter(s) {unknown}; its parameters: {sorted(settings)}")
+        raise InvalidArgument(f"{method} has no parameter(s) {unknown}; its parameters: {sorted(settings)}")
     settings.update(params)
-    key_settings = json.dumps({name: json.loads(_json_param(name, value)) for name, value in settings.items()},
-                              sort_keys=True)
     side = stored_map_size(model, map_size)
     dataset = select(dataset, limit, shard)
-    model.to(device).module.eval()
+    fixed = _fixed_targets(model, dataset, target)
+    on_device(model, device)
     preparer = FacePreparer(model, face_pipeline)
-    preparation = preparer.fingerprint(dataset.pre_cropped)
     locator = face_pipeline.detector if face_pipeline is not None else None
-    locator_name = locator.fingerprint() if locator is not None else "none"
-    targets, contents = _targets_and_contents(model, dataset, cache, preparer, target, batch_size, progress,
-                                              backend)
-
-    def keys(row: int) -> dict[str, CacheKey]:
-        entry = {"method": method, "target": model.emotions[targets[row]], "settings": key_settings,
-                 "map_size": side}
-        return {"attribution": CacheKey("attribution", model.fingerprint, preparation, contents[row], entry),
-                "diagnostics": CacheKey("diagnostics", model.fingerprint, preparation, contents[row], entry),
-                "keypoints": CacheKey("keypoints", model.fingerprint, preparation, contents[row],
-                                      {"locator": locator_name})}
-
-    wanted = [row for row in range(len(dataset)) if contents[row] is not None and targets[row] >= 0]
-    row_keys = {row: keys(row) for row in wanted}
-    stored = cache.get_many(key for entry in row_keys.values() for key in entry.values())
-    missing = [row for row in wanted if not all(key in stored for key in row_keys[row].values())]
-    bar = tqdm(total=len(wanted), desc=f"{method} {dataset.name}", unit="face", disable=not progress)
-    bar.update(len(wanted) - len(missing))
-    batches = [missing[start:start + batch_size] for start in range(0, len(missing), batch_size)]
-    for rows, prepared in zip(batches, iter_prepared(dataset, preparer, missing, batch_size)):
-        usable = [(row, face) for row, face in zip(rows, prepared) if face.tensor is not None]
-        new: dict[CacheKey, np.ndarray] = {}
-        if usable:
-            batch = torch.stack([face.tensor for _, face in usable])
-            result = explain(model, batch, method, target=[int(targets[row]) for row, _ in usable], **settings)
-            maps, scales = downsample_maps(result.maps, side)
-            measurements = _per_face(result.diagnostics, len(usable))
-            for (row, face), face_map, scale, measured in zip(usable, maps, scales, measurements):
-                new[row_keys[row]["attribution"]] = face_map
-                record = {SCALE: float(scale), **measured}
-                new[row_keys[row]["diagnostics"]] = np.frombuffer(json.dumps(record, sort_keys=True).encode(),
-                                                                  dtype=np.uint8)
-                new[row_keys[row]["keypoints"]] = locate_keypoints(face, model, locator)
-        cache.put_many(new)
-        stored.update(new)
-        bar.update(len(rows))
-        on_batch(len(rows))
-    bar.close()
-    done = [row for row in wanted if row_keys[row]["attribution"] in stored]
-    samples = [dataset[row] for row in done]
-    table = pd.DataFrame({
-        "key": [s.key for s in samples], "source": [s.source for s in samples],
-        "content": [contents[row] for row in done],
-        "label": np.array([s.label for s in samples], dtype=np.int64),
-        "target": targets[done].astype(np.int64),
-        "target_emotion": [model.emotions[targets[row]] for row in done]})
-    records = pd.DataFrame([json.loads(stored[row_keys[row]["diagnostics"]].tobytes()) for row in done],
-                           index=table.index, columns=None if done else [SCALE])
-    scales = records.pop(SCALE).to_numpy(np.float64)
-    maps = np.stack([stored[row_keys[row]["attribution"]].astype(np.float64) * scale
-                     for row, scale in zip(done, scales)]).astype(np.float32) if done \
-        else np.zeros((0, side, side), np.float32)
-    keypoints = np.stack([stored[row_keys[row]["keypoints"]] for row in done]) if done \
-        else np.zeros((0, 6, 2), np.float32)
-    explained = set(done)
-    skipped = [dataset[row].key for row in range(len(dataset)) if row not in explained]
-    return AttributionSet(table, maps, keypoints, records, method, json.loads(key_settings), len(missing),
-                          skipped)
+    attributions = _Attributions(model, cache, method, settings, side, preparer.fingerprint(dataset.pre_cropped),
+                                 locator, target, fixed, on_batch)
+    with tqdm(total=len(dataset), desc=f"{method} {dataset.name}", unit="face", disable=not progress) as bar:
+        results = extract(model, dataset, preparer, range(len(dataset)), cache, batch_size, on_progress=bar.update,
+                          backend=backend, consumer=attributions, forward=fixed is None, compute=compute)
+    return attributions.attribution_set(dataset, results.contents)
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,15 +409,15 @@ class Embeddings:
 
 def _dataset_rows(model: FerModel, name: str, dataset: FaceDataset, cache: ResultCache | None,
                   face_pipeline: FacePipeline | None, batch_size: int, chunk_size: int,
-                  bar: tqdm, backend: str, score_over: str) -> tuple[pd.DataFrame, np.ndarray, int]:
+                  bar: tqdm, backend: str, score_over: str, compute: bool = True
+                  ) -> tuple[pd.DataFrame, np.ndarray, int]:
     preparer = FacePreparer(model, face_pipeline)
     preparation = preparer.fingerprint(dataset.pre_cropped)
     scoring = scoring_for(score_over, model.emotions, dataset.emotions)
     frames, blocks, computed = [], [], 0
-    for start in range(0, len(dataset), chunk_size):
-        results = cached_forward(model, dataset, preparer, range(start, min(start + chunk_size, len(dataset))),
-                                 cache, batch_size, on_progress=bar.update, backend=backend)
-        usable = [row for row, face in enumerate(results.faces) if face.error is None]
+    for results in forward_chunks(model, dataset, preparer, range(len(dataset)), cache, batch_size, chunk_size,
+                                  bar.update, backend, compute):
+        usable = results.usable
         computed += results.computed
         probabilities, predicted = scoring.score(results.logits[usable])
         labels = np.array([results.faces[row].sample.label for row in usable], dtype=np.int64)
@@ -423,12 +448,13 @@ def projection_key(model: FerModel, table: pd.DataFrame, method: str, seed: int,
 
 
 def cached_projection(model: FerModel, table: pd.DataFrame, features: np.ndarray, cache: ResultCache | None,
-                      method: str, seed: int = 0, **params: Any) -> tuple[np.ndarray, bool]:
+                      method: str, seed: int = 0, compute: bool = True, **params: Any) -> tuple[np.ndarray, bool]:
     """``(N, 2)`` coordinates of ``method`` (see :data:`fer_core.domain_gap.PROJECTIONS`) for the
     rows of ``table``/``features``, and whether they were computed now (else read from ``cache``).
-    Identical images are projected once."""
+    Identical images are projected once. With ``compute=False`` a projection that is not stored
+    raises :class:`~fer_core.errors.MissingResultsError`."""
     if method not in PROJECTIONS:
-        raise ConfigError(f"unknown projection {method!r}; expected one of {sorted(PROJECTIONS)}")
+        raise InvalidArgument(f"unknown projection {method!r}; expected one of {sorted(PROJECTIONS)}")
     key, ids = projection_key(model, table, method, seed, params)
     row_ids = (table["preparation"] + ":" + table["content"]).to_numpy()
     position = {identifier: i for i, identifier in enumerate(ids)}
@@ -436,6 +462,8 @@ def cached_projection(model: FerModel, table: pd.DataFrame, features: np.ndarray
     stored = None if cache is None else cache.get(key)
     if stored is not None and stored.shape == (len(ids), 2):
         return stored[order].astype(np.float64), False
+    if not compute:
+        raise MissingResultsError(f"{method} projection of this set", len(table), len(table))
     first_row = np.full(len(ids), -1, dtype=np.int64)
     first_row[order[::-1]] = np.arange(len(order))[::-1]
     coordinates = project(features[first_row], method, seed=seed, **params).astype(np.float32)
@@ -448,9 +476,9 @@ def embed_datasets(model: FerModel, datasets: Mapping[str, FaceDataset], cache: 
                    face_pipeline: FacePipeline | None = None, projections: Sequence[str] = ("pca",),
                    projection_params: Mapping[str, Mapping[str, Any]] | None = None, seed: int = 0,
                    batch_size: int = 32, chunk_size: int = 1024, limit: int | None = None,
-                   shard: Shard | None = None, device: str = "cpu", progress: bool = True,
+                   shard: Shard | None = None, device: str | None = None, progress: bool = True,
                    backend: str = DEFAULT_BACKEND, per_class: int | None = None, sample_seed: int = 0,
-                   score_over: str = DEFAULT_PROTOCOL) -> Embeddings:
+                   score_over: str = DEFAULT_PROTOCOL, compute: bool = True) -> Embeddings:
     """Features of every readable face of ``datasets`` (``{name: dataset}``) and their 2-D
     ``projections`` (``pca``, ``tsne``, ``umap``) computed over all datasets together.
 
@@ -458,21 +486,23 @@ def embed_datasets(model: FerModel, datasets: Mapping[str, FaceDataset], cache: 
     stored and stored when computed. ``limit`` / ``per_class`` draw a stratified sample of
     each dataset (seeded by ``sample_seed``; :func:`select`), then ``shard`` takes its block; a
     shard only stores features (projections need every face: run again without a shard).
-    ``score_over`` is the protocol of the ``pred`` column (:data:`fer_core.scoring.PROTOCOLS`).
+    ``score_over`` is the protocol of the ``pred`` column (:data:`fer_core.scoring.PROTOCOLS`);
+    ``device`` where the model runs (None: where it is). ``compute=False`` reads stored results only (:class:`~fer_core.errors.MissingResultsError`
+    for any that are not).
     """
     unknown = [p for p in projections if p not in PROJECTIONS]
     if unknown:
-        raise ConfigError(f"unknown projection(s) {unknown}; expected some of {sorted(PROJECTIONS)}")
+        raise InvalidArgument(f"unknown projection(s) {unknown}; expected some of {sorted(PROJECTIONS)}")
     if not datasets:
-        raise ConfigError("embed_datasets needs at least one dataset")
+        raise InvalidArgument("embed_datasets needs at least one dataset")
     chosen = {name: select(dataset, limit, shard, per_class, sample_seed) for name, dataset in datasets.items()}
-    model.to(device).module.eval()
+    on_device(model, device)
     frames, blocks, computed = [], [], 0
     with tqdm(total=sum(len(d) for d in chosen.values()), desc="embed " + ", ".join(chosen), unit="face",
               disable=not progress) as bar:
         for name, dataset in chosen.items():
             frame, block, count = _dataset_rows(model, name, dataset, cache, face_pipeline, batch_size,
-                                                chunk_size, bar, backend, score_over)
+                                                chunk_size, bar, backend, score_over, compute)
             frames.append(frame)
             blocks.append(block)
             computed += count
@@ -482,7 +512,7 @@ def embed_datasets(model: FerModel, datasets: Mapping[str, FaceDataset], cache: 
     if shard is None or shard.count == 1:
         params = projection_params or {}
         for method in projections:
-            coordinates, new = cached_projection(model, table, features, cache, method, seed,
+            coordinates, new = cached_projection(model, table, features, cache, method, seed, compute,
                                                  **dict(params.get(method, {})))
             table[f"{method}_x"], table[f"{method}_y"] = coordinates[:, 0], coordinates[:, 1]
             made += [method] if new else []
@@ -515,7 +545,7 @@ def gap_report_name(fingerprint: str, real: str, synthetic: str, limit: int | No
 def gap_report(model: FerModel, real: FaceDataset, synthetic: FaceDataset, cache: ResultCache | None,
                face_pipeline: FacePipeline | None = None, sample: int | None = DEFAULT_GAP_SAMPLE,
                limit: int | None = None, seed: int = 0, out_dir: Path | str | None = None,
-               batch_size: int = 32, device: str = "cpu", progress: bool = True,
+               batch_size: int = 32, device: str | None = None, progress: bool = True,
                backend: str = DEFAULT_BACKEND, per_class: int | None = None) -> dict[str, Any]:
     """:func:`fer_core.domain_gap.domain_gap_report` between ``real`` and ``synthetic`` faces on
     the model's cached penultimate features, with what it was computed on.
@@ -527,9 +557,9 @@ def gap_report(model: FerModel, real: FaceDataset, synthetic: FaceDataset, cache
     of :func:`gap_report_folders`) the report is also written to ``out_dir/``:func:`gap_report_name`.
     """
     if real.label == synthetic.label:
-        raise ConfigError(f"real and synthetic are the same dataset ({real.label}); compare two different ones")
+        raise InvalidArgument(f"real and synthetic are the same dataset ({real.label}); compare two different ones")
     if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 5):
-        raise ConfigError(f"sample: expected at least 5 faces per domain (or None for all), got {sample!r}")
+        raise InvalidArgument(f"sample: expected at least 5 faces per domain (or None for all), got {sample!r}")
     chosen = {dataset.label: select(dataset, limit, per_class=per_class, seed=seed) for dataset in (real, synthetic)}
     embeddings = embed_datasets(model, chosen, cache, face_pipeline, projections=(), batch_size=batch_size,
                                 device=device, progress=progress, backend=backend)

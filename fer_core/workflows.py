@@ -8,7 +8,7 @@ from typing import Any
 
 
 from fer_core import __version__
-from fer_core.backends import set_inference_threads
+from fer_core.backends import on_device, resolve_device, set_inference_threads
 from fer_core.config import Config
 from fer_core.data import FaceDataset, FerPlusDataset, open_dataset
 from fer_core.errors import ConfigError, DataError, ModelLoadError
@@ -47,11 +47,13 @@ def resolve_weights(config: Config, weights: Path | str | None = None) -> Path:
 
 
 def load_configured_model(config: Config, weights: Path | str | None = None) -> FerModel:
-    """The model the config (or ``weights``) names, with ``inference.threads`` applied to torch
-    and to the ONNX Runtime sessions built for it (:func:`fer_core.backends.set_inference_threads`)."""
+    """The model the config (or ``weights``) names, on the configured device (``model.device``,
+    resolved once here: the library runs a model where it is, so the CLI and the dashboard
+    both run on it), with ``inference.threads`` applied to torch and to the ONNX Runtime
+    sessions built for it (:func:`fer_core.backends.set_inference_threads`)."""
     set_inference_threads(config.inference.threads)
-    return load_model(resolve_weights(config, weights), architecture=None,
-                      trust_pickle=config.model.trust_pickle)
+    model = load_model(resolve_weights(config, weights), architecture=None, trust_pickle=config.model.trust_pickle)
+    return on_device(model, config.model.device)
 
 
 def face_pipeline_for(config: Config, model: FerModel) -> FacePipeline | None:
@@ -180,8 +182,5 @@ def train_model(config: Config, args: Any) -> dict[str, Any]:
 
 
 def device_for(config: Config) -> str:
-    """``model.device`` with ``auto`` resolved to cuda when available."""
-    import torch
-    if config.model.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return config.model.device
+    """``model.device`` with ``auto`` resolved (:func:`fer_core.backends.resolve_device`)."""
+    return str(resolve_device(config.model.device))

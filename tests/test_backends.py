@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fer_core.backends import BACKENDS, fold_pads_into_convs, load_backend, onnx_bytes
+from fer_core.backends import INFERENCE_BACKENDS, fold_pads_into_convs, load_backend, onnx_bytes
 from fer_core.cache import ResultCache
 from fer_core.cli import main
 from fer_core.config import config_from_dict
 from fer_core.data import FerPlusDataset
-from fer_core.errors import ConfigError
+from fer_core.errors import ConfigError, InvalidArgument
 from fer_core.inference import embed_dataset, predict_dataset
 from fer_core.models import EmotionRecognizer, load_model
 from fer_core.workflows import SHIPPED_WEIGHTS
@@ -35,7 +35,7 @@ def faces(ferplus_root):
     return test.subset(np.arange(0, len(test), len(test) // 48)[:48])
 
 
-@pytest.mark.parametrize("name", sorted(BACKENDS))
+@pytest.mark.parametrize("name", sorted(INFERENCE_BACKENDS))
 def test_backend_matches_eager_on_real_faces(model, faces, name):
     batch = model.preprocessing.batch([faces.read(sample) for sample in faces])
     eager_logits, eager_features = load_backend(model, "torch").forward(batch)
@@ -78,13 +78,16 @@ def test_recognizer_serves_upload_through_the_backend(model, faces):
     assert np.abs(features - EmotionRecognizer(model).extract_features(crops[:5])).max() <= TOLERANCE
 
 
-def test_unknown_backend_is_a_config_error(model):
+def test_unknown_backend_is_a_config_error_or_an_invalid_argument(model):
     with pytest.raises(ConfigError, match="inference.backend.*'tensorrt'.*onnx"):
         config_from_dict({"inference": {"backend": "tensorrt"}})
-    with pytest.raises(ConfigError, match="registered backends"):
+    with pytest.raises(InvalidArgument, match="registered backends"):
         load_backend(model, "tensorrt")
-    with pytest.raises(ConfigError, match="registered backends"):
+    with pytest.raises(InvalidArgument, match="registered backends"):
         EmotionRecognizer(model, backend="ONNX")
+    with pytest.warns(DeprecationWarning, match="renamed INFERENCE_BACKENDS"):
+        from fer_core.backends import BACKENDS
+    assert BACKENDS is INFERENCE_BACKENDS
     assert config_from_dict({"inference": {"backend": "onnx"}}).inference.backend == "onnx"
 
 

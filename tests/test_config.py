@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from fer_core.config import DEFAULT_CONFIG, config_from_dict, load_config, parse_override
+from fer_core.config import DEFAULT_CONFIG, REMOVED_KEYS, config_from_dict, load_config, parse_override
 from fer_core.errors import ConfigError
 
 
@@ -18,9 +18,26 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_shipped_config_loads_with_the_plan_keys():
     config = load_config(DEFAULT_CONFIG)
-    assert (config.model.input_size, config.model.num_classes) == (224, 8)
-    assert (config.data.grid_size, config.data.face_size, config.data.grid_layout) == (1024, 128, 6)
+    assert (config.model.input_size, config.model.device) == (224, "auto")
+    assert (config.data.face_size, config.data.grid_layout) == (128, 6)
     assert config.root == DEFAULT_CONFIG.parent.parent
+    assert not {key.split(".")[0] for key in REMOVED_KEYS} - {"model", "data", "inference", "preprocessing"}
+    assert "preprocessing" not in config.to_dict() and "num_classes" not in config.to_dict()["model"]
+
+
+def test_removed_keys_warn_at_the_value_in_effect_and_fail_at_any_other(tmp_path):
+    # a config written before the keys went (the old shipped file) still loads, told to delete them
+    old = ("model:\n  num_classes: 8\ndata:\n  grid_size: 1024\ninference:\n  num_workers: 0\n"
+           "preprocessing:\n  mean: [0.485, 0.456, 0.406]\n  std: [0.229, 0.224, 0.225]\n  interpolation: bilinear\n")
+    with pytest.warns(FutureWarning) as caught:
+        config = load_config(write(tmp_path, old))
+    assert sorted(str(w.message).split("'")[1] for w in caught) == sorted(REMOVED_KEYS)
+    assert config == load_config(write(tmp_path, "model: {}\n"))
+    # another value was never applied: an error that says so
+    with pytest.raises(ConfigError, match=r"'preprocessing.std' was removed.*\[0.5, 0.5, 0.5\] was never applied"):
+        load_config(write(tmp_path, "preprocessing:\n  std: [0.5, 0.5, 0.5]\n"))
+    with pytest.raises(ConfigError, match="unknown config key 'preprocessing.size'"):
+        load_config(write(tmp_path, "preprocessing:\n  size: 3\n"))
 
 
 @pytest.mark.parametrize("text, key", [
@@ -31,6 +48,8 @@ def test_shipped_config_loads_with_the_plan_keys():
     ("model:\n  input_size: -3\n", "model.input_size"),
     ("model:\n  trust_pickle: 'yes'\n", "model.trust_pickle"),
     ("model:\n  num_classes: 7\n", "model.num_classes"),
+    ("model:\n  device: gpu\n", "model.device"),
+    ("inference:\n  num_workers: 4\n", "inference.num_workers"),
     ("model:\n  weights_path: weights/nothing_here.safetensors\n", "model.weights_path"),
     ("faces:\n  detector: dlib\n", "faces.detector"),
     ("faces:\n  mediapipe_model: /no/such/model.tflite\n", "faces.mediapipe_model"),

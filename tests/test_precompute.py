@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from fer_core.cache import ResultCache
 from fer_core.cli import main
 from fer_core.data import FerPlusDataset, open_dataset
-from fer_core.errors import ConfigError
+from fer_core.errors import InvalidArgument
 from fer_core.explain import explain
 from fer_core.faces import FacePipeline, create_detector
 from fer_core.inference import FacePreparer
@@ -121,11 +121,11 @@ def test_explain_hit_miss_maps_and_keypoints(model, faces, pipeline, tmp_path):
     assert true.computed == int(differ.sum()) > 0
     assert np.array_equal(true.maps[~differ], first.maps[~differ])
     assert not np.allclose(true.maps[differ], first.maps[differ])
-    with pytest.raises(ConfigError, match="unknown attribution method 'nope'"):
+    with pytest.raises(InvalidArgument, match="unknown attribution method 'nope'"):
         explain_dataset(model, faces, cache, "nope")
-    with pytest.raises(ConfigError, match="has no layer"):
+    with pytest.raises(InvalidArgument, match="has no layer"):
         explain_dataset(model, faces, cache, "saliency", layer="blocks.5")
-    with pytest.raises(ConfigError, match="emotion of the model"):
+    with pytest.raises(InvalidArgument, match="emotion of the model"):
         explain_dataset(model, faces, cache, "gradcam", target="Joy")
 
 
@@ -333,5 +333,5 @@ def test_shard_blocks_cover_the_data_once():
     assert sum(blocks, []) == list(range(10)) and [len(b) for b in blocks] == [3, 3, 4]
     assert Shard.parse(" 1 / 4 ") == Shard(1, 4)
     for text in ("4/4", "a/b", "1", "-1/2"):
-        with pytest.raises(ConfigError):
+        with pytest.raises(InvalidArgument):
             Shard.parse(text)

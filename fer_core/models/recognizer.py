@@ -7,17 +7,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from fer_core.backends import DEFAULT_BACKEND, InferenceBackend, check_backend_name, load_backend
-from fer_core.errors import ConfigError, DataError
+from fer_core.backends import DEFAULT_BACKEND, InferenceBackend, check_backend_name, load_backend, resolve_device
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.labels import EMOTIONS
 from fer_core.models.factory import FerModel
 from fer_core.scoring import DEFAULT_PROTOCOL, scoring_for
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class EmotionRecognizer:
@@ -25,14 +19,20 @@ class EmotionRecognizer:
 
     Mirrors HSEmotion's ``HSEmotionRecognizer``: one face gives one label and a score per
     emotion; a list of faces gives a list of labels and an ``(N, C)`` array. The network runs
-    through ``backend`` (a name from :data:`fer_core.backends.BACKENDS`, built on first use).
+    through ``backend`` (a name from :data:`fer_core.backends.INFERENCE_BACKENDS`, built on
+    first use) on the device the model is on: the recognizer never moves the model (it may be
+    shared, e.g. the dashboard's cached one). ``device``, when given, must be that device
+    (``auto`` resolved as :func:`fer_core.backends.resolve_device` does).
     """
 
-    def __init__(self, model: FerModel, device: str | torch.device = "cpu", batch_size: int = 32,
+    def __init__(self, model: FerModel, device: str | torch.device | None = None, batch_size: int = 32,
                  backend: str = DEFAULT_BACKEND, score_over: str = DEFAULT_PROTOCOL) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.model = model.to(_device(device))
+            raise InvalidArgument(f"batch_size must be a positive integer, got {batch_size!r}")
+        if device is not None and not _same_device(resolve_device(device), model.device):
+            raise InvalidArgument(f"device: the model is on {model.device}, not {device}; move it first "
+                                  f"(fer_core.backends.on_device(model, {str(device)!r})) or leave device out")
+        self.model = model
         self.batch_size = batch_size
         self.backend_name = check_backend_name(backend)
         self.scoring = scoring_for(score_over, model.emotions, ())
@@ -76,3 +76,10 @@ class EmotionRecognizer:
         for start in range(0, len(faces), self.batch_size):
             outputs.append(forward(preprocessing.batch(faces[start:start + self.batch_size])).numpy())
         return np.concatenate(outputs)
+
+
+def _same_device(wanted: torch.device, actual: torch.device) -> bool:
+    """Whether ``wanted`` names ``actual`` (``cuda`` names the current CUDA device)."""
+    if wanted.type != actual.type:
+        return False
+    return wanted.index is None or actual.index is None or wanted.index == actual.index

@@ -37,14 +37,13 @@ from fer_core import __version__
 from fer_core.data import FaceDataset, TorchFaceDataset, collate_skip_bad
 from fer_core.errors import ConfigError, DataError
 from fer_core.faces import FacePipeline
-from fer_core.inference import find_face
+from fer_core.extraction import find_face
 from fer_core.labels import EMOTIONS, NUM_CLASSES
 from fer_core.models import FerModel, create_model, save_model
-from fer_core.preprocess import Preprocessing
+from fer_core.preprocess import AugmentSettings, Preprocessing, create_transform
 from fer_core.runs import provenance_record, utc_now, write_json_atomic
 from fer_core.scoring import DEFAULT_PROTOCOL, scoring_for
 from fer_core.training import distributed
-from fer_core.training.augment import AugmentSettings, pixel_augmentation, tensor_augmentation
 from fer_core.training.sam import SAM, FrozenBatchNormStats
 
 CHECKPOINT = "checkpoint.pt"
@@ -146,23 +145,18 @@ def set_trainable(module: nn.Module, trainable: str) -> None:
 
 
 class FaceTransform:
-    """Pixels -> model input through the one preprocessing path, optionally augmented."""
+    """Image -> model input: :func:`~fer_core.extraction.find_face`, then the transform that
+    :func:`~fer_core.preprocess.create_transform` makes of ``preprocessing`` (for training, with
+    ``augment``, when it is given; else for evaluation, as prediction prepares faces)."""
 
     def __init__(self, preprocessing: Preprocessing, pre_cropped: bool, face_pipeline: FacePipeline | None = None,
                  augment: AugmentSettings | None = None) -> None:
-        self.preprocessing = preprocessing
         self.pre_cropped = pre_cropped
         self.face_pipeline = face_pipeline
-        self.pixel_aug = pixel_augmentation(augment) if augment else None
-        self.tensor_aug = tensor_augmentation(augment) if augment else None
+        self.transform = create_transform(preprocessing, is_training=augment is not None, augment=augment)
 
     def __call__(self, rgb: np.ndarray) -> torch.Tensor:
-        face, _ = find_face(rgb, self.pre_cropped, self.face_pipeline)
-        pixels = torch.from_numpy(np.ascontiguousarray(self.preprocessing.resize(face.image).transpose(2, 0, 1)))
-        if self.pixel_aug is not None:
-            pixels = self.pixel_aug(pixels)
-        tensor = self.preprocessing.normalize(pixels)
-        return self.tensor_aug(tensor) if self.tensor_aug is not None else tensor
+        return self.transform(find_face(rgb, self.pre_cropped, self.face_pipeline)[0].image)
 
 
 def class_weights(labels: np.ndarray) -> torch.Tensor:

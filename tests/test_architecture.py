@@ -1,0 +1,130 @@
+"""The layering, checked over the real import graph (every ``import`` statement of every module,
+read with ``ast``; imports under ``if TYPE_CHECKING:`` are not run and are left out):
+
+- ``fer_core`` never imports the dashboard (``dashboard``, ``pages``) nor Streamlit;
+- no import cycle inside ``fer_core`` among the imports a module runs when it is imported;
+- only the job level (the CLI, :mod:`fer_core.workflows`, :mod:`fer_core.report`) imports
+  ``fer_core.workflows`` or ``fer_core.cli``, lazily or not: :data:`KNOWN_UPWARD` lists the
+  imports that still break the rule (issue 13's jobs layer), and must shrink, never grow.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+#: Modules that may import the job level: the entry points and the jobs themselves.
+JOB_LEVEL = ("fer_core.cli", "fer_core.__main__", "fer_core.workflows", "fer_core.report")
+UPPER = ("fer_core.workflows", "fer_core.cli")
+#: Upward imports that are still there, each with what it waits for. Remove an entry once its
+#: import is gone (the test says so); never add one.
+KNOWN_UPWARD = {
+    ("fer_core.views", "fer_core.workflows"):
+        "views reads SHIPPED_WEIGHTS / resolve_weights: they belong below the jobs (issue 13, jobs layer)",
+    ("fer_core.training.experiments", "fer_core.workflows"):
+        "sweep / crossval orchestrate jobs from inside the library (issue 13, jobs layer)",
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for package in ("fer_core", "dashboard", "pages")
+           for path in sorted((REPO / package).rglob("*.py"))}
+
+
+def imports(name: str) -> list[tuple[str, bool]]:
+    """``(imported module, imported when the module itself is)`` for every import statement of
+    ``name``, resolved to the modules of this repository (a ``from package import sub`` names
+    the submodule) or kept as written for outside packages."""
+    path = MODULES[name]
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found: list[tuple[str, bool]] = []
+
+    def visit(node: ast.AST, eager: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for statement in child.orelse:
+                    visit(statement, eager)
+                continue
+            inner = eager and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import):
+                found.extend((alias.name, inner) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = ".".join(package[:len(package) - child.level + 1] + ([child.module] if child.module else [])) \
+                    if child.level else child.module
+                for alias in child.names:
+                    target = f"{base}.{alias.name}"
+                    found.append((target if target in MODULES else base, inner))
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), True)
+    return found
+
+
+GRAPH = {name: imports(name) for name in MODULES}
+
+
+def test_the_graph_is_read():
+    """The parse finds the edges everyone knows are there (a broken parser would pass every rule)."""
+    assert ("fer_core.extraction", True) in GRAPH["fer_core.inference"]
+    assert ("fer_core.backends", False) in GRAPH["fer_core.config"]          # the lazy registry check
+    assert ("fer_core.models", False) not in GRAPH["fer_core.backends"]      # TYPE_CHECKING only
+    assert ("fer_core.training.distributed", True) in GRAPH["fer_core.training.trainer"]
+    assert len([m for m in MODULES if m.startswith("fer_core")]) > 50
+
+
+def test_fer_core_never_imports_the_dashboard_or_streamlit():
+    upward = sorted((name, target) for name, edges in GRAPH.items() if name.startswith("fer_core")
+                    for target, _ in edges if target.split(".")[0] in ("dashboard", "pages", "streamlit"))
+    assert upward == []
+
+
+def _in(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+def test_no_import_cycles_in_fer_core():
+    """Cycles among the imports run at import time (a module importing its own package's
+    ``__init__`` is not one: the package runs first anyway)."""
+    edges = {name: {target for target, eager in GRAPH[name] if eager and target.startswith("fer_core")
+                    and target in MODULES and not name.startswith(target + ".")}
+             for name in MODULES if name.startswith("fer_core")}
+    cycles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def walk(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(edges[node]):
+            if state.get(target) == 1:
+                cycles.append(path[path.index(target):] + [target])
+            elif target not in state:
+                walk(target)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            walk(node)
+    assert cycles == [], "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def test_only_the_job_level_imports_workflows_or_the_cli():
+    found = {(name, target) for name, edges in GRAPH.items() if name.startswith("fer_core") and not _in(name, JOB_LEVEL)
+             for target, _ in edges if _in(target, UPPER)}
+    new, gone = sorted(found - set(KNOWN_UPWARD)), sorted(set(KNOWN_UPWARD) - found)
+    assert not new, f"upward imports (a lower layer importing the jobs or the CLI): {new}"
+    assert not gone, f"these upward imports are gone: remove them from KNOWN_UPWARD: {gone}"
+
+
+@pytest.mark.parametrize("name", ["fer_core.preprocess", "fer_core.config", "fer_core.errors"])
+def test_the_lowest_modules_import_no_model_or_data_code(name):
+    """The config and the image -> tensor chain sit below the models: the old cycle
+    config -> backends -> models -> factory -> preprocess -> config cannot come back."""
+    eager = {target for target, eager in GRAPH[name] if eager and target.startswith("fer_core")}
+    assert eager <= {"fer_core.errors"}, eager
