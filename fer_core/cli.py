@@ -493,14 +493,20 @@ def _emotion(text: str) -> str:
 
 
 def _synth_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("prompts", "generate", "import", "extract", "report", "ledger"),
+    parser.add_argument("action", choices=("prompts", "generate", "import", "extract", "report", "ledger", "revert"),
                         help="prompts: print them; generate: make grids (credits from the ledger); import: register "
-                             "grids made elsewhere; extract: cut, check and save the faces; report: counts and a "
-                             "contact sheet; ledger: credits and pending reservations")
-    parser.add_argument("files", type=Path, nargs="*", help="grid images (import)")
+                             "grids made elsewhere; extract: cut, check and save the faces; report: counts and "
+                             "contact sheets of every cell; ledger: credits, the plan's faces-per-credit arithmetic "
+                             "and pending reservations; revert: undo an import (batch id, entry id or file)")
+    parser.add_argument("files", nargs="*", metavar="FILE_OR_ID",
+                        help="import: grid images; revert: batch ids, ledger entry ids or imported files")
+    parser.add_argument("--manifest", type=Path, help="import: a CSV or YAML list of grids, one row per file "
+                                                      "(file, emotion[, gender, intensity, age_range, prompt, seed])")
     parser.add_argument("--emotion", action="append", type=_emotion,
                         help="emotion, any case (fear, Fear, happy; repeatable; default: all 8)")
-    parser.add_argument("--gender", action="append", choices=("women", "men"), help="repeatable; default: both")
+    parser.add_argument("--gender", action="append", choices=("women", "men", "mixed", "unspecified"),
+                        help="mixed: both in one grid; unspecified: the prompt names none (repeatable; default: women "
+                             "and men for prompts and generate, unspecified for import)")
     parser.add_argument("--intensity", action="append", choices=("slight", "moderate", "extreme"), help="repeatable")
     parser.add_argument("--age-range", help="e.g. 20-35 (default: diverse age ranges)")
     parser.add_argument("--template", default="current", help="prompt template: current, plan-best, plan-professional")

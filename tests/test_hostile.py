@@ -861,7 +861,7 @@ def test_api_key_never_reaches_files_or_logs(sandbox, faces, capsys, caplog, mon
                             "--backend-config", str(settings), "--budget", "3", capsys=capsys)
     finally:
         server.shutdown()
-    assert code == 0 and seen == [f"Bearer {key}"]
+    assert code == 2 and seen == [f"Bearer {key}"]  # the only grid was refused: 0 of 1 made
     written = [p for p in sandbox.root.rglob("*") if p.is_file() and not p.is_symlink()]
     assert any(p.name == "ledger.json" for p in written)
     leaks = [str(p) for p in written if key.encode() in p.read_bytes()]

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
+from fer_core.cli import main
 from fer_core.errors import ConfigError, DataError
 from fer_core.images import load_rgb
 from fer_core.synthetic import (
@@ -272,8 +273,6 @@ def test_missing_key_and_bad_settings_are_clear_errors(api, monkeypatch, tmp_pat
 
 
 def test_cli_generate_and_ledger(api, key, grid_png, tmp_path, capsys, caplog):
-    from fer_core.cli import main
-
     (tmp_path / "configs").mkdir()
     config = tmp_path / "configs" / "config.yaml"
     config.write_text("data:\n  root: data\n")
@@ -298,3 +297,54 @@ def test_cli_generate_and_ledger(api, key, grid_png, tmp_path, capsys, caplog):
     shown = json.loads(capsys.readouterr().out)
     assert (shown["budget"], shown["spent"], shown["pending"]) == (3, 1, [])
     assert_secret_absent(tmp_path, caplog)
+
+
+def cli_project(tmp_path: Path, api: FakeApi) -> tuple[list[str], Path, Path]:
+    """A project config, a backend config pointing at ``api`` and the ledger path."""
+    (tmp_path / "configs").mkdir()
+    config = tmp_path / "configs" / "config.yaml"
+    config.write_text("data:\n  root: data\n")
+    backend_config = tmp_path / "backend.json"
+    backend_config.write_text(json.dumps({"endpoint": api.url, "api_key_env": KEY_ENV, "max_retries": 0}))
+    return ["--config", str(config), "synth"], backend_config, tmp_path / "data" / "synthetic" / "ledger.json"
+
+
+def test_an_unset_key_fails_before_any_credit_is_reserved(api, monkeypatch, grid_png, tmp_path, capsys):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    api.script(png(grid_png))
+    base, backend_config, ledger_path = cli_project(tmp_path, api)
+    code = main(base + ["generate", "--emotion", "Fear", "--gender", "women", "--backend-config", str(backend_config),
+                        "--grids", "2", "--budget", "3"])
+    assert code == 2 and f"{KEY_ENV} is not set" in capsys.readouterr().err
+    ledger = CreditLedger(ledger_path)
+    assert (ledger.entries(), ledger.pending(), ledger.spent, ledger.remaining) == ([], [], 0, 3)
+    assert api.requests == [] and not (ledger_path.parent / "raw").exists()
+
+
+def test_a_generate_that_makes_no_grid_exits_non_zero(api, key, grid_png, tmp_path, capsys):
+    refused = (400, {}, b'{"error": "prompt rejected by safety filter"}', 0)
+    base, backend_config, ledger_path = cli_project(tmp_path, api)
+    command = base + ["generate", "--emotion", "Fear", "--gender", "women", "--backend-config", str(backend_config),
+                      "--grids", "2", "--budget", "3"]
+    api.script(refused)
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "0 of 2 grids made (no credit was spent on them)" in err and "safety filter" in err
+    ledger = CreditLedger(ledger_path)
+    assert [e["status"] for e in ledger.entries()] == ["released", "released"] and ledger.spent == 0
+    api.script(png(grid_png), refused)  # one of two made: done, with a warning naming the failure
+    assert main(command + ["--seed-start", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "1 of 2 grids made" in captured.out and "1 of 2 grids not made" in captured.err
+    assert ledger.spent == 1 and len(ledger.entries("committed")) == 1
+
+
+def test_a_generated_grid_cannot_be_reverted(api, key, grid_png, tmp_path):
+    from fer_core.synthetic.imports import revert_imports
+    api.script(png(grid_png))
+    ledger = CreditLedger(tmp_path / "ledger.json", budget=1)
+    [entry] = generate_grids(backend_for(api), ledger, [(PROMPT, 0)], progress=False)
+    before = ledger.path.read_bytes()
+    with pytest.raises(DataError, match="only settled imports can be reverted.*spent with the provider"):
+        revert_imports(ledger, [entry["batch"]], tmp_path / "manifest.parquet", tmp_path / "processed")
+    assert ledger.path.read_bytes() == before and (tmp_path / entry["file"]).is_file()

@@ -17,13 +17,17 @@ from fer_core.synthetic.extract import (
     MANIFEST_FILE,
     CellResult,
     ExtractSettings,
+    GridExtraction,
+    accepted_per_grid,
     committed_grids,
     extract_faces,
     extract_grid,
 )
 from fer_core.synthetic.grid import GridLayout, GridSettings, find_layout
+from fer_core.synthetic.imports import ImportItem, import_grids, read_import_manifest, revert_imports
 from fer_core.synthetic.ledger import CreditBudgetError, CreditLedger
 from fer_core.synthetic.prompts import (
+    DEFAULT_GENDERS,
     GENDERS,
     INTENSITIES,
     TEMPLATES,
@@ -31,6 +35,7 @@ from fer_core.synthetic.prompts import (
     PromptSpec,
     build_prompt,
     custom_prompt,
+    parse_gender,
     prompt_matrix,
     register_template,
 )
@@ -38,10 +43,12 @@ from fer_core.synthetic.quality import FaceQuality, QualityThresholds, hash_dist
 from fer_core.synthetic.report import contact_sheet, summarize, write_report
 
 __all__ = [
-    "BACKENDS", "GENDERS", "INTENSITIES", "MANIFEST_FILE", "TEMPLATES", "CellResult", "CreditBudgetError",
-    "CreditLedger", "DiffusersBackend", "ExtractSettings", "FaceQuality", "GeneratedImage", "GenerationError",
-    "GridBackend", "GridLayout", "GridSettings", "HttpBackend", "ImportBackend", "Prompt", "PromptSpec",
-    "QualityThresholds", "build_prompt", "committed_grids", "contact_sheet", "create_backend", "custom_prompt",
-    "extract_faces", "extract_grid", "find_layout", "generate_grids", "hash_distance", "measure_face",
-    "perceptual_hash", "prompt_matrix", "register_backend", "register_template", "summarize", "write_report",
+    "BACKENDS", "DEFAULT_GENDERS", "GENDERS", "INTENSITIES", "MANIFEST_FILE", "TEMPLATES", "CellResult",
+    "CreditBudgetError", "CreditLedger", "DiffusersBackend", "ExtractSettings", "FaceQuality", "GeneratedImage",
+    "GenerationError", "GridBackend", "GridExtraction", "GridLayout", "GridSettings", "HttpBackend", "ImportBackend",
+    "ImportItem", "Prompt", "PromptSpec", "QualityThresholds", "accepted_per_grid", "build_prompt",
+    "committed_grids", "contact_sheet", "create_backend", "custom_prompt", "extract_faces", "extract_grid",
+    "find_layout", "generate_grids", "hash_distance", "import_grids", "measure_face", "parse_gender",
+    "perceptual_hash", "prompt_matrix", "read_import_manifest", "register_backend", "register_template",
+    "revert_imports", "summarize", "write_report",
 ]

@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from fer_core.errors import ConfigError, DataError, FerCoreError, ImageDecodeError, ModelLoadError
 from fer_core.images import load_rgb
-from fer_core.synthetic.ledger import CreditLedger
+from fer_core.synthetic.ledger import COMMITTED, CreditLedger
 from fer_core.synthetic.prompts import Prompt
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,11 @@ class GenerationError(FerCoreError):
 
 @dataclass(frozen=True)
 class GeneratedImage:
-    """Encoded image bytes and the model that made them."""
+    """Encoded image bytes, the model that made them and, for an imported file, where it came from."""
 
     data: bytes
     model: str
+    source: str | None = None
 
 
 class GridBackend(ABC):
@@ -62,6 +64,10 @@ class GridBackend(ABC):
     @abstractmethod
     def generate(self, prompt: Prompt, seed: int) -> GeneratedImage:
         """One image for ``prompt``; a :class:`GenerationError` when none comes back."""
+
+    def check_ready(self, ledger: CreditLedger) -> None:
+        """Raise a clear error when this backend cannot make its grids now (no API key, images the
+        ledger already holds); :func:`generate_grids` calls it before reserving any credit."""
 
     @property
     @abstractmethod
@@ -210,6 +216,9 @@ class HttpBackend(GridBackend):
             headers[self.auth_header] = f"{self.auth_scheme} {key}".strip()
         return headers
 
+    def check_ready(self, ledger: CreditLedger) -> None:
+        self._headers()  # the API key is set
+
     def _wait_for_rate_limit(self) -> None:
         with self._lock:
             wait = self._last_request + self.min_interval - time.monotonic()
@@ -348,6 +357,24 @@ class ImportBackend(GridBackend):
     def model(self) -> str:
         return self.model_name
 
+    def check_ready(self, ledger: CreditLedger) -> None:
+        """Refuse a batch holding an image twice, or an image the ledger already holds (content hash)."""
+        seen: dict[str, Path] = {}
+        known = {e["sha256"]: e for e in ledger.entries(COMMITTED) if e.get("sha256")}
+        problems = []
+        for file in self.files:
+            digest = hashlib.sha256(file.read_bytes()).hexdigest()
+            if digest in seen:
+                problems.append(f"{file} is the same image as {seen[digest]}")
+            elif digest in known:
+                entry = known[digest]
+                problems.append(f"{file} was already imported as ledger entry {entry['id']} ({entry.get('emotion')}, "
+                                f"batch {entry.get('batch') or entry['id']}, stored as {entry['file']})")
+            seen.setdefault(digest, file)
+        if problems:
+            raise DataError("import refused, nothing was recorded: " + "; ".join(problems) +
+                            ". Leave those files out, or undo the earlier import with 'fer-core synth revert ID'")
+
     def generate(self, prompt: Prompt, seed: int) -> GeneratedImage:
         if self._next >= len(self.files):
             raise GenerationError(f"import: only {len(self.files)} files were given")
@@ -355,7 +382,7 @@ class ImportBackend(GridBackend):
         self._next += 1
         data = file.read_bytes()
         check_image_bytes(data, str(file))
-        return GeneratedImage(data, self.model_name)
+        return GeneratedImage(data, self.model_name, str(file))
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -378,18 +405,22 @@ def generate_grids(backend: GridBackend, ledger: CreditLedger, jobs: Iterable[tu
                    raw_dir: str | Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Make one grid per ``(prompt, seed)`` job, each paid through ``ledger``.
 
-    Each job reserves its credits first (:class:`CreditBudgetError` stops the run before the call),
-    then the image is written to ``raw_dir`` (default: ``raw/`` beside the ledger) and the entry
-    committed; a :class:`GenerationError` releases the credit and the run goes on. Any other
-    interruption leaves the reservation pending (see :meth:`CreditLedger.pending`).
-    Returns the settled entries.
+    The backend is checked first (:meth:`GridBackend.check_ready`: an unset API key or an image
+    imported before stops the run with the ledger untouched). Each job then reserves its credits
+    (:class:`CreditBudgetError` stops the run before the call), the image is written to
+    ``raw_dir`` (default: ``raw/`` beside the ledger) and the entry committed; a
+    :class:`GenerationError` releases the credit and the run goes on. Any other interruption
+    leaves the reservation pending (see :meth:`CreditLedger.pending`). Every entry of one call
+    shares a ``batch`` id (what ``fer-core synth revert`` takes). Returns the settled entries.
     """
     raw_dir = Path(raw_dir) if raw_dir is not None else ledger.path.parent / "raw"
     jobs = list(jobs)
+    backend.check_ready(ledger)
+    batch = uuid.uuid4().hex[:8]
     settled = []
     for prompt, seed in tqdm(jobs, desc=f"grids via {backend.name}", unit="grid", disable=not progress):
         entry_id = ledger.reserve(backend.credits_per_grid, **prompt.to_dict(), seed=seed, backend=backend.name,
-                                  model=backend.model)
+                                  model=backend.model, batch=batch)
         try:
             image = backend.generate(prompt, seed)
         except GenerationError as exc:
@@ -399,5 +430,5 @@ def generate_grids(backend: GridBackend, ledger: CreditLedger, jobs: Iterable[tu
         digest = hashlib.sha256(image.data).hexdigest()
         file = raw_dir / f"{prompt.spec.emotion.lower()}_{prompt.id}_{seed}_{entry_id}{_suffix(image.data)}"
         _write_atomic(file, image.data)
-        settled.append(ledger.commit(entry_id, os.path.relpath(file, ledger.path.parent), digest))
+        settled.append(ledger.commit(entry_id, os.path.relpath(file, ledger.path.parent), digest, image.source))
     return settled

@@ -5,21 +5,28 @@ detect faces in each cell (the short-range detector needs the face to fill a goo
 image, so detection runs per cell, never on the whole grid), reject cells with no face, several
 faces, a face cut by the cell border, or a face failing :class:`QualityThresholds`, align and
 crop the rest to ``face_size`` and write them to ``processed/{split}/{class folder}/`` (a grid's
-faces all go to one split, stratified by emotion: :func:`~fer_core.data.splits.sequential_group_splits`). When
-fewer than ``min_confirmed`` of the cells hold exactly one whole face, the regular layout the
-prompt asked for is tried too and the one confirming more faces is kept; a row that stays
-unconfirmed (shifted against the others) gets cells centred on the faces found along it. Near-duplicates across the
-whole set are rejected last. Every cell gets a manifest row, accepted or with its reason.
+faces all go to one split, stratified by emotion: :func:`~fer_core.data.splits.sequential_group_splits`).
+
+The layout the prompt asked for is the prior: when the layout read from the image has another
+shape (a missed seam turns a 6x6 grid without gutters into 6x5), both are judged and the found
+one (or a regular square layout of its row or column count) is kept only when it confirms
+clearly more faces (``prior_margin``); each disagreement is logged and recorded in the
+manifest (``layout_found``, ``layout_requested``). When the shapes
+agree but fewer than ``min_confirmed`` of the cells hold exactly one whole face, the regular
+requested layout is tried too. A row that stays unconfirmed (shifted against the others) gets
+cells centred on the faces found along it. Near-duplicates across the whole set are rejected
+last. Every cell gets a manifest row, accepted or with its reason.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -37,6 +44,8 @@ from fer_core.synthetic.grid import GridLayout, GridSettings, Span, find_layout
 from fer_core.synthetic.ledger import COMMITTED, CreditLedger
 from fer_core.synthetic.quality import QualityThresholds, hash_distance, measure_face, perceptual_hash
 
+log = logging.getLogger(__name__)
+
 MANIFEST_FILE = "manifest.parquet"
 SPLITS = ("train", "test")
 #: Manifest fields copied from each grid's ledger entry.
@@ -52,9 +61,11 @@ class ExtractSettings:
         margin: border around the face box, as a fraction of its side.
         align: level the eyes.
         layout: faces per row and column the prompts asked for (config ``data.grid_layout``),
-            the fallback layout.
-        min_confirmed: a found layout with fewer cells holding exactly one face than this
-            fraction is compared with the requested one.
+            the prior layout (a grid's own ledger ``layout`` wins).
+        min_confirmed: a found layout of the requested shape with fewer cells holding exactly one
+            face than this fraction is compared with the regular requested one.
+        prior_margin: a found layout of another shape than the requested one replaces it only when
+            it confirms more faces by over this fraction of the requested cells.
         test_fraction: share of each emotion's grids (not faces) assigned to the test split; every
             emotion with two or more grids gets at least one test and one training grid, and a
             grid keeps its split when more grids are added (in ledger order).
@@ -68,6 +79,7 @@ class ExtractSettings:
     align: bool = True
     layout: int = 6
     min_confirmed: float = 0.5
+    prior_margin: float = 0.1
     test_fraction: float = 0.2
     split_seed: int = 0
     grid: GridSettings = field(default_factory=GridSettings)
@@ -78,7 +90,7 @@ class ExtractSettings:
         check_margin(self.margin)
         if isinstance(self.layout, bool) or not isinstance(self.layout, int) or self.layout < 1:
             raise ConfigError(f"layout: expected a positive integer, got {self.layout!r}")
-        for key in ("min_confirmed", "test_fraction"):
+        for key in ("min_confirmed", "prior_margin", "test_fraction"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{key}: expected a fraction in [0, 1], got {value!r}")
@@ -161,16 +173,37 @@ def _row_spans_from_faces(rgb: np.ndarray, band: Span, cell_width: int, detector
     return tuple((int(round(a)), int(round(b))) for a, b in zip(bounds[0::2], bounds[1::2], strict=True))
 
 
+class GridExtraction(NamedTuple):
+    """One grid's extraction: the layout kept, where it came from (``"found"``, ``"requested"``,
+    either with ``"+rows"``), its cells, and the shapes read from the image and asked for."""
+
+    layout: GridLayout
+    source: str
+    cells: list[CellResult]
+    found_shape: tuple[int, int] | None
+    requested_shape: tuple[int, int]
+
+    @property
+    def disagrees(self) -> bool:
+        """Whether the layout read from the image has another shape than the one asked for."""
+        return self.found_shape is not None and self.found_shape != self.requested_shape
+
+
 def extract_grid(rgb: np.ndarray, detector: FaceDetector, settings: ExtractSettings | None = None,
-                 layout: int | None = None) -> tuple[GridLayout, str, list[CellResult]]:
+                 layout: int | None = None) -> GridExtraction:
     """The layout of one grid image, where it came from and its cells.
 
-    The layout found from the image (``"found"``) is kept when at least ``min_confirmed`` of its
-    cells hold one whole face; otherwise the regular layout the prompt asked for (``"requested"``,
-    ``layout`` faces per side, default ``settings.layout``) is tried and the one confirming more
-    faces kept. Then each row confirming fewer than ``min_confirmed`` of its cells (a row shifted
-    against the others) gets cells centred on the faces found along it, kept when they confirm
-    more faces (``"+rows"`` is added to the source).
+    The requested layout (``layout`` faces per side, default ``settings.layout``) is the prior.
+    A layout found from the image with the requested shape is kept when at least
+    ``min_confirmed`` of its cells hold one whole face (else the regular requested layout is
+    tried and the one confirming more faces kept). A found layout of another shape is judged
+    against the regular requested one, and so are the regular square layouts of its row and
+    column counts when it is not square (``"regular"``: a 3x3 grid read as 3x2); one of them
+    replaces the prior only when it confirms more faces by over ``prior_margin`` of the
+    requested cells (the one confirming most; the found one on a tie). Then each row confirming
+    fewer than ``min_confirmed`` of its cells (a row shifted against the others) gets cells
+    centred on the faces found along it, kept when they confirm more faces (``"+rows"`` is added
+    to the source).
     """
     settings = settings or ExtractSettings()
     rgb = as_rgb(rgb)
@@ -181,20 +214,30 @@ def extract_grid(rgb: np.ndarray, detector: FaceDetector, settings: ExtractSetti
         return [_judge_cell(rgb[y0:y1, x0:x1], i, j, (x0, y0, x1, y1), detector, settings)
                 for i, j, (x0, y0, x1, y1) in boxes]
 
-    candidates: list[tuple[str, GridLayout]] = []
+    regular = GridLayout.regular(width, height, requested, requested)
     try:
-        candidates.append(("found", find_layout(rgb, settings.grid)))
+        found: GridLayout | None = find_layout(rgb, settings.grid)
     except DataError:
-        pass
-    candidates.append(("requested", GridLayout.regular(width, height, requested, requested)))
-    best: tuple[str, GridLayout, list[CellResult]] | None = None
-    for source, grid in candidates:
-        cells = judge(grid.cells())
-        if best is None or _confirmed(cells) > _confirmed(best[2]):
-            best = (source, grid, cells)
-        if _confirmed(cells) >= settings.min_confirmed * len(cells):
-            break
-    source, grid, cells = best
+        found = None
+    if found is not None and found.shape != regular.shape:
+        source, grid, cells = "requested", regular, judge(regular.cells())
+        bar = _confirmed(cells) + settings.prior_margin * requested ** 2
+        squares = {n for n in found.shape if n != requested} if found.shape[0] != found.shape[1] else set()
+        for name, other in [("found", found)] + [("regular", GridLayout.regular(width, height, n, n))
+                                                 for n in sorted(squares)]:
+            other_cells = judge(other.cells())
+            if _confirmed(other_cells) > max(bar, _confirmed(cells) if source != "requested" else 0):
+                source, grid, cells = name, other, other_cells
+    else:
+        candidates = [("found", found)] * (found is not None) + [("requested", regular)]
+        best: tuple[str, GridLayout, list[CellResult]] | None = None
+        for source, grid in candidates:
+            cells = judge(grid.cells())
+            if best is None or _confirmed(cells) > _confirmed(best[2]):
+                best = (source, grid, cells)
+            if _confirmed(cells) >= settings.min_confirmed * len(cells):
+                break
+        source, grid, cells = best
     for i, band in enumerate(grid.rows):
         row_cells = [c for c in cells if c.row == i]
         if _confirmed(row_cells) >= settings.min_confirmed * len(row_cells):
@@ -207,7 +250,15 @@ def extract_grid(rgb: np.ndarray, detector: FaceDetector, settings: ExtractSetti
         if _confirmed(new_cells) > _confirmed(row_cells):
             grid, source = shifted, source.removesuffix("+rows") + "+rows"
             cells = [c for c in cells if c.row != i] + new_cells
-    return grid, source, sorted(cells, key=lambda c: (c.row, c.column))
+    return GridExtraction(grid, source, sorted(cells, key=lambda c: (c.row, c.column)),
+                          None if found is None else found.shape, regular.shape)
+
+
+def accepted_per_grid(manifest: pd.DataFrame) -> dict[str, int]:
+    """Accepted faces per ledger entry id of an extraction manifest (grids with none included)."""
+    if manifest.empty or "grid_id" not in manifest:
+        return {}
+    return {str(k): int(v) for k, v in manifest.groupby("grid_id")["accepted"].sum().items()}
 
 
 def committed_grids(ledger: CreditLedger) -> list[dict[str, Any]]:
@@ -243,13 +294,19 @@ def extract_faces(grids: Iterable[dict[str, Any]], detector: FaceDetector, out_d
             rows.append({**base, "row": -1, "column": -1, "accepted": False,
                          "reject_reason": f"grid unreadable: {exc}"})
             continue
-        layout, source, cells = extract_grid(rgb, detector, settings, grid.get("layout"))
+        extraction = extract_grid(rgb, detector, settings, grid.get("layout"))
+        layout, source, cells = extraction.layout, extraction.source, extraction.cells
         confirmed = _confirmed(cells) / len(cells)
+        found, requested = (None if s is None else f"{s[0]}x{s[1]}"
+                            for s in (extraction.found_shape, extraction.requested_shape))
+        if extraction.disagrees:
+            log.warning("grid %s: the image reads as %s, %s was asked for; kept the %s layout (%d of %d cells hold "
+                        "one whole face)", base["grid_file"], found, requested, source, _confirmed(cells), len(cells))
         for cell in cells:
             cell_box = dict(zip(("cell_x0", "cell_y0", "cell_x1", "cell_y1"), cell.box, strict=True))
             row = {**base, "split": split, "grid_rows": layout.shape[0], "grid_columns": layout.shape[1],
-                   "layout_source": source, "layout_confirmed": confirmed, "row": cell.row, "column": cell.column,
-                   **cell_box,
+                   "layout_source": source, "layout_confirmed": confirmed, "layout_found": found,
+                   "layout_requested": requested, "row": cell.row, "column": cell.column, **cell_box,
                    "faces_found": cell.faces_found, **cell.quality}
             if cell.detection is not None:
                 x, y = cell.box[:2]

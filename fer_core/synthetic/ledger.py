@@ -11,18 +11,28 @@ from __future__ import annotations
 import fcntl
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from fer_core.errors import DataError, FerCoreError
 from fer_core.runs import utc_now, write_json_atomic
 
 LEDGER_VERSION = 1
+#: The backend name of imported grids (the only entries a revert removes).
+IMPORTED = "import"
 RESERVED, COMMITTED, RELEASED, LOST = "reserved", "committed", "released", "lost"
 #: Statuses whose credits count as spent (a reservation counts until it is settled).
 CHARGED = (RESERVED, COMMITTED, LOST)
+
+
+def revertible(entry: Mapping[str, Any]) -> bool:
+    """Whether an entry may be removed by a revert: a settled import (a generated grid's credit
+    was spent with the provider; a reservation is still in flight)."""
+    return entry.get("backend") == IMPORTED and entry.get("status") in (COMMITTED, RELEASED)
 
 
 class CreditBudgetError(FerCoreError):
@@ -120,9 +130,10 @@ class CreditLedger:
             entry.update(status=status, finished_at=utc_now(), **fields)
         return dict(entry)
 
-    def commit(self, entry_id: str, file: str, sha256: str) -> dict[str, Any]:
-        """The grid was made: record its file (relative to the ledger's folder) and hash."""
-        return self._settle(entry_id, COMMITTED, file=file, sha256=sha256)
+    def commit(self, entry_id: str, file: str, sha256: str, source: str | None = None) -> dict[str, Any]:
+        """The grid was made: record its file (relative to the ledger's folder), hash and, for an
+        import, the file it was copied from."""
+        return self._settle(entry_id, COMMITTED, file=file, sha256=sha256, source=source)
 
     def release(self, entry_id: str, note: str) -> dict[str, Any]:
         """The call failed without spending the credit: give it back, saying why."""
@@ -131,6 +142,63 @@ class CreditLedger:
     def resolve(self, entry_id: str, spent: bool, note: str = "resolved by hand") -> dict[str, Any]:
         """Settle an interrupted reservation: ``spent`` keeps the credit as lost (no image), else release it."""
         return self._settle(entry_id, LOST, note=note) if spent else self.release(entry_id, note)
+
+    def remove(self, entry_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Delete imported entries (reverting an import: their credits come back); returns them.
+        Generated grids stay: their credits were spent with the provider."""
+        wanted = set(entry_ids)
+        with self._locked() as state:
+            removed = [e for e in state["entries"] if e["id"] in wanted]
+            missing = sorted(wanted - {e["id"] for e in removed})
+            if missing:
+                raise DataError(f"no ledger entries {missing} in {self.path}")
+            refused = [e["id"] for e in removed if not revertible(e)]
+            if refused:
+                raise DataError(f"ledger entries {refused} are not settled imports: only imported grids can be "
+                                f"reverted (a generated grid's credit was spent with the provider)")
+            state["entries"] = [e for e in state["entries"] if e["id"] not in wanted]
+        return removed
+
+    def plan_arithmetic(self, accepted_by_grid: Mapping[str, int] | None = None, layout: int = 6,
+                        resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+        """The plan's arithmetic on this ledger: faces asked per credit (a ``layout`` x ``layout``
+        grid per credit until grids are committed: 36), faces accepted per credit measured on the
+        extracted grids (``accepted_by_grid``: ledger entry id -> accepted faces) with a 95%
+        percentile-bootstrap interval over grids, and what the budget and the remaining credits
+        should yield (faces asked, faces accepted)."""
+        paid = [e for e in self.entries(COMMITTED) if e["credits"] > 0]
+        credits = sum(e["credits"] for e in paid)
+        asked = sum(int(e.get("layout") or layout) ** 2 for e in paid)
+        asked_per_credit = asked / credits if credits else float(layout ** 2)
+        extracted = [e for e in paid if accepted_by_grid is not None and e["id"] in accepted_by_grid]
+        accepted = np.array([accepted_by_grid[e["id"]] for e in extracted], float) if extracted else np.zeros(0)
+        paid_credits = np.array([e["credits"] for e in extracted], float)
+        rate = float(accepted.sum() / paid_credits.sum()) if extracted else None
+        interval = None
+        if len(extracted) >= 2:
+            picks = np.random.default_rng(seed).integers(0, len(extracted), (resamples, len(extracted)))
+            rates = accepted[picks].sum(axis=1) / paid_credits[picks].sum(axis=1)
+            interval = [float(v) for v in np.percentile(rates, [2.5, 97.5])]
+
+        def yield_of(n_credits: int) -> dict[str, Any]:
+            return {"credits": n_credits, "faces_asked": round(n_credits * asked_per_credit),
+                    "faces_accepted_expected": None if rate is None else round(n_credits * rate, 1),
+                    "faces_accepted_95ci": None if interval is None else [round(n_credits * v, 1) for v in interval]}
+
+        return {
+            "faces_asked_per_credit": round(asked_per_credit, 3),
+            "asked_from": (f"{len(paid)} committed paid grids" if credits
+                           else f"the plan ({layout}x{layout} faces per credit)"),
+            "faces_accepted_per_credit": None if rate is None else round(rate, 3),
+            "faces_accepted_per_credit_95ci": None if interval is None else [round(v, 3) for v in interval],
+            "accepted_from": (f"{len(extracted)} extracted paid grids: accepted faces / credits; 95% CI: percentile "
+                              f"bootstrap over grids ({resamples} resamples, seed {seed})" if extracted else
+                              "no extracted paid grid yet (run 'fer-core synth extract')"),
+            "spent": {"credits": credits, "grids": len(paid), "faces_asked": asked, "grids_extracted": len(extracted),
+                      "faces_accepted": int(accepted.sum()) if extracted else None},
+            "budget": yield_of(self.budget),
+            "remaining": yield_of(max(self.remaining, 0)),
+        }
 
     def summary(self) -> dict[str, Any]:
         entries = self.entries()

@@ -19,7 +19,12 @@ from dataclasses import asdict, dataclass
 from fer_core.errors import ConfigError
 from fer_core.labels import EMOTIONS
 
-GENDERS = ("women", "men")
+#: Genders a prompt can ask for ("mixed": women and men in one grid); None leaves it unstated.
+GENDERS = ("women", "men", "mixed")
+#: What the command line and import manifests write for an unstated gender.
+UNSPECIFIED = "unspecified"
+#: The genders :func:`prompt_matrix` covers by default (the plan's grids: one gender per grid).
+DEFAULT_GENDERS = ("women", "men")
 INTENSITIES = ("slight", "moderate", "extreme")
 
 #: How each emotion is written into a prompt ("show {word} emotional expressions").
@@ -37,14 +42,15 @@ class PromptSpec:
 
     Args:
         emotion: one of :data:`fer_core.labels.EMOTIONS`.
-        gender: ``"women"`` or ``"men"``.
+        gender: ``"women"``, ``"men"``, ``"mixed"`` (both in one grid) or None (unstated: the
+            prompt names no gender).
         intensity: ``"slight"``, ``"moderate"``, ``"extreme"`` or None (unstated).
         age_range: e.g. ``"20-35"``; None asks for diverse age ranges.
         layout: faces per row and column asked for.
     """
 
     emotion: str
-    gender: str = "women"
+    gender: str | None = "women"
     intensity: str | None = None
     age_range: str | None = None
     layout: int = 6
@@ -52,8 +58,8 @@ class PromptSpec:
     def __post_init__(self) -> None:
         if self.emotion not in EMOTIONS:
             raise ConfigError(f"emotion: expected one of {list(EMOTIONS)}, got {self.emotion!r}")
-        if self.gender not in GENDERS:
-            raise ConfigError(f"gender: expected one of {list(GENDERS)}, got {self.gender!r}")
+        if self.gender is not None and self.gender not in GENDERS:
+            raise ConfigError(f"gender: expected one of {list(GENDERS)} or None (unstated), got {self.gender!r}")
         if self.intensity is not None and self.intensity not in INTENSITIES:
             raise ConfigError(f"intensity: expected one of {list(INTENSITIES)} or None, got {self.intensity!r}")
         if self.age_range is not None and (not isinstance(self.age_range, str) or not self.age_range.strip()):
@@ -100,6 +106,22 @@ def _expression(spec: PromptSpec) -> str:
     return word if spec.intensity is None else f"{spec.intensity} {word}"
 
 
+def parse_gender(text: str | None) -> str | None:
+    """A gender field as typed (any case; blank or ``"unspecified"``: None); a :class:`ConfigError` otherwise."""
+    value = (text or "").strip().lower()
+    if value in ("", UNSPECIFIED):
+        return None
+    if value not in GENDERS:
+        raise ConfigError(f"gender: expected one of {[*GENDERS, UNSPECIFIED]}, got {text!r}")
+    return value
+
+
+def _plan_people(spec: PromptSpec) -> str:
+    """The plan's "a distinct women individuals", with "women and men" for a mixed grid and no word when unstated."""
+    words = {"mixed": "women and men", None: ""}.get(spec.gender, spec.gender)
+    return f"a distinct {words} individuals".replace("  ", " ")
+
+
 def _plan_diversity(spec: PromptSpec) -> str:
     ages = "age ranges" if spec.age_range is None else f"ages {spec.age_range}"
     return f"diverse ethnicities, hair, {ages} and skin tones"
@@ -109,8 +131,8 @@ def _plan_diversity(spec: PromptSpec) -> str:
 def _plan_best(spec: PromptSpec) -> str:
     """The plan's final "Best" prompt, word for word."""
     n = spec.layout
-    return (f"A photo grid of a {n}x{n} dimension headshot movie portaits, each image cell containing a distinct "
-            f"{spec.gender} individuals with {_plan_diversity(spec)}. Faces are front-facing and show "
+    return (f"A photo grid of a {n}x{n} dimension headshot movie portaits, each image cell containing "
+            f"{_plan_people(spec)} with {_plan_diversity(spec)}. Faces are front-facing and show "
             f"{_expression(spec)} emotional expressions and well light environment. It is important that the "
             f"layout must be equally spaced, and each face should be full shown and clearly separated from the others.")
 
@@ -119,8 +141,8 @@ def _plan_best(spec: PromptSpec) -> str:
 def _plan_professional(spec: PromptSpec) -> str:
     """The plan's "best" professional-headshot prompt (used with "extreme angry" / "extreme sad")."""
     n = spec.layout
-    return (f"A grid of a {n}x{n} dimension professional headshot movie portaits, each image cell containing a "
-            f"distinct {spec.gender} individuals with {_plan_diversity(spec)}. Faces are front-facing and show "
+    return (f"A grid of a {n}x{n} dimension professional headshot movie portaits, each image cell containing "
+            f"{_plan_people(spec)} with {_plan_diversity(spec)}. Faces are front-facing and show "
             f"{_expression(spec)} emotional expressions and well light environment. The layout must be equally "
             f"spaced, and each face should be full shown and clearly separated from the others.")
 
@@ -136,11 +158,12 @@ def _current(spec: PromptSpec) -> str:
     if spec.emotion == "Fear":
         word = "fearful"
     emotion = word if spec.intensity is None else f"{INTENSITY_ADVERBS[spec.intensity]} {word}"
-    people = "woman" if spec.gender == "women" else "man"
+    people = {"women": "woman", "men": "man", "mixed": "woman or man", None: "person"}[spec.gender]
     ages = "of diverse age ranges" if spec.age_range is None else f"aged {spec.age_range}"
+    mix = "a balanced mix of women and men, " if spec.gender == "mixed" else ""
     return (f"{emotion.capitalize()} facial expressions: a movie photo of a {n}x{n} dimension grid of headshot "
             f"movie portraits, so {words} images for height and {words} images for width, {n * n} cells in all. "
-            f"Each cell shows one distinct {people} {ages}, with diverse ethnicities, hair and skin tones, "
+            f"Each cell shows one distinct {people} {ages}, with {mix}diverse ethnicities, hair and skin tones, "
             f"front-facing, showing {_article(emotion)} {emotion} emotional expression, in a well-lit environment "
             f"with a uniform "
             f"grey background. The layout must be equally spaced, and each face should be fully shown and "
@@ -160,7 +183,7 @@ def build_prompt(spec: PromptSpec, template: str = "current") -> Prompt:
     return Prompt(render(spec), spec, template, version)
 
 
-def prompt_matrix(emotions: tuple[str, ...] = EMOTIONS, genders: tuple[str, ...] = GENDERS,
+def prompt_matrix(emotions: tuple[str, ...] = EMOTIONS, genders: tuple[str | None, ...] = DEFAULT_GENDERS,
                   intensities: tuple[str | None, ...] = (None,), template: str = "current",
                   age_range: str | None = None, layout: int = 6) -> list[Prompt]:
     """One prompt per (emotion, gender, intensity), in that nesting order."""
