@@ -14,19 +14,13 @@ import streamlit as st
 from fer_core.config import ENV_CONFIG, Config, load_config
 from fer_core.errors import FerCoreError, ModelLoadError
 from fer_core.faces import FacePipeline
+from fer_core.labels import DOMAIN_COLORS, EMOTION_COLORS  # noqa: F401  (one colour per emotion and domain, every page)
 from fer_core.models import EmotionRecognizer, FerModel
 from fer_core.runs import Run, list_runs
 from fer_core.workflows import load_configured_model, resolve_weights
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES_DIR = REPO / "pages"
-
-#: One colour per emotion and per domain, on every page.
-EMOTION_COLORS = {
-    "Anger": "#d62728", "Contempt": "#8c564b", "Disgust": "#2ca02c", "Fear": "#9467bd",
-    "Happiness": "#ffbf00", "Neutral": "#7f7f7f", "Sadness": "#1f77b4", "Surprise": "#e377c2",
-}
-DOMAIN_COLORS = {"real": "#17becf", "synthetic": "#ff7f0e"}
 
 
 @dataclass(frozen=True)

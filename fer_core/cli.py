@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 from fer_core import __version__
 from fer_core.config import Config, load_config, parse_override
-from fer_core.errors import ConfigError, FerCoreError
+from fer_core.errors import ConfigError, DataError, FerCoreError
 
 Handler = Callable[[argparse.Namespace, Config], int]
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
@@ -765,6 +765,113 @@ def _cross_domain(args: argparse.Namespace, config: Config) -> int:
     paths = export_cross_domain(cells, args.metric, out, config.root, sources, args.aggregate)
     print(matrix_markdown(cells, args.metric))
     print("-> " + ", ".join(str(path) for path in paths.values()))
+    return 0
+
+
+def _compared_faces_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and the real and synthetic faces that RQ3 / RQ4 compare, with their sample."""
+    parser.add_argument("--model", type=Path, help="weights file (default: model.weights_path or the shipped model)")
+    parser.add_argument("--real", default="fer2013:test", help="real faces (default: fer2013:test)")
+    parser.add_argument("--synthetic", default="sd_faces", help="synthetic faces (default: sd_faces)")
+    _sampling_arguments(parser)
+    parser.add_argument("--trust-pickle", action="store_true", help="allow pickled .pt model files (they run code)")
+
+
+def _map_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which attribution maps, and the sizes of the region statistics."""
+    parser.add_argument("--method", help="attribution method (default: the most faithful method that passed the "
+                                         "model's stored sanity checks, else smoothgrad)")
+    parser.add_argument("--target", choices=("true", "predicted"), default="true",
+                        help="the class each map explains (default: the face's true class)")
+    parser.add_argument("--layer", help="layer of layer-based methods (default: the method's)")
+    parser.add_argument("--map-size", type=int, help="side of the stored maps (default: fer-core explain's)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="a method setting, as given to fer-core explain (repeatable)")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the region shares' CIs")
+    parser.add_argument("--permutations", type=int, default=9999, help="permutations of each region's test")
+
+
+def _report_options(args: argparse.Namespace, config: Config):
+    """The :class:`~fer_core.report.ReportOptions` of ``report`` / ``regions`` arguments."""
+    from fer_core.precompute import DEFAULT_MAP_SIZE
+    from fer_core.report import ReportOptions
+    return ReportOptions(
+        runs_dirs=tuple(getattr(args, "runs_dir", None) or ()), model=args.model, real=args.real,
+        synthetic=args.synthetic, limit=args.limit, per_class=args.per_class, sample_seed=args.sample_seed,
+        method=args.method, target=args.target, layer=args.layer, map_size=args.map_size or DEFAULT_MAP_SIZE,
+        params=_method_params(args.param),
+        projections=tuple(p.strip() for p in getattr(args, "projection", "pca").split(",") if p.strip()),
+        metric=getattr(args, "metric", "accuracy"), n_resamples=args.resamples, n_permutations=args.permutations,
+        config_file=args.config)
+
+
+def _print_missing(report) -> None:
+    for code, item in report.missing:
+        print(f"fer-core: missing ({code}): {item.what}\n  make it with: {item.command}", file=sys.stderr)
+
+
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    from fer_core.cross_domain import METRICS
+    parser.add_argument("questions", nargs="+", metavar="QUESTION", help="rq1, rq2, rq3, rq4 or all")
+    parser.add_argument("--out", type=Path, help="folder to write (default: paths.runs_dir/report-<questions>-<time>)")
+    parser.add_argument("--runs-dir", type=Path, action="append",
+                        help="folder of runs, read with its sub-folders (repeatable; default: paths.runs_dir)")
+    _compared_faces_arguments(parser)
+    _map_arguments(parser)
+    parser.add_argument("--projection", default="pca", help="stored 2-D projections to plot, comma-separated")
+    parser.add_argument("--metric", choices=METRICS, default="accuracy", help="score of the cross-domain tables")
+
+
+@command("report", "thesis-ready tables (CSV + LaTeX) and figures (PNG + PDF + SVG) of research questions, read from "
+                   "runs and the result cache, tied together in report.md (exit 3: inputs missing, each named with the "
+                   "command that makes it)", _report_arguments)
+def _report(args: argparse.Namespace, config: Config) -> int:
+    import shlex
+    from fer_core.report import build_report, question_codes
+    from fer_core.runs import command_record, run_id
+    config = _with_trust(args, config)
+    codes = question_codes(args.questions)
+    out = args.out or Path(config.paths.runs_dir) / run_id("report", *codes)
+    report = build_report(config, codes, out, _report_options(args, config), shlex.join(command_record()["argv"]))
+    counts = {kind: sum(a.kind == kind for s in report.sections for a in s.artifacts) for kind in ("figure", "table")}
+    print(f"{counts['figure']} figures (PNG, PDF, SVG) and {counts['table']} tables (CSV, LaTeX) -> "
+          f"{report.folder / 'report.md'}")
+    _print_missing(report)
+    return 3 if report.missing else 0
+
+
+def _regions_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, help="folder to write (default: paths.runs_dir/regions-<method>-<time>)")
+    _compared_faces_arguments(parser)
+    _map_arguments(parser)
+
+
+@command("regions", "facial regions, real vs synthetic faces: per-class mean maps on aligned faces and region shares "
+                    "against a fixed-map null with CIs and Holm-adjusted tests (computes missing maps into the cache)",
+         _regions_arguments)
+def _regions(args: argparse.Namespace, config: Config) -> int:
+    import shlex
+    from fer_core.report import Report, ReportContext
+    from fer_core.report.rq3 import regions_section
+    from fer_core.runs import command_record, provenance_record, run_id
+    config = _with_trust(args, config)
+    context = ReportContext(config, _report_options(args, config))
+    out = config.resolve(args.out or Path(config.paths.runs_dir) / run_id("regions", args.method or "", args.real,
+                                                                          args.synthetic))
+    report = Report(out, f"Facial regions: {args.real} vs {args.synthetic}", shlex.join(command_record()["argv"]))
+    section = report.section("regions", "Which facial regions drive the decisions, on real vs synthetic faces?")
+    model = context.model(section)
+    result = regions_section(context, section, model, compute=True) if model is not None else None
+    report.write(provenance_record(config.root))
+    _print_missing(report)
+    if result is None:
+        raise DataError(f"no region report: {'; '.join(item.what for _, item in report.missing) or 'no labelled faces'}")
+    import pandas as pd
+    tests = pd.DataFrame(result["differences"])
+    print(tests[tests["emotion"] == "all"][["region", "mean_a", "mean_b", "null_difference", "effect", "p_holm"]]
+          .rename(columns={"mean_a": f"per-area share {tests['domain_a'].iloc[0]}",
+                           "mean_b": f"per-area share {tests['domain_b'].iloc[0]}"}).to_string(index=False))
+    print(f"-> {report.folder / 'report.md'}")
     return 0
 
 

@@ -31,6 +31,13 @@ VALENCE_OF: Mapping[str, str] = MappingProxyType(
     {emotion: group for group, members in VALENCE_GROUPS.items() for emotion in members}
 )
 
+#: One colour per emotion and per domain, in every figure (the dashboard's and the exported report's).
+EMOTION_COLORS: Mapping[str, str] = MappingProxyType({
+    "Anger": "#d62728", "Contempt": "#8c564b", "Disgust": "#2ca02c", "Fear": "#9467bd",
+    "Happiness": "#ffbf00", "Neutral": "#7f7f7f", "Sadness": "#1f77b4", "Surprise": "#e377c2",
+})
+DOMAIN_COLORS: Mapping[str, str] = MappingProxyType({"real": "#17becf", "synthetic": "#ff7f0e"})
+
 
 @dataclass(frozen=True)
 class LabelMap:
