@@ -259,20 +259,35 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _start_arguments(parser: argparse.ArgumentParser, default_epochs: int) -> None:
+    """Where training starts and its stages: ``--init``, ``--recipe``, ``--epochs``, ``--lr``, ..."""
+    parser.add_argument("--init", type=Path, help="start from these weights and fine-tune them (the plan's design; "
+                                                  "e.g. weights/fer_b0_ferplus.safetensors)")
+    parser.add_argument("--trust-pickle", action="store_true", help="allow a pickled --init file")
+    parser.add_argument("--recipe", help="scratch: one stage over all layers, --epochs at --lr; hsemotion: head 3 "
+                                         "epochs at 1e-3, then all 6 at 1e-4; gradual: the plan's block-by-block "
+                                         "unfreezing (head, top:2, top:4, all; 9 epochs); or the stages written out "
+                                         "as TRAINABLE:EPOCHS:LR,... (e.g. head:1:1e-3,all:2:1e-4). Default: "
+                                         "hsemotion with --init, else scratch")
+    parser.add_argument("--architecture", help="default: model.architecture (with --init: the init model's)")
+    parser.add_argument("--input-size", type=int, help="default: model.input_size (with --init: the init model's)")
+    parser.add_argument("--epochs", type=int, help=f"epochs of the scratch recipe (default {default_epochs}); with "
+                                                   "another recipe an error (write its stages out instead)")
+    parser.add_argument("--lr", type=float, help="peak learning rate of the scratch recipe (default 2e-3); with "
+                                                 "another recipe an error")
+
+
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", required=True, help="training dataset spec, e.g. ferplus:train")
     parser.add_argument("--val", required=True, help="validation dataset spec (selects the best epoch), e.g. ferplus:valid")
     parser.add_argument("--name", help="run name under paths.runs_dir (default: generated)")
     parser.add_argument("--resume", action="store_true", help="continue the run --name from its last checkpoint")
-    parser.add_argument("--init", type=Path, help="start from these weights (e.g. HSEmotion's VGGFace2 backbone)")
-    parser.add_argument("--trust-pickle", action="store_true", help="allow a pickled --init file")
-    parser.add_argument("--recipe", choices=("scratch", "hsemotion", "gradual"),
-                        help="scratch: one stage, all layers; hsemotion: head 3 epochs then all 6; gradual: "
-                             "block-by-block unfreezing (default: hsemotion with --init, else scratch)")
-    parser.add_argument("--architecture", help="default: model.architecture")
-    parser.add_argument("--input-size", type=int, help="default: model.input_size")
-    parser.add_argument("--epochs", type=int, default=30, help="epochs of the scratch recipe")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the scratch recipe")
+    parser.add_argument("--synthetic", help="synthetic faces to mix into --train, e.g. sd_faces:train")
+    parser.add_argument("--synthetic-fraction", type=float, metavar="F",
+                        help="with --synthetic: the synthetic share of the training set (0-1); both parts drawn "
+                             "without repeats, stratified by class, with --seed")
+    parser.add_argument("--size", type=int, help="with --synthetic: faces in the mix (default: the most it allows)")
+    _start_arguments(parser, default_epochs=30)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw")
     parser.add_argument("--weight-decay", type=float, default=0.05)
@@ -339,28 +354,27 @@ def _calibrate(args: argparse.Namespace, config: Config) -> int:
 
 def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (re-run to resume)")
-    parser.add_argument("--architecture", help="default: model.architecture")
-    parser.add_argument("--input-size", type=int, help="default: model.input_size")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    _start_arguments(parser, default_epochs=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--sam-rho", type=float, default=0.0, help="> 0: SAM (the plan's RobustOptimizer)")
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--max-steps", type=int, help="at most N batches per epoch (quick trials)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
-    parser.add_argument("--seed", type=int, default=0)
 
 
 def _experiment_settings(args: argparse.Namespace, config: Config):
-    """Training settings of ``sweep`` and ``crossval``: one stage over all layers, hard labels."""
-    from fer_core.training import AugmentSettings, Stage, TrainSettings
-    from fer_core.workflows import device_for
-    return TrainSettings(
-        architecture=args.architecture or config.model.architecture, input_size=args.input_size or config.model.input_size,
-        stages=(Stage(args.epochs, args.lr, "all"),), batch_size=args.batch_size, sam_rho=args.sam_rho,
-        label_smoothing=args.label_smoothing, soft_targets=False, augment=None if args.no_augment else AugmentSettings(),
-        seed=args.seed, max_steps_per_epoch=args.max_steps, device=device_for(config))
+    """Training settings of ``sweep`` and ``crossval`` (hard labels; stages from the recipe) and
+    the :class:`~fer_core.workflows.TrainingStart` (the ``--init`` model and recipe)."""
+    from fer_core.training import AugmentSettings, TrainSettings
+    from fer_core.workflows import device_for, training_start
+    start = training_start(_with_trust(args, config), args, default_epochs=10)
+    settings = TrainSettings(
+        architecture=start.architecture, input_size=start.input_size, stages=start.stages, batch_size=args.batch_size,
+        sam_rho=args.sam_rho, label_smoothing=args.label_smoothing, soft_targets=False,
+        augment=None if args.no_augment else AugmentSettings(), seed=getattr(args, "seed", 0),
+        max_steps_per_epoch=args.max_steps, device=device_for(config))
+    return settings, start
 
 
 def _fractions(text: str) -> tuple[float, ...]:
@@ -370,39 +384,66 @@ def _fractions(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0,0.5,1, got {text!r}") from None
 
 
+def _whole_numbers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers such as 0,1,2, got {text!r}") from None
+
+
 def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--real", required=True, help="real training data, e.g. ferplus:train")
-    parser.add_argument("--synthetic", help="synthetic training data, e.g. synthetic:train")
+    parser.add_argument("--synthetic", help="synthetic training data, e.g. sd_faces:train (the shared faces) or "
+                                            "synthetic:train (your extracted grids)")
     parser.add_argument("--val", required=True, help="validation data (selects each run's best epoch)")
     parser.add_argument("--test", action="append", required=True, help="a test set (repeatable; real and synthetic)")
-    parser.add_argument("--fractions", type=_fractions, default=(0.0, 0.25, 0.5, 0.75, 1.0),
-                        help="synthetic shares, comma-separated (default 0,0.25,0.5,0.75,1)")
-    parser.add_argument("--size", type=int, help="training faces per run (default: the most every fraction allows)")
+    levels = parser.add_mutually_exclusive_group()
+    levels.add_argument("--fractions", type=_fractions, default=(0.0, 0.25, 0.5, 0.75, 1.0),
+                        help="design 'share': the training set's size is fixed and these synthetic shares of it are "
+                             "compared, comma-separated (default 0,0.25,0.5,0.75,1)")
+    levels.add_argument("--added", type=_whole_numbers, metavar="N,N,...",
+                        help="design 'added': the same real faces in every run plus N synthetic faces "
+                             "(nested: the 100 added are among the 200), e.g. 0,100,200,400")
+    parser.add_argument("--size", type=int, help="share: training faces per run (default: the most every fraction "
+                                                 "allows); added: real faces per run (default: all of --real)")
+    parser.add_argument("--seeds", type=_whole_numbers, default=(0,),
+                        help="repeat every mix with these seeds (a seed draws the mix and seeds training), e.g. "
+                             "0,1,2: the summary gives mean, sd and 95%% CI over seeds and a test across mixes "
+                             "paired by seed and face (default 0)")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="select on and score a seeded (seed 0) class-stratified sample of N faces of the "
+                             "validation and each test set (quick trials; the records say so)")
     _experiment_arguments(parser)
 
 
 @command("sweep", "train one run per synthetic share and score each on every test set (one summary table)",
          _sweep_arguments)
 def _sweep(args: argparse.Namespace, config: Config) -> int:
-    from fer_core.training.experiments import sweep
-    table = sweep(config, args.real, args.synthetic, args.val, args.test, _experiment_settings(args, config), args.out,
-                  fractions=args.fractions, size=args.size, n_bootstrap=args.bootstrap)
-    print(table[["fraction", "test_set", "n", "accuracy", "macro_f1"]].to_string(index=False))
-    print(f"-> {config.resolve(args.out) / 'summary.csv'}")
+    from fer_core.training.experiments import sweep, sweep_report
+    settings, start = _experiment_settings(args, config)
+    design = "share" if args.added is None else "added"
+    sweep(config, args.real, args.synthetic, args.val, args.test, settings, args.out, fractions=args.fractions,
+          size=args.size, n_bootstrap=args.bootstrap, design=design, added=args.added or (), seeds=args.seeds,
+          init=start.init, recipe=start.recipe, limit=args.limit)
+    print(sweep_report(config.resolve(args.out)))
     return 0
 
 
 def _crossval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset spec, e.g. synthetic:train")
-    parser.add_argument("--k", type=int, default=5, help="number of stratified folds")
+    parser.add_argument("--k", type=int, default=5, help="number of stratified folds (faces of one generated grid "
+                                                         "stay in one fold)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the folds and of training")
     _experiment_arguments(parser)
 
 
-@command("crossval", "stratified k-fold cross-validation: per-fold metrics, mean and std", _crossval_arguments)
+@command("crossval", "stratified k-fold cross-validation (every generated grid inside one fold): per-fold metrics, "
+                     "mean and std", _crossval_arguments)
 def _crossval(args: argparse.Namespace, config: Config) -> int:
     from fer_core.training.experiments import cross_validate
-    summary = cross_validate(config, args.dataset, args.k, _experiment_settings(args, config), args.out,
-                             n_bootstrap=args.bootstrap)
+    settings, start = _experiment_settings(args, config)
+    summary = cross_validate(config, args.dataset, args.k, settings, args.out, n_bootstrap=args.bootstrap,
+                             init=start.init, recipe=start.recipe)
     for metric in ("accuracy", "macro_f1"):
         print(f"{metric}: {summary[metric]['mean']:.4f} +- {summary[metric]['std']:.4f} over {args.k} folds")
     print(f"-> {config.resolve(args.out) / 'crossval.json'}")

@@ -1,11 +1,14 @@
-"""Classification metrics with bootstrap confidence intervals, and McNemar's test.
+"""Classification metrics with bootstrap confidence intervals, McNemar's test, Cochran's Q with
+Holm's correction, and the spread of repeated runs.
 
 Point estimates come from scikit-learn; confidence intervals from ``scipy.stats.bootstrap``
-(paired resampling of faces); McNemar's exact test from ``scipy.stats.binomtest``.
+(paired resampling of faces); McNemar's exact test from ``scipy.stats.binomtest``; Cochran's Q
+from its textbook formula with ``scipy.stats.chi2``; the spread over seeds from Student's t.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Sequence
 
 import numpy as np
@@ -153,3 +156,71 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, f
     return {"n": int(a.size), "a_only_correct": b, "b_only_correct": c,
             "accuracy_a": float(a.mean()) if a.size else float("nan"),
             "accuracy_b": float(b_.mean()) if a.size else float("nan"), "p_value": p_value}
+
+
+def _cochran_statistic(columns: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Cochran's Q from column totals ``(..., k)`` and the row totals (fixed under permutation)."""
+    total = rows.sum()
+    denominator = k * total - (rows ** 2).sum()
+    return (k - 1) * (k * (columns ** 2).sum(axis=-1) - total ** 2) / denominator
+
+
+def cochran_q(correct: np.ndarray, n_permutations: int = 9999, seed: int = 0) -> dict[str, float | int]:
+    """Cochran's Q test that ``k`` paired treatments (columns) have the same success rate, on a
+    ``(blocks, k)`` array of 0/1 outcomes (here: a face under one seed, correct or not, for each
+    training mix). ``Q = (k-1) (k sum_j C_j^2 - N^2) / (k N - sum_i R_i^2)`` with column totals
+    ``C_j``, row totals ``R_i`` and ``N`` successes. ``p_value``: chi-square on ``k-1`` degrees of
+    freedom (the textbook approximation, poor with few informative blocks); ``p_permutation``: the
+    exact-in-the-limit test that shuffles each block's outcomes over the treatments
+    (``n_permutations`` seeded draws, ``(hits + 1) / (n + 1)``). Blocks that agree on every
+    treatment carry no information and drop out. With ``k = 2`` Q is McNemar's chi-square without
+    continuity correction and the permutation test McNemar's exact test."""
+    x = np.asarray(correct, dtype=np.int64)
+    if x.ndim != 2 or x.shape[1] < 2 or x.shape[0] == 0:
+        raise DataError(f"Cochran's Q needs a (blocks, k >= 2) array of 0/1 outcomes, got shape {x.shape}")
+    if not np.isin(x, (0, 1)).all():
+        raise DataError("Cochran's Q needs 0/1 outcomes")
+    k = x.shape[1]
+    rows = x.sum(axis=1)
+    informative = x[(rows > 0) & (rows < k)]
+    result = {"q": 0.0, "df": k - 1, "p_value": 1.0, "p_permutation": 1.0, "permutations": n_permutations,
+              "blocks": int(x.shape[0]), "informative_blocks": int(len(informative))}
+    if not len(informative):
+        return result
+    row_totals = informative.sum(axis=1)
+    q = float(_cochran_statistic(informative.sum(axis=0), row_totals, k))
+    rng = np.random.default_rng(seed)
+    columns = np.zeros((n_permutations, k), dtype=np.int64)
+    for total in np.unique(row_totals):  # blocks of r successes put them on a uniform r-subset of treatments
+        subsets = np.array([[j in chosen for j in range(k)] for chosen in itertools.combinations(range(k), total)])
+        picks = rng.multinomial(int((row_totals == total).sum()), np.full(len(subsets), 1 / len(subsets)),
+                                size=n_permutations)
+        columns += picks @ subsets.astype(np.int64)
+    hits = int((_cochran_statistic(columns, row_totals, k) >= q - 1e-9).sum())
+    return {**result, "q": q, "p_value": float(stats.chi2.sf(q, k - 1)),
+            "p_permutation": (hits + 1) / (n_permutations + 1)}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of ``p_values`` (family-wise error), in their order:
+    the ``i``-th smallest becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``."""
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (len(p) - np.arange(len(p))) * p[order])
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted.tolist()
+
+
+def seed_spread(values: Sequence[float], confidence: float = 0.95) -> dict[str, float | int]:
+    """Mean, sample standard deviation and the Student-t confidence interval of the mean of
+    repeated runs (one value per seed); sd and the interval are NaN for a single run."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise DataError("seed_spread needs at least one value")
+    mean = float(v.mean())
+    if v.size < 2:
+        return {"n": 1, "mean": mean, "sd": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+    sd = float(v.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, v.size - 1)) * sd / np.sqrt(v.size)
+    return {"n": int(v.size), "mean": mean, "sd": sd, "ci_low": float(mean - half), "ci_high": float(mean + half)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from fer_core.sampling import base_label, sampling_of
 from fer_core.scoring import DEFAULT_PROTOCOL, ScoringWarning, scoring_for
 from fer_core.runs import (METRICS_FILE, RUN_FILE, Run, provenance_record, run_id, run_path, utc_now,
                            write_json_atomic)
-from fer_core.training import (GRADUAL_UNFREEZING_STAGES, HSEMOTION_STAGES, AugmentSettings, Stage, Trainer,
-                               TrainSettings, distributed)
+from fer_core.training import AugmentSettings, Stage, Trainer, TrainSettings, distributed
+from fer_core.training.experiments import as_face_crops, mixed_training_set
+from fer_core.training.recipes import recipe_stages
 
 #: The model shipped with the project (trained by ``fer-core train``; see weights/MODEL_CARD.md).
 SHIPPED_WEIGHTS = Path("weights") / "fer_b0_ferplus.safetensors"
@@ -149,16 +151,61 @@ def training_dataset(config: Config, spec: str, soft_labels: bool) -> FaceDatase
     return FerPlusDataset(config.resolve(config.data.root) / "real" / "ferplus", split, label_mode="soft")
 
 
+@dataclass(frozen=True)
+class TrainingStart:
+    """Where training starts and how it proceeds: the ``init`` model (None: from scratch), the
+    recipe's name and stages, and the architecture and input size (the init model's, if any)."""
+
+    init: FerModel | None
+    recipe: str
+    stages: tuple[Stage, ...]
+    architecture: str
+    input_size: int
+
+
+def training_start(config: Config, args: Any, default_epochs: int, default_lr: float = 2e-3) -> TrainingStart:
+    """The :class:`TrainingStart` of parsed ``--init``, ``--recipe``, ``--epochs``, ``--lr``,
+    ``--architecture`` and ``--input-size`` (see :mod:`fer_core.training.recipes` for the rule
+    on ``--epochs`` / ``--lr``); ``--architecture`` or ``--input-size`` that contradict the
+    ``--init`` model are an error."""
+    init = load_model(config.resolve(args.init), trust_pickle=config.model.trust_pickle) if args.init else None
+    recipe, stages = recipe_stages(args.recipe, args.epochs, args.lr, init is not None,
+                                   default_epochs=default_epochs, default_lr=default_lr)
+    if init is None:
+        return TrainingStart(None, recipe, stages, args.architecture or config.model.architecture,
+                             args.input_size or config.model.input_size)
+    for flag, given, own in (("--architecture", args.architecture, init.architecture),
+                             ("--input-size", args.input_size, init.input_size)):
+        if given is not None and given != own:
+            raise ConfigError(f"{flag} {given} contradicts the --init model ({own}); leave {flag} out")
+    return TrainingStart(init, recipe, stages, init.architecture, init.input_size)
+
+
+def _mixed_training_data(config: Config, args: Any, input_size: int) -> tuple[FaceDataset, dict[str, Any]]:
+    """``--train`` alone, or mixed with ``--synthetic`` at ``--synthetic-fraction`` (``--size``
+    faces, drawn with ``--seed``); and what the run record says about the mix."""
+    if args.synthetic is None:
+        if args.synthetic_fraction is not None or args.size is not None:
+            raise ConfigError("--synthetic-fraction and --size make a mix: give the synthetic faces with --synthetic")
+        return training_dataset(config, args.train, args.soft_labels), {}
+    if args.synthetic_fraction is None:
+        raise ConfigError("--synthetic needs --synthetic-fraction F (the synthetic share of the training set, 0-1)")
+    if args.soft_labels:
+        raise ConfigError("--soft-labels needs FER+ vote distributions for every face; synthetic faces have none")
+    real, synthetic = dataset_for(config, args.train), dataset_for(config, args.synthetic)
+    crops = FacePipeline.from_config(config, input_size) if not (real.pre_cropped and synthetic.pre_cropped) else None
+    mix = mixed_training_set(as_face_crops(real, crops), as_face_crops(synthetic, crops), args.synthetic_fraction,
+                             args.size, args.seed)
+    return mix, {"synthetic_fraction": args.synthetic_fraction, "composition": mix.domain_counts(),
+                 "real_train": real.label, "synthetic_train": synthetic.label}
+
+
 def train_model(config: Config, args: Any) -> dict[str, Any]:
     """Run ``fer-core train`` from parsed arguments: build settings, data and the start model."""
-    init = load_model(config.resolve(args.init), trust_pickle=config.model.trust_pickle) if args.init else None
-    recipe = args.recipe or ("hsemotion" if init else "scratch")
-    stages = {"scratch": (Stage(args.epochs, args.lr, "all"),), "hsemotion": HSEMOTION_STAGES,
-              "gradual": GRADUAL_UNFREEZING_STAGES}[recipe]
-    architecture = init.architecture if init else (args.architecture or config.model.architecture)
+    start = training_start(config, args, default_epochs=30)
+    init, architecture = start.init, start.architecture
     settings = TrainSettings(
-        architecture=architecture, input_size=init.input_size if init else (args.input_size or config.model.input_size),
-        stages=stages, batch_size=args.batch_size, optimizer=args.optimizer, weight_decay=args.weight_decay,
+        architecture=architecture, input_size=start.input_size, stages=start.stages, batch_size=args.batch_size, optimizer=args.optimizer, weight_decay=args.weight_decay,
         sam_rho=args.sam_rho, label_smoothing=args.label_smoothing, soft_targets=args.soft_labels,
         class_weights=args.class_weights, logit_adjustment=args.logit_adjustment,
         augment=None if args.no_augment else AugmentSettings(), drop_rate=args.drop_rate,
@@ -172,12 +219,12 @@ def train_model(config: Config, args: Any) -> dict[str, Any]:
                               f"or another --name")
         if args.resume and not (run_dir / "checkpoint.pt").is_file():
             raise ConfigError(f"nothing to resume: {run_dir / 'checkpoint.pt'} does not exist")
-        train = training_dataset(config, args.train, args.soft_labels)
+        train, mix = _mixed_training_data(config, args, settings.input_size)
         val = dataset_for(config, args.val)
         pipeline = (None if train.pre_cropped and val.pre_cropped
                     else FacePipeline.from_config(config, settings.input_size))
         trainer = Trainer(run_dir, settings, train, val, init=init, face_pipeline=pipeline,
-                          extra_info={"recipe": recipe, "command": "fer-core train"})
+                          extra_info={"recipe": start.recipe, "command": "fer-core train", **mix})
         return {"run_dir": run_dir, **trainer.fit()}
 
 

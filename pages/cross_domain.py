@@ -67,8 +67,9 @@ if config is not None:
     fractions = accuracy_by_fraction(table, metric)
     if fractions["synthetic_fraction"].nunique() < 2:
         ui.empty_state("Fewer than two synthetic shares evaluated. Train one model per share and score each:",
-                       "fer-core sweep --real ferplus:train --synthetic synthetic:train --val ferplus:valid "
-                       "--test ferplus:test --test synthetic:test --out runs/sweep")
+                       "fer-core sweep --real ferplus:train --synthetic sd_faces:train --val ferplus:valid "
+                       "--test ferplus:test --test sd_faces:test --init weights/fer_b0_ferplus.safetensors "
+                       "--recipe gradual --seeds 0,1,2 --out runs/sweep")
     if not fractions.empty:
         st.plotly_chart(charts.fraction_lines(fractions, metric), key="xd-fractions")
 

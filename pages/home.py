@@ -14,7 +14,8 @@ QUESTIONS = (
     ("RQ1", "How do models trained on real faces perform on synthetic faces?", "cross_domain.py",
      "per-class (and per-intensity) accuracy on synthetic faces, the train x test accuracy matrix"),
     ("RQ2", "How does fine-tuning on synthetic faces change accuracy on real faces?", "cross_domain.py",
-     "accuracy by synthetic share of the training set; McNemar's test between runs on Baseline metrics"),
+     "accuracy by synthetic share of the training set (mean and 95% CI over seeds; Cochran's Q and pairwise "
+     "McNemar across shares in the sweep's summary); McNemar's test between runs on Baseline metrics"),
     ("RQ3", "Which facial regions drive the decisions, on real vs synthetic faces?", "saliency.py",
      "Grad-CAM, IG, LRP maps side by side, per-class mean maps, region shares with CIs"),
     ("RQ4", "How do real and synthetic faces differ inside the model?", "embeddings.py",
@@ -87,8 +88,9 @@ if config is not None:
                       "fer-core explain --dataset fer2013:test --method gradcam --limit 500"))
     if not any(r.info.get("experiment") == "sweep" for r in trainings):
         steps.append(("Train with a growing share of synthetic faces (RQ2)",
-                      "fer-core sweep --real ferplus:train --synthetic synthetic:train --val ferplus:valid "
-                      "--test ferplus:test --test synthetic:test --out runs/sweep"))
+                      "fer-core sweep --real ferplus:train --synthetic sd_faces:train --val ferplus:valid "
+                      "--test ferplus:test --test sd_faces:test --init weights/fer_b0_ferplus.safetensors "
+                      "--recipe gradual --seeds 0,1,2 --out runs/sweep"))
     if not steps:
         st.success("Everything the pages need is installed and cached.")
     for title, command in steps:

@@ -15,6 +15,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
@@ -128,9 +129,10 @@ class FaceDataset(ABC):
         for position in range(len(self)):
             yield self._sample(position)
 
-    @property
+    @cached_property
     def label(self) -> str:
-        """``name:split`` when every sample comes from one split (e.g. ``ferplus:test``), else the name."""
+        """``name:split`` when every sample comes from one split (e.g. ``ferplus:test``), else the name
+        (worked out once: it reads every sample, and a dataset's samples never change)."""
         splits = {self._sample(i).split for i in range(len(self))}
         return f"{self.name}:{splits.pop()}" if len(splits) == 1 and "all" not in splits else self.name
 

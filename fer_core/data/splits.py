@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from fer_core.errors import DataError
+from fer_core.labels import EMOTIONS
 
 #: Split names given to positional fractions, by how many fractions there are.
 DEFAULT_SPLIT_NAMES = {2: ("train", "test"), 3: ("train", "valid", "test")}
@@ -145,21 +146,22 @@ def stratified_group_kfold(labels: np.ndarray | Sequence[int], groups: Sequence[
         return stratified_kfold(array, k, seed)
     if k < 2:
         raise DataError(f"k must be at least 2, got {k}")
-    classes, per_class = np.unique(array, return_counts=True)
-    fewest = min(len(np.unique(group_array[array == c])) for c in classes)
-    if fewest < k:
-        rarest = min(classes, key=lambda c: len(np.unique(group_array[array == c])))
-        raise DataError(f"cannot make {k} folds that keep each grid whole: class {int(rarest)} has faces from "
-                        f"only {fewest} grid(s); use k <= {fewest} or generate more grids of it")
+    grids = {int(c): len(np.unique(group_array[array == c])) for c in np.unique(array)}
+    rarest = min(grids, key=grids.__getitem__)
+    if grids[rarest] < k:
+        name = EMOTIONS[rarest] if 0 <= rarest < len(EMOTIONS) else str(rarest)
+        raise DataError(f"cannot make {k} folds that keep each grid whole: {name} has faces from only "
+                        f"{grids[rarest]} grid(s); use k <= {grids[rarest]} or generate more grids of it")
     folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     return [(train, held_out) for train, held_out in folds.split(np.zeros(array.size), array, group_array)]
 
 
 def stratified_group_split(labels: np.ndarray | Sequence[int], groups: Sequence[str] | np.ndarray,
                            held_out_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, held-out) sorted positions: about ``held_out_fraction`` of the faces held out,
-    whole groups on each side, stratified by class as far as whole groups allow. With every
-    group a single face it is :func:`stratified_split`."""
+    """(kept, held-out) sorted positions with whole groups on each side: of each class's ``n``
+    groups, ``round(held_out_fraction * n)`` held out (at least one, never all; a class of one
+    group stays kept), drawn with ``seed``. With every group a single face it is
+    :func:`stratified_split`."""
     array = _labels_1d(labels)
     group_array = _group_array(array, groups)
     if not 0.0 < held_out_fraction < 1.0:
@@ -167,13 +169,14 @@ def stratified_group_split(labels: np.ndarray | Sequence[int], groups: Sequence[
     if _every_group_single(group_array):
         parts = stratified_split(array, {"kept": 1 - held_out_fraction, "held_out": held_out_fraction}, seed)
         return parts["kept"], parts["held_out"]
-    n_splits = max(2, round(1 / held_out_fraction))
-    if len(np.unique(group_array)) < n_splits:
-        raise DataError(f"cannot hold out {held_out_fraction:g} of the faces in whole grids: there are only "
-                        f"{len(np.unique(group_array))} grids")
-    kept, held_out = next(StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-                          .split(np.zeros(array.size), array, group_array))
-    return np.sort(kept), np.sort(held_out)
+    rng = np.random.default_rng(seed)
+    held_groups: list[str] = []
+    for value in np.unique(array):
+        class_groups = rng.permutation(np.unique(group_array[array == value]))
+        count = min(len(class_groups) - 1, max(1, round(held_out_fraction * len(class_groups))))
+        held_groups.extend(class_groups[:count])
+    held = np.isin(group_array, np.asarray(held_groups, dtype=object))
+    return np.flatnonzero(~held), np.flatnonzero(held)
 
 
 def _phase(seed: int, group_class: str) -> float:

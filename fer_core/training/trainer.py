@@ -61,6 +61,11 @@ class Stage:
     trainable: str = "all"
 
 
+def describe_stages(stages: tuple[Stage, ...]) -> str:
+    """``head 3 epochs at lr 0.001, all 6 epochs at lr 0.0001``."""
+    return ", ".join(f"{s.trainable} {s.epochs} epoch{'s' * (s.epochs != 1)} at lr {s.lr:g}" for s in stages)
+
+
 #: HSEmotion's fine-tuning recipe: head only, then everything.
 HSEMOTION_STAGES = (Stage(3, 1e-3, "head"), Stage(6, 1e-4, "all"))
 #: The plan's gradual unfreezing for fine-tuning on synthetic faces (RQ2).
@@ -105,6 +110,19 @@ class TrainSettings:
     @property
     def epochs(self) -> int:
         return sum(s.epochs for s in self.stages)
+
+    def describe(self) -> str:
+        """Every setting that shapes the run, in one line (printed when training starts)."""
+        optimizer = self.optimizer + (f" + SAM (rho {self.sam_rho:g})" if self.sam_rho > 0 else "")
+        extras = [f"at most {self.max_steps_per_epoch} step(s) per epoch" if self.max_steps_per_epoch else "",
+                  "class weights" if self.class_weights else "",
+                  f"logit adjustment {self.logit_adjustment:g}" if self.logit_adjustment else ""]
+        return (f"{self.architecture} at {self.input_size} px; {describe_stages(self.stages)}; batch {self.batch_size}, "
+                f"{optimizer}, weight decay {self.weight_decay:g}, warmup {self.warmup_epochs:g} epoch(s), label "
+                f"smoothing {self.label_smoothing:g}, {'soft' if self.soft_targets else 'hard'} targets, augmentation "
+                f"{'on' if self.augment else 'off'}, dropout {self.drop_rate:g}, best epoch by val "
+                f"{self.select_metric}, seed {self.seed}, {self.device}"
+                + "".join(f", {extra}" for extra in extras if extra))
 
     def stage_of(self, epoch: int) -> tuple[int, Stage]:
         """The index and stage that ``epoch`` (0-based) belongs to."""
@@ -377,6 +395,12 @@ class Trainer:
                                  "domain": self.val_data.domain}},
                 **distributed.run_info(self.settings.batch_size), **self.extra_info,
                 "provenance": provenance_record(self.run_dir, {"train": self.train_data, "val": self.val_data})})
+        if progress and main:
+            recipe = f"recipe {self.extra_info['recipe']}, " if "recipe" in self.extra_info else ""
+            start = "from scratch" if self.init_info["from"] == "scratch" else f"from {self.init_info['fingerprint']}"
+            print(f"training {self.run_dir.name} ({recipe}{start}): {self.settings.describe()}; train "
+                  f"{self.train_data.label} ({len(self.train_data)} faces), val {self.val_data.label} "
+                  f"({len(self.val_data)} faces)", flush=True)
         self.module.to(self.device)
         if self.settings.channels_last:
             self.module.to(memory_format=torch.channels_last)
