@@ -205,7 +205,8 @@ def train_model(config: Config, args: Any) -> dict[str, Any]:
     start = training_start(config, args, default_epochs=30)
     init, architecture = start.init, start.architecture
     settings = TrainSettings(
-        architecture=architecture, input_size=start.input_size, stages=start.stages, batch_size=args.batch_size, optimizer=args.optimizer, weight_decay=args.weight_decay,
+        architecture=architecture, input_size=start.input_size, stages=start.stages, batch_size=args.batch_size,
+        optimizer=args.optimizer, weight_decay=args.weight_decay,
         sam_rho=args.sam_rho, label_smoothing=args.label_smoothing, soft_targets=args.soft_labels,
         class_weights=args.class_weights, logit_adjustment=args.logit_adjustment,
         augment=None if args.no_augment else AugmentSettings(), drop_rate=args.drop_rate,

@@ -425,7 +425,8 @@ def sweep(config: Config, real_train_spec: DatasetSpec, synthetic_train_spec: Da
         share = counts.get("synthetic", 0) / len(train)
         fraction = level if design == "share" else share
         info = {**_run_info("sweep", recipe, init), "design": design, mix_design.level: level,
-                "synthetic_fraction": fraction, "synthetic_share": share, "seed": seed, "composition": counts, "real_train": real.name,
+                "synthetic_fraction": fraction, "synthetic_share": share, "seed": seed, "composition": counts,
+                "real_train": real.name,
                 "synthetic_train": synthetic.name if synthetic is not None else None, "val": val.label}
         run_settings = dataclasses.replace(settings, seed=seed)
         result = Trainer(out_dir / run, run_settings, train, val, init=_start_model(init),
@@ -471,7 +472,8 @@ def sweep_report(out_dir: Path | str) -> str:
                                   "accuracy_ci_low", "accuracy_ci_high", "macro_f1_mean"]))
     lines = [f"sweep ({summary['design']} design, seeds {summary['seeds']}, recipe {summary['recipe']}, "
              f"init {(summary['init'] or {}).get('fingerprint', 'none: from scratch')}); mean over seeds with sd and "
-             "95% t interval clipped to [0, 1] (NaN with one seed; each run's bootstrap CI over faces is in summary.csv):",
+             "95% t interval clipped to [0, 1] (NaN with one seed; each run's bootstrap CI over faces is in "
+             "summary.csv):",
              pd.DataFrame(summary["by_level"])[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}")]
     for test_set, result in summary["statistics"].items():
         if "cochran_q" not in result:
@@ -483,8 +485,8 @@ def sweep_report(out_dir: Path | str) -> str:
                      f"{q['blocks']} blocks = {len(result['seeds'])} seed(s) x {result['faces']} faces, "
                      f"{q['informative_blocks']} of which differ between mixes")
         for pair in result["pairwise_mcnemar"]:
-            lines.append(f"  {level} {pair[level + '_a']:g} vs {pair[level + '_b']:g}: accuracy {pair['accuracy_a']:.4f}"
-                         f" vs {pair['accuracy_b']:.4f}, McNemar p = {pair['p_value']:.4g}, Holm p = "
+            lines.append(f"  {level} {pair[level + '_a']:g} vs {pair[level + '_b']:g}: accuracy "
+                         f"{pair['accuracy_a']:.4f} vs {pair['accuracy_b']:.4f}, McNemar p = {pair['p_value']:.4g}, Holm p = "
                          f"{pair['p_holm']:.4g}")
         for row in result["control_between_seeds"]:
             lines.append(f"  control, seed {row['seed_a']} vs {row['seed_b']} at {level} {row[level]:g}: "

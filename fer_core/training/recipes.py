@@ -50,7 +50,8 @@ def recipe_stages(recipe: str | None, epochs: int | None, lr: float | None, has_
     given = [flag for flag, value in (("--epochs", epochs), ("--lr", lr)) if value is not None]
     if given:
         implied = "" if recipe else " (the default with --init)"
-        raise ConfigError(f"{' and '.join(given)} {'set' if len(given) > 1 else 'sets'} the scratch recipe only; recipe {name}{implied} trains "
+        verb = "set" if len(given) > 1 else "sets"
+        raise ConfigError(f"{' and '.join(given)} {verb} the scratch recipe only; recipe {name}{implied} trains "
                           f"{describe_stages(stages)}. Leave {' and '.join(given)} out, or write the stages you "
                           f"want: --recipe TRAINABLE:EPOCHS:LR,... (e.g. head:1:1e-3,all:2:1e-4)")
     return name, stages
