@@ -56,4 +56,4 @@ def test_the_chosen_strength_follows_the_rule_and_helps_rare_classes(tiny_model,
 def test_bad_strengths_are_refused(tiny_model):
     model = load_model(tiny_model)
     with pytest.raises(ConfigError, match="taus"):
-        choose_tau(model, np.zeros((2, 8)), np.array([0, 1]), np.zeros(8), "x", taus=(-1.0,))
+        choose_tau(model, np.zeros((2, 8)), np.array([0, 1]), np.zeros(8), "x", taus=(-3.0,))
