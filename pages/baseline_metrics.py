@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, ui
+from dashboard import charts, downloads, ui
 from fer_core.errors import DataError
 from fer_core.views import comparable_runs, per_class_deltas, scoring_note
 from fer_core.workflows import compare_runs
@@ -37,6 +37,7 @@ if runs:
     st.subheader("Confusion matrix")
     normalized = st.toggle("Row-normalized", value=True)
     st.plotly_chart(charts.confusion_heatmap(m["confusion"], normalized), key="confusion")
+    downloads.evaluation(run)
 
     st.subheader("Compare with another run")
     others = comparable_runs(run, runs)

@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from dashboard import charts, compute, ui
+from dashboard import charts, compute, downloads, ui
 from fer_core.explain import method_names
 from fer_core.views import confusion_cell, dataset_spec, scoring_note
 
@@ -60,3 +60,4 @@ if runs:
             column.image([face] + ([heat[number]] if heat else []), width=110)
             column.caption(f"{key}: p({predicted}) {row['p_predicted']:.2f}, p({true}) {row['p_true']:.2f}")
         st.dataframe(cell.drop(columns=["source"]).head(shown), hide_index=True, key="cell-table")
+    downloads.evaluation(run, cell.drop(columns=["source"]), f"{true}-as-{predicted}")

@@ -6,7 +6,7 @@ synthetic faces (RQ1)."""
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, ui
+from dashboard import charts, downloads, ui
 from fer_core.cross_domain import (
     METRICS,
     accuracy_by_fraction,
@@ -105,3 +105,4 @@ if config is not None:
                                                     group="intensity"), key="xd-intensity-bars")
             except DataError as exc:
                 st.info(str(exc))
+    downloads.cross_domain(table, metric, rows, per_class)

@@ -3,7 +3,7 @@ what to do next."""
 
 import streamlit as st
 
-from dashboard import ui
+from dashboard import downloads, ui
 from fer_core.cache import RESULTS_FILE, ResultCache
 from fer_core.data import available_datasets
 from fer_core.runs import list_runs
@@ -95,3 +95,4 @@ if config is not None:
         st.success("Everything the pages need is installed and cached.")
     for title, command in steps:
         ui.empty_state(title + ":", command)
+    downloads.whole_report(config)

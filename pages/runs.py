@@ -4,7 +4,7 @@ import shlex
 
 import streamlit as st
 
-from dashboard import charts, jobs, ui
+from dashboard import charts, downloads, jobs, ui
 from fer_core.cli import COMMANDS
 from fer_core.data import available_datasets
 from fer_core.domain_gap import PROJECTIONS
@@ -133,3 +133,6 @@ if config is not None:
     with st.expander("Every command (fer-core --help)"):
         st.code("\n".join(f"fer-core {name:<10} {help}" for name, (help, _, _) in COMMANDS.items()), language="text")
     st.caption(f"Runs are read from {config.resolve(config.paths.runs_dir)}; jobs log into its .jobs/ folder.")
+    downloads.tables("the runs table", "runs", {"Runs": runs_table(runs) if runs else None},
+                     f"Every run under {config.resolve(config.paths.runs_dir)}, newest first, with its scoring protocol, "
+                     "sample and face detector; scores of finished evaluations.")

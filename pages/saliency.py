@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, compute, drilldown, jobs, ui
+from dashboard import charts, compute, downloads, drilldown, jobs, ui
 from fer_core.data import available_datasets
 from fer_core.errors import FerCoreError
 from fer_core.explain import (canonical_layer, class_mean_maps, default_layer, layers, load_quality, method_defaults,
@@ -345,3 +345,4 @@ if models:
 
     st.caption("Precompute every face of both datasets into the cache (then this page only reads):")
     st.code(precompute_commands, language="bash")
+    downloads.saliency(config, sets, model, method, target, key_layer)

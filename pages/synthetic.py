@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, jobs, ui
+from dashboard import charts, downloads, jobs, ui
 from fer_core.errors import FerCoreError
 from fer_core.labels import EMOTIONS
 from fer_core.synthetic import (
@@ -132,3 +132,7 @@ if config is not None:
         st.dataframe(pd.DataFrame(entries)[[c for c in ("id", "status", "credits", "emotion", "gender", "intensity",
                                                        "backend", "model", "file", "reserved_at", "note")
                                             if c in entries[0]]], hide_index=True, key="ledger")
+    downloads.tables("the rejected cells and the credit ledger", "synthetic", {
+        "Rejected cells": rejected_cells(manifest) if state["manifest"] is not None else None,
+        "Credit ledger": pd.DataFrame(entries) if entries else None},
+        f"From {state['root']}: the extraction manifest's rejected cells with their reasons, and every ledger entry.")

@@ -144,7 +144,7 @@ def test_report_all_writes_every_listed_file_from_the_runs_and_cache(report_proj
                   "rq1-eval-synthetic-per-class", "rq1-transfer-matrix", "rq2-sweep-by-level", "rq2-sweep-cochran",
                   "rq2-sweep-pairwise", "rq2-sweep-control", "rq3-faces", "rq3-region-shares",
                   "rq3-region-tests", "rq3-sanity-randomisation", "rq3-sanity-faithfulness", "rq4-misclassifications",
-                  "rq4-gap", "rq4-centroids"}}
+                  "rq4-gap", "rq4-gap-per-class", "rq4-centroids"}}
     model = Run.load(project / "runs-report" / "eval-real").info["model"]["fingerprint"]
     expected["figure"].add(f"rq1-recall-{model}")
     for kind, stems in expected.items():

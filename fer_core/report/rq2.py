@@ -22,9 +22,10 @@ from fer_core.report.rq1 import export_matrix
 from fer_core.training.experiments import SUMMARY
 from fer_core.workflows import SHIPPED_WEIGHTS
 
-#: A sweep on the shared data, fine-tuning the model (``--init``) with three seeds.
+#: A sweep on the shared data, fine-tuning the model (``--init``, the plan's gradual unfreezing), three seeds.
 SWEEP_ARGS = ("--real", "ferplus:train", "--synthetic", "sd_faces:train", "--val", "ferplus:valid", "--test",
-              "ferplus:test", "--test", "sd_faces:test", "--seeds", "0,1,2", "--out", "runs/sweep")
+              "ferplus:test", "--test", "sd_faces:test", "--recipe", "gradual", "--seeds", "0,1,2", "--out",
+              "runs/sweep")
 
 
 def sweep_summaries(folders: list[Path]) -> dict[Path, dict[str, Any]]:

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from fer_core.domain_gap import MIN_CLASS_FACES, per_class_gap
 from fer_core.errors import MissingResultsError
 from fer_core.models import FerModel
 from fer_core.precompute import Embeddings, embed_datasets, gap_report_folders
@@ -51,6 +52,22 @@ def export_embeddings(section: Section, embeddings: Embeddings, model: FerModel,
                   "Where each domain's faces go: accuracy and the most frequent wrong class", protocol)
 
 
+def export_class_gap(section: Section, embeddings: Embeddings) -> None:
+    """The gap within each emotion both domains hold, on the embedded faces' features
+    (:func:`fer_core.domain_gap.per_class_gap`); nothing when they share no labelled emotion."""
+    table = embeddings.table
+    labels = table["label"].to_numpy()
+    real, synthetic = (((table["domain"] == domain) & (table["label"] >= 0)).to_numpy()
+                       for domain in ("real", "synthetic"))
+    rows = per_class_gap(embeddings.features[real], labels[real], embeddings.features[synthetic], labels[synthetic])
+    if rows:
+        section.table(pd.DataFrame(rows), "gap-per-class", "Domain gap within each emotion",
+                      f"On the embedded faces ({int(real.sum())} real, {int(synthetic.sum())} synthetic, labelled): per "
+                      f"emotion both domains hold with at least {MIN_CLASS_FACES} faces a side, the domain classifier's "
+                      "cross-validated balanced accuracy (chance 0.5) and RBF MMD² with its permutation p-value (200 "
+                      "permutations, seed 0), Holm-adjusted over the emotions; smaller classes are listed, not measured.")
+
+
 def gap_table(report: Mapping[str, Any]) -> pd.DataFrame:
     """A stored domain-gap report's measures, each beside its control or null."""
     classifier, mmd, kid, nearest = report["domain_classifier"], report["mmd_rbf"], report["kid"], report["nearest_real"]
@@ -86,8 +103,6 @@ def export_gap(section: Section, report: Mapping[str, Any]) -> None:
                                      title="Real vs synthetic class centroids"),
                        "centroids", "Cosine distance between the real and synthetic centroid of each class", protocol)
         section.table(frame, "centroids", "Distance between the real and synthetic centroid of each class", protocol)
-    if isinstance(report.get("per_class_gap"), list) and report["per_class_gap"]:
-        section.table(pd.DataFrame(report["per_class_gap"]), "gap-per-class", "Domain gap within each class", protocol)
 
 
 @register_question("rq4", "How do real and synthetic faces differ inside the model?")
@@ -115,6 +130,7 @@ def build(context: ReportContext, section: Section) -> None:
         detector = (f"faces of {', '.join(detected)} found by {pipeline.detector.fingerprint()}"
                     if detected and pipeline is not None and pipeline.detector is not None else "pre-cropped faces")
         export_embeddings(section, embeddings, model, detector)
+        export_class_gap(section, embeddings)
     finally:
         if cache is not None:
             cache.close()
