@@ -15,6 +15,7 @@ import argparse
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -84,20 +85,38 @@ def max_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max()) if a.shape == b.shape and a.size else float("inf")
 
 
-def interleaved_seconds(contenders: Mapping[str, Callable[[], object]], rounds: int,
-                        warmup: int = 1) -> dict[str, float]:
-    """Median seconds of one call of each contender, over ``rounds`` rounds that call each
-    once in turn (after ``warmup`` untimed calls each)."""
+@dataclass(frozen=True)
+class Timing:
+    """Median seconds of one call: wall clock, and CPU time of this process (all its threads).
+    On cores shared with other jobs the wall clock includes waiting for a core; the CPU time
+    does not, so a ratio of CPU times is the steadier figure for single-threaded work."""
+
+    wall: float
+    cpu: float
+
+
+def interleaved_timings(contenders: Mapping[str, Callable[[], object]], rounds: int,
+                        warmup: int = 1) -> dict[str, Timing]:
+    """Median :class:`Timing` of one call of each contender, over ``rounds`` rounds that call
+    each once in turn (A B A B ..., after ``warmup`` untimed calls each)."""
     for run in contenders.values():
         for _ in range(warmup):
             run()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
+    wall: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, run in contenders.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return {name: Timing(statistics.median(wall[name]), statistics.median(cpu[name])) for name in contenders}
+
+
+def interleaved_seconds(contenders: Mapping[str, Callable[[], object]], rounds: int,
+                        warmup: int = 1) -> dict[str, float]:
+    """The median wall-clock seconds of :func:`interleaved_timings`."""
+    return {name: timing.wall for name, timing in interleaved_timings(contenders, rounds, warmup).items()}
 
 
 def table(rows: list[dict[str, object]]) -> str:

@@ -5,7 +5,7 @@ contender runs the same batch in alternating rounds; the figure is median images
 and its ratio to eager fp32. Goal: the registered fast backend (``onnx``) >= 3x eager with
 max |delta probability| <= 1e-3 against eager on the same faces.
 
-Contenders: the registered backends (``fer_core.backends.BACKENDS``), the same ONNX graph
+Contenders: the registered backends (``fer_core.backends.INFERENCE_BACKENDS``), the same ONNX graph
 under ONNX Runtime's basic optimisations only, the dynamo exporter's graph, and optionally
 static int8 (QDQ, per-channel, dense and pointwise convolutions, calibrated on FER+ train
 faces; its FER+ test accuracy is measured at the model's own 64 px against float32) and
@@ -31,8 +31,8 @@ import torch
 
 from common import (add_model_argument, benchmark_model, interleaved_seconds, machine_note, parse_with_smoke,
                     real_faces, table)
-from fer_core.backends import (ONNX_INPUT, ONNX_OUTPUTS, BACKENDS, LogitsAndFeatures, load_backend, onnx_bytes,
-                               onnx_session)
+from fer_core.backends import (INFERENCE_BACKENDS, ONNX_INPUT, ONNX_OUTPUTS, LogitsAndFeatures, load_backend,
+                               onnx_bytes, onnx_session)
 from fer_core.data import open_dataset
 from fer_core.labels import EMOTIONS
 from fer_core.models import FerModel
@@ -163,7 +163,7 @@ def contenders(model: FerModel, threads: int, calibration: torch.Tensor | None, 
                compile_too: bool) -> tuple[dict[str, Runner], dict[str, str]]:
     """The runners that can run here, and the reason for each one skipped."""
     builders: dict[str, Callable[[], Runner]] = {name: (lambda name=name: load_backend(model, name, threads).forward)
-                                                 for name in BACKENDS}
+                                                 for name in INFERENCE_BACKENDS}
     builders["onnx (basic graph optimisations)"] = lambda: ort_runner(basic_session(model, threads))
     builders["onnx (dynamo exporter)"] = lambda: ort_runner(onnx_session(dynamo_graph(model), threads))
     if calibration is not None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from common import (add_model_argument, benchmark_model, machine_note, max_abs_difference, parse_with_smoke,
                     table)
-from fer_core.backends import BACKENDS, load_backend
+from fer_core.backends import INFERENCE_BACKENDS, load_backend
 from fer_core.config import config_from_dict
 from fer_core.explain import explain
 from fer_core.explain.overlay import overlay
@@ -51,7 +51,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_model_argument(parser)
     parser.add_argument("--face-model", default="short_range",
                         help="MediaPipe BlazeFace: a shipped model's name (short_range, full_range) or a .tflite path")
-    parser.add_argument("--backend", default="torch", choices=sorted(BACKENDS))
+    parser.add_argument("--backend", default="torch", choices=sorted(INFERENCE_BACKENDS))
     parser.add_argument("--photos", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     return parse_with_smoke(parser, argv, SMOKE)

@@ -7,10 +7,13 @@ engine's own step (:meth:`fer_core.training.Trainer._train_step`: SAM's two pass
 BatchNorm statistics from the first pass only). channels_last converts the module and the
 batches as :meth:`~fer_core.training.Trainer.fit` does with ``channels_last`` (the trainer's
 default on CPU); bf16 autocast wraps the step in ``torch.autocast`` (on CUDA the trainer's own
-``mixed_precision``). Rounds alternate the contenders so that load on the machine hits all
-alike; the median round time of each gives images per second, and :data:`RATIOS` compares
-them. SAM computes two forward/backward passes per step, so it should cost about 2x (at
-most 2.2x).
+``mixed_precision``). Rounds alternate the contenders (A B C A B C ...) so that load on the
+machine hits all alike; the median round time of each gives images per second, and
+:data:`RATIOS` compares them, in wall-clock time and in the process's CPU time (with one
+thread, the CPU time leaves out the waits for a core that other jobs cause); the load average
+is printed at the start and the end. SAM computes two forward/backward passes per step, so it
+should cost about 2x (at most 2.2x). ``--contenders`` measures a subset (the reference
+always runs).
 
 The first step of every contender starts from the same weights and dropout draws, so its
 gradients are compared with the NCHW float32 step's (SAM's are those of its second pass, so
@@ -18,6 +21,9 @@ it is left out): the layouts and precisions must compute the same step.
 
     OMP_NUM_THREADS=1 python benchmarks/train_speed.py --ferplus data/real/ferplus \\
         --architecture tf_efficientnet_b0_ns --rounds 5
+    OMP_NUM_THREADS=1 python benchmarks/train_speed.py --ferplus data/real/ferplus \\
+        --architecture tf_efficientnet_b0_ns --input-size 112 --steps 1 --rounds 6 \\
+        --contenders "adamw channels_last fp32" "adamw NCHW bf16 autocast" "adamw channels_last bf16 autocast"
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Sequence
 
 import torch
 
-from common import interleaved_seconds, machine_note, parse_with_smoke, table
+from common import interleaved_timings, machine_note, parse_with_smoke, table
 from fer_core.data import FerPlusDataset, TorchFaceDataset, collate_skip_bad, stratified_split
 from fer_core.labels import NUM_CLASSES
 from fer_core.models import TINY_ARCHITECTURE
@@ -78,7 +84,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=10, help="alternating rounds of the contenders")
     parser.add_argument("--rho", type=float, default=0.05, help="SAM's radius")
     parser.add_argument("--device", default="cpu")
-    return parse_with_smoke(parser, argv, SMOKE)
+    parser.add_argument("--contenders", nargs="+", choices=list(CONTENDERS), default=list(CONTENDERS),
+                        metavar="NAME", help=f"a subset of the contenders (default: all; {REFERENCE!r} always runs): "
+                                             + ", ".join(map(repr, CONTENDERS)))
+    args = parse_with_smoke(parser, argv, SMOKE)
+    args.contenders = [name for name in CONTENDERS if name in {REFERENCE, *args.contenders}]
+    return args
 
 
 def real_batches(ferplus: Path, settings: TrainSettings, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -136,7 +147,8 @@ def measure(args: argparse.Namespace) -> dict:
     batches = real_batches(args.ferplus, base, count=4)
     validation = FerPlusDataset(args.ferplus, "valid")
     runners, first_gradients = {}, {}
-    for name, contender in CONTENDERS.items():
+    for name in args.contenders:
+        contender = CONTENDERS[name]
         runners[name] = Runner(contender, base, args.rho, batches, validation)
         torch.manual_seed(0)  # the same dropout draws in every contender's first step
         runners[name].step()  # the first step is also the warm-up
@@ -148,25 +160,34 @@ def measure(args: argparse.Namespace) -> dict:
     def steps(runner: Runner) -> None:
         for _ in range(args.steps):
             runner.step()
-    seconds = interleaved_seconds({name: (lambda r=runner: steps(r)) for name, runner in runners.items()},
+    load_at_start = machine_note()
+    timings = interleaved_timings({name: (lambda r=runner: steps(r)) for name, runner in runners.items()},
                                   args.rounds, warmup=0)
-    per_step = {name: s / args.steps for name, s in seconds.items()}
-    ratios = {label: per_step[slower] / per_step[faster] for label, (slower, faster) in RATIOS.items()}
-    return {"seconds_per_step": per_step, "images_per_second": {n: args.batch_size / s for n, s in per_step.items()},
-            "ratios": ratios, "gradient_difference": gradient_difference, "machine": machine_note()}
+    per_step = {name: t.wall / args.steps for name, t in timings.items()}
+    cpu_per_step = {name: t.cpu / args.steps for name, t in timings.items()}
+    measured = {label: pair for label, pair in RATIOS.items() if set(pair) <= set(per_step)}
+    return {"seconds_per_step": per_step, "cpu_seconds_per_step": cpu_per_step,
+            "images_per_second": {n: args.batch_size / s for n, s in per_step.items()},
+            "ratios": {label: per_step[slower] / per_step[faster] for label, (slower, faster) in measured.items()},
+            "cpu_ratios": {label: cpu_per_step[slower] / cpu_per_step[faster]
+                           for label, (slower, faster) in measured.items()},
+            "gradient_difference": gradient_difference, "load_at_start": load_at_start, "machine": machine_note()}
 
 
 def report(args: argparse.Namespace, result: dict) -> int:
     """Print the contenders' rates, their gradient agreement and the ratios; the exit status."""
     print(f"{args.architecture} at {args.input_size} px, batch {args.batch_size}, {args.device}, "
-          f"{args.rounds} alternating rounds x {args.steps} steps each; {result['machine']}")
+          f"{args.rounds} alternating rounds x {args.steps} steps each; at the start: {result['load_at_start']}; "
+          f"at the end: {result['machine']}")
     print(table([{"contender": name, "img/s": rate, "median step ms": 1000 * result["seconds_per_step"][name],
+                  "median step CPU ms": 1000 * result["cpu_seconds_per_step"][name],
                   "first-step grad rel. diff": result["gradient_difference"].get(name, "n/a (SAM)")}
                  for name, rate in result["images_per_second"].items()]))
     for label, ratio in result["ratios"].items():
-        print(f"  {label}: {ratio:.2f}x")
-    sam_cost = result["ratios"]["SAM cost (x AdamW step time)"]
-    print(f"  SAM {'within' if sam_cost <= MAX_SAM_COST else 'OVER'} {MAX_SAM_COST}x the base optimizer")
+        print(f"  {label}: {ratio:.2f}x (CPU time: {result['cpu_ratios'][label]:.2f}x)")
+    sam_cost = result["ratios"].get("SAM cost (x AdamW step time)")
+    if sam_cost is not None:
+        print(f"  SAM {'within' if sam_cost <= MAX_SAM_COST else 'OVER'} {MAX_SAM_COST}x the base optimizer")
     return 0
 
 

@@ -57,6 +57,7 @@ def test_train_speed_compares_layouts_and_precisions_on_the_same_step(bench, cap
     assert set(result["seconds_per_step"]) == set(module.CONTENDERS)
     assert all_finite_positive(result["seconds_per_step"].values())
     assert all_finite_positive(result["ratios"].values()) and set(result["ratios"]) == set(module.RATIOS)
+    assert all_finite_positive(result["cpu_ratios"].values()) and set(result["cpu_ratios"]) == set(module.RATIOS)
     differences = result["gradient_difference"]
     assert set(differences) == {name for name, c in module.CONTENDERS.items() if not c.sam}
     # The same first step (same weights, batch and dropout draws): channels_last only changes the
@@ -66,6 +67,9 @@ def test_train_speed_compares_layouts_and_precisions_on_the_same_step(bench, cap
     assert differences["adamw NCHW bf16 autocast"] <= 0.25
     assert differences["adamw channels_last bf16 autocast"] <= 0.25
     assert "channels_last speed-up (fp32)" in printed and "load average" in printed
+    # a subset always keeps the reference (every ratio is against it or its peers), in the table order
+    subset = module.parse_args(["--contenders", "adamw channels_last fp32"]).contenders
+    assert subset == [module.REFERENCE, "adamw channels_last fp32"]
 
 
 def test_p2_fast_path_contenders_agree_with_eager(bench, capsys, project, tiny_model):
@@ -85,15 +89,18 @@ def test_p2_fast_path_contenders_agree_with_eager(bench, capsys, project, tiny_m
 
 
 def test_p1_extraction_outputs_match_the_bare_forward(bench, capsys, project, tiny_model):
-    result, printed = smoke(bench("p1_extraction"), capsys, "--data", project / "data", "--model", tiny_model)
+    module = bench("p1_extraction")
+    result, printed = smoke(module, capsys, "--data", project / "data", "--model", tiny_model, "--stages")
     assert all_finite_positive(result["seconds"].values()) and all_finite_positive(result["cpu_seconds"].values())
+    assert set(result["stage_cpu_seconds"]) == set(module.STAGES)
+    assert all_finite_positive(result["stage_cpu_seconds"].values())
     checks = result["checks"]
     # the same backend on the same preprocessed batches: only float32 noise may differ
     assert checks["embed features"] <= 1e-5
     assert checks["embed features read back from the cache"] == 0  # float32 stored and read back as is
     assert checks["predict probabilities"] <= 1e-6  # softmax in float32 (table) against float64
     assert checks["cache entries per face"] == 3  # logits, features and the face box
-    assert "P1: end to end" in printed
+    assert "P1: end to end" in printed and "with no core free beside the model" in printed
 
 
 def test_p3_upload_latency_variants_give_the_same_maps(bench, capsys, project, tiny_model):
