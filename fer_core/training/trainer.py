@@ -98,7 +98,9 @@ class TrainSettings:
     seed: int = 0
     max_steps_per_epoch: int | None = None  # for quick trials and tests
     device: str = "cpu"
-    channels_last: bool = False
+    #: NHWC module and batches: the fastest layout measured for a CPU training step (B0 at 64 and 112 px
+    #: 1.3-1.6x NCHW, bf16 autocast slower; ``benchmarks/train_speed.py``, docs/benchmarks.md).
+    channels_last: bool = True
     mixed_precision: bool = False  # bf16 autocast on CUDA
 
     def __post_init__(self) -> None:
