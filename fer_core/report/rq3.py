@@ -7,6 +7,7 @@ the control. A report reads stored maps only (``fer-core explain`` makes them);
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -103,7 +104,8 @@ def export_saliency(section: Section, sets: Mapping[str, DomainMaps], model: Fer
     regional = (f"{protocol} Shares per area inside the template pixels every face reaches ({report['support']:.0%} "
                 f"of it), minus the share of the fixed-map null ({report['null']}: the pooled mean map through the "
                 f"same warp, what framing alone gives); {report['confidence']:.0%} bootstrap CIs over faces "
-                f"({n_resamples} resamples). Test: {report['test']}.")
+                f"({n_resamples} resamples). Test: {report['test']}. Faces compared as stored, not harmonised to one "
+                "resolution and colour (fer_core.explain.regions.harmonise_faces).")
     compared = {row["emotion"] for row in report["differences"]}  # "all" and the classes both domains hold
     shares = pd.DataFrame([row for row in report["shares"] if row["emotion"] in compared])
     section.figure(interval_bars(shares, "region", "mean", "ci_low", "ci_high", group="domain", facet="emotion",
@@ -124,32 +126,40 @@ def attribution_sets(context: ReportContext, section: Section, model: FerModel, 
                      compute: bool = False) -> dict[str, DomainMaps]:
     """The stored maps of the report's real and synthetic faces (computing missing ones only
     with ``compute``); a domain whose maps are not all stored is recorded as missing."""
-    options = context.options
-    settings = method_settings(method, options.layer, options.params)
     cache = ResultCache.from_config(context.config) if compute else context.cache()
-    sets = {}
-    for domain, spec in (("real", options.real), ("synthetic", options.synthetic)):
-        dataset = context.dataset(spec, section)
-        if dataset is None:
-            continue
-        command = context.command(
-            "explain", *context.model_args(), "--dataset", spec, "--method", method, "--target", options.target,
-            *(["--layer", options.layer] if options.layer else []),
-            *(["--map-size", options.map_size] if options.map_size != DEFAULT_MAP_SIZE else []),
-            *(part for name, value in options.params.items() for part in ("--param", f"{name}={value}")),
-            *context.sample_args())
-        try:
-            if cache is None:
-                raise MissingResultsError(f"{method} maps (no result cache yet)", len(dataset), len(dataset))
-            found = _explain(context, model, dataset, cache, method, settings, compute)
-        except MissingResultsError as exc:
-            section.lack(f"{dataset.label}: {exc}", command)
-            continue
-        section.source(f"{method} maps of {dataset.label} (result cache)", command)
-        sets[domain] = DomainMaps(dataset.label, found, dataset.pre_cropped)
-    if cache is not None:
-        cache.close()
-    return sets
+    try:
+        found = {domain: _domain_maps(context, section, model, method, spec, cache, compute)
+                 for domain, spec in (("real", context.options.real), ("synthetic", context.options.synthetic))}
+    finally:
+        if cache is not None:
+            cache.close()
+    return {domain: maps for domain, maps in found.items() if maps is not None}
+
+
+def _domain_maps(context: ReportContext, section: Section, model: FerModel, method: str, spec: str,
+                 cache: ResultCache | None, compute: bool) -> DomainMaps | None:
+    """``spec``'s maps from ``cache``, or None with the command that stores them recorded."""
+    options = context.options
+    dataset = context.dataset(spec, section)
+    if dataset is None:
+        return None
+    command = context.command(
+        "explain", *context.model_args(), "--dataset", spec, "--method", method, "--target", options.target,
+        *(["--layer", options.layer] if options.layer else []),
+        *(["--map-size", options.map_size] if options.map_size != DEFAULT_MAP_SIZE else []),
+        *(part for name, value in options.params.items()
+          for part in ("--param", f"{name}={value if isinstance(value, str) else json.dumps(value)}")),
+        *context.sample_args())
+    try:
+        if cache is None:
+            raise MissingResultsError(f"{method} maps (no result cache yet)", len(dataset), len(dataset))
+        found = _explain(context, model, dataset, cache, method, method_settings(method, options.layer, options.params),
+                         compute)
+    except MissingResultsError as exc:
+        section.lack(f"{dataset.label}: {exc}", command)
+        return None
+    section.source(f"{method} maps of {dataset.label} (result cache)", command)
+    return DomainMaps(dataset.label, found, dataset.pre_cropped)
 
 
 def _explain(context: ReportContext, model: FerModel, dataset, cache, method: str, settings: Mapping[str, object],
