@@ -25,6 +25,7 @@ import pandas as pd
 from fer_core.errors import ConfigError, DataError
 from fer_core.labels import EMOTIONS
 from fer_core.runs import RUN_FILE, Run, list_runs, provenance_record, utc_now, write_json_atomic
+from fer_core.scoring import score, scored_rows
 
 #: The domain of each registered dataset, by name (a folder given as a dataset is ``unknown``).
 DATASET_DOMAINS = {"fer2013": "real", "ferplus": "real", "affectnet": "real", "synthetic": "synthetic",
@@ -317,14 +318,13 @@ def per_class_accuracy(records: pd.DataFrame, test_domain: str | None = "synthet
             table = run.predictions
         except DataError:   # a run without its predictions table cannot be broken down by class
             continue
-        table = table[(table["label"] >= 0) & table["error"].isna()]
-        for emotion in emotions:
-            faces = table[table["label"] == EMOTIONS.index(emotion)]
-            correct = int((faces["pred"] == faces["label"]).sum())
+        table = scored_rows(table)
+        scores = score(table["label"].to_numpy(), table["pred"].to_numpy(), [EMOTIONS.index(e) for e in emotions])
+        for emotion, recall, support in zip(emotions, scores.recall, scores.support):
             frames.append({"evaluation": record.evaluation, "model": record.model,
                            "train_domain": record.train_domain, "synthetic_fraction": record.synthetic_fraction,
                            "test_set": record.test_set, "emotion": emotion,
-                           "accuracy": correct / len(faces) if len(faces) else np.nan,
-                           "support": len(faces), "correct": correct})
+                           "accuracy": float(recall) if support else np.nan,
+                           "support": int(support), "correct": int(round(recall * support))})
     return pd.DataFrame(frames, columns=["evaluation", "model", "train_domain", "synthetic_fraction", "test_set",
                                          "emotion", "accuracy", "support", "correct"])

@@ -17,6 +17,7 @@ from sklearn import metrics as skm
 
 from fer_core.errors import DataError
 from fer_core.labels import EMOTIONS, VALENCE_GROUPS, class_indices, valence_index
+from fer_core.scoring import score
 
 #: Headline metrics that get a bootstrap confidence interval.
 CI_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -101,8 +102,7 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int], emotions
         raise DataError(f"predictions {[EMOTIONS[i] for i in unexpected]} are not among the scored classes "
                         f"{list(predicted)}")
     columns = np.array(sorted(possible), dtype=np.int64)
-    precision, recall, f1, support = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
+    scores = score(y_true, y_pred, labels)
     cm = skm.confusion_matrix(y_true, y_pred, labels=columns)[np.searchsorted(columns, labels)]
     with np.errstate(invalid="ignore", divide="ignore"):
         cm_norm = np.nan_to_num(cm / cm.sum(1, keepdims=True))
@@ -110,22 +110,19 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int], emotions
     position = {int(c): i for i, c in enumerate(labels)}
     t_pos = np.array([position[int(t)] for t in y_true])
     p_pos = np.array([position.get(int(p), len(labels)) for p in y_pred])
-    # scikit-learn's balanced accuracy (mean recall over the true classes present), without its
-    # warning about predictions of classes the test set lacks
-    balanced_accuracy = float(recall[support > 0].mean())
     groups = list(VALENCE_GROUPS)
     v_true, v_pred = valence_index(y_true), valence_index(y_pred)
     return {
         "n": int(len(y_true)),
         "emotions": list(emotions),
-        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": balanced_accuracy,
-        "macro_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "weighted_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "accuracy": scores.accuracy,
+        "balanced_accuracy": scores.balanced_accuracy,
+        "macro_f1": scores.macro_f1,
+        "weighted_f1": scores.weighted_f1,
         "ci95": bootstrap_ci(t_pos, p_pos, len(labels), n_resamples=n_resamples, seed=seed),
         "per_class": {
             e: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for e, p, r, f, s in zip(emotions, precision, recall, f1, support)
+            for e, p, r, f, s in zip(emotions, scores.precision, scores.recall, scores.f1, scores.support)
         },
         "confusion": {"labels": list(emotions), "predicted": [EMOTIONS[i] for i in columns], "counts": cm.tolist(),
                       "normalized": cm_norm.round(6).tolist()},

@@ -13,6 +13,11 @@ Protocols (:data:`PROTOCOLS`, chosen with ``--score-over``):
 
 Probabilities are always the model's softmax over all of its outputs, whatever the protocol;
 a canonical class the model has no output for gets NaN.
+
+Every table's figures come from one function, :func:`score` (accuracy, balanced accuracy,
+macro- and weighted F1, per-class precision / recall / F1 / support), over the faces
+:func:`scored_rows` keeps: evaluation runs, training's validation, calibration, the sweep and
+the cross-domain tables.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
 
 from fer_core.errors import ConfigError
 from fer_core.labels import EMOTIONS, class_indices
@@ -138,3 +145,41 @@ def scoring_summary(record: Mapping[str, Any] | str | None) -> str:
         f"{len(classes)} classes ({', '.join(classes)})"
     return f"scored over {over} (--score-over {protocol})"
 
+
+def scored_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a predictions table that a score counts: labelled (``label >= 0``) and read
+    (no ``error``)."""
+    return table[(table["label"] >= 0) & table["error"].isna()]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The figures of one prediction set (see :func:`score`); the per-class arrays follow the
+    ``classes`` it was scored over."""
+
+    n: int
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    weighted_f1: float
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
+    support: np.ndarray
+
+
+def score(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[int]) -> Scores:
+    """The one scoring of predictions (canonical class indices): ``accuracy`` over every face;
+    per-class figures, ``macro_f1`` and ``weighted_f1`` over ``classes`` (the true classes a
+    table reports; a predicted class outside them counts as an error of its face's class and
+    lowers no class's precision); ``balanced_accuracy``: the mean recall over the ``classes``
+    that have faces (scikit-learn's, without its warning about predictions outside them)."""
+    y_true, y_pred, classes = np.asarray(y_true), np.asarray(y_pred), list(classes)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=classes,
+                                                                         zero_division=0)
+    return Scores(n=int(len(y_true)), accuracy=float(skm.accuracy_score(y_true, y_pred)),
+                  balanced_accuracy=float(recall[support > 0].mean()),
+                  macro_f1=float(skm.f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+                  weighted_f1=float(skm.f1_score(y_true, y_pred, labels=classes, average="weighted",
+                                                 zero_division=0)),
+                  precision=precision, recall=recall, f1=f1, support=support)

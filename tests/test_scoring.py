@@ -4,6 +4,7 @@ model's classes by default, on heads of any class order and size, on real faces.
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn import metrics as skm
@@ -16,7 +17,7 @@ from fer_core.inference import PROB_COLUMNS, predict_dataset
 from fer_core.labels import EMOTIONS
 from fer_core.models import TINY_ARCHITECTURE, EmotionRecognizer, FerModel
 from fer_core.precompute import embed_datasets
-from fer_core.scoring import PROTOCOLS, ScoringWarning, canonical_probabilities, scoring_for
+from fer_core.scoring import PROTOCOLS, ScoringWarning, canonical_probabilities, score, scored_rows, scoring_for
 from fer_core.workflows import evaluate_model
 
 HAPPY, SAD, NEUTRAL, CONTEMPT = (EMOTIONS.index(e) for e in ("Happiness", "Sadness", "Neutral", "Contempt"))
@@ -164,3 +165,25 @@ def test_evaluate_scores_a_seven_class_head_and_records_the_protocol(heads, face
     assert np.array(run.metrics["confusion"]["counts"])[:, CONTEMPT].sum() == 0
     assert run.metrics["per_class"]["Contempt"]["recall"] == 0
     assert run.metrics["accuracy"] == pytest.approx((run.predictions["pred"] == run.predictions["label"]).mean())
+
+
+def test_one_score_gives_every_table_the_figures_it_computed_on_its_own():
+    """:func:`score` equals, bit for bit, each formula the tables used before it (evaluation
+    runs, training's validation, calibration, per-class accuracy): a Neutral sink on a test set
+    without Contempt, with predictions outside its classes (seeded)."""
+    rng = np.random.default_rng(0)
+    classes = [i for i in range(8) if i != CONTEMPT]
+    y_true = rng.choice(classes, 300)
+    y_pred = np.where(rng.random(300) < 0.5, y_true, rng.choice([NEUTRAL, CONTEMPT], 300))
+    scores = score(y_true, y_pred, classes)
+    assert scores.accuracy == skm.accuracy_score(y_true, y_pred) == np.mean(y_pred == y_true)
+    assert scores.macro_f1 == skm.f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)
+    recall = skm.recall_score(y_true, y_pred, labels=classes, average=None, zero_division=0)
+    assert np.array_equal(scores.recall, recall)
+    per_class = [np.sum((y_true == c) & (y_pred == c)) / np.sum(y_true == c) for c in classes]
+    assert scores.recall.tolist() == per_class
+    assert scores.balanced_accuracy == recall.mean() and 0.4 < scores.accuracy < 0.7
+    report = classification_report(y_true, y_pred, [EMOTIONS[c] for c in classes], n_resamples=10)
+    assert (report["accuracy"], report["macro_f1"]) == (scores.accuracy, scores.macro_f1)
+    table = pd.DataFrame({"label": [0, -1, 2, 3], "error": [None, None, "unreadable", None]})
+    assert scored_rows(table)["label"].tolist() == [0, 3]

@@ -12,7 +12,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from sklearn import metrics as skm
 from torch.utils.data import DataLoader
 
 from fer_core.data import FaceDataset, TorchFaceDataset, collate_skip_bad
@@ -20,7 +19,7 @@ from fer_core.errors import ConfigError, DataError
 from fer_core.faces import FacePipeline
 from fer_core.labels import EMOTION_INDEX, NUM_CLASSES
 from fer_core.models import FerModel
-from fer_core.scoring import scoring_for
+from fer_core.scoring import score, scoring_for
 from fer_core.training.trainer import FaceTransform, class_log_prior
 
 #: The strengths tried, in steps of 1/16: 0 is the model as trained, 1 subtracts the full prior
@@ -81,11 +80,9 @@ def choose_tau(model: FerModel, logits: np.ndarray, labels: np.ndarray, log_prio
     table = []
     for tau in taus:
         predicted = scoring.predict(logits - tau * log_prior)
-        recall = skm.recall_score(labels, predicted, labels=present, average=None, zero_division=0)
-        table.append({"tau": float(tau), "accuracy": float(np.mean(predicted == labels)),
-                      "macro_f1": float(skm.f1_score(labels, predicted, labels=present, average="macro",
-                                                     zero_division=0)),
-                      "min_recall": float(recall.min())})
+        scores = score(labels, predicted, present)
+        table.append({"tau": float(tau), "accuracy": scores.accuracy, "macro_f1": scores.macro_f1,
+                      "min_recall": float(scores.recall.min())})
     best_f1 = max(row["macro_f1"] for row in table)
     chosen = max((row for row in table if row["macro_f1"] >= best_f1 - F1_TIE), key=lambda row: row["accuracy"])
     return Calibration(chosen["tau"], tuple(table), validation)

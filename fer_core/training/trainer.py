@@ -28,7 +28,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn import metrics as skm
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
@@ -42,7 +41,7 @@ from fer_core.labels import EMOTIONS, NUM_CLASSES
 from fer_core.models import FerModel, create_model, save_model
 from fer_core.preprocess import AugmentSettings, Preprocessing, create_transform
 from fer_core.runs import provenance_record, utc_now, write_json_atomic
-from fer_core.scoring import DEFAULT_PROTOCOL, scoring_for
+from fer_core.scoring import DEFAULT_PROTOCOL, score, scoring_for
 from fer_core.training import distributed
 from fer_core.training.sam import SAM, FrozenBatchNormStats
 
@@ -347,9 +346,9 @@ class Trainer:
             truths.append(batch["label"][known].numpy())
         wrapped.bad_files.warn_skipped()
         y_true, y_pred = np.concatenate(truths), np.concatenate(preds)
-        labels = [EMOTIONS.index(e) for e in self.val_data.emotions]
-        return {"val_loss": float(sum(losses) / len(y_true)), "val_accuracy": float(skm.accuracy_score(y_true, y_pred)),
-                "val_macro_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))}
+        scores = score(y_true, y_pred, [EMOTIONS.index(e) for e in self.val_data.emotions])
+        return {"val_loss": float(sum(losses) / len(y_true)), "val_accuracy": scores.accuracy,
+                "val_macro_f1": scores.macro_f1}
 
     def _fer_model(self, provenance: dict[str, Any]) -> FerModel:
         return FerModel(self.module, self.settings.architecture, EMOTIONS, self.preprocessing.input_size,
