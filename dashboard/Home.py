@@ -1,7 +1,13 @@
 """Dashboard entry point: ``streamlit run dashboard/Home.py``."""
 
+import os
 import sys
 from pathlib import Path
+
+# numba (UMAP, pynndescent) on one thread unless told otherwise, before anything imports it: on a
+# 2-core machine its default of one thread per core, beside torch's, made UMAP wait 59 s for 25 s
+# of work.
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:

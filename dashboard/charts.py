@@ -130,10 +130,12 @@ def delta_bars(deltas: pd.DataFrame) -> go.Figure:
 CORRECTNESS_COLORS = {"correct": "#2ca02c", "wrong": "#d62728"}
 
 
-def embedding_scatter(points: pd.DataFrame, color_by: str, title: str = "") -> go.Figure:
+def embedding_scatter(points: pd.DataFrame, color_by: str, title: str = "",
+                      thumbnails: Sequence[str] | None = None) -> go.Figure:
     """A WebGL scatter of projected embeddings (columns ``x``, ``y``, ``domain``, ``emotion``,
     ``correct``, ``key``), one trace per colour group in the dashboard's colours; each point's
-    row position in ``points`` is its ``customdata`` (for selections)."""
+    ``customdata`` is its row position in ``points`` (for selections) and, when ``thumbnails``
+    (one image ``data:`` URI per row) are given, its face (for :data:`HOVER_FACES_SCRIPT`)."""
     palettes = {"domain": DOMAIN_COLORS, "emotion": EMOTION_COLORS, "correctness": CORRECTNESS_COLORS}
     if color_by not in palettes:
         raise ValueError(f"color_by: expected one of {list(palettes)}, got {color_by!r}")
@@ -146,16 +148,60 @@ def embedding_scatter(points: pd.DataFrame, color_by: str, title: str = "") -> g
         if not len(rows):
             continue
         part = points.iloc[rows]
+        customdata = rows if thumbnails is None else [[int(row), thumbnails[row]] for row in rows]
         figure.add_trace(go.Scattergl(
-            x=part["x"], y=part["y"], mode="markers", name=f"{name} ({len(rows)})", customdata=rows,
+            x=part["x"], y=part["y"], mode="markers", name=f"{name} ({len(rows)})", customdata=customdata,
             marker=dict(color=color, size=5, opacity=0.75,
                         symbol=[symbols.get(d, "circle") for d in part["domain"]]),
             text=part["key"] + "<br>" + part["domain"] + " " + part["emotion"],
             hovertemplate="%{text}<extra></extra>"))
-    figure.update_layout(title=title, height=560, dragmode="lasso",
-                         margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-                         legend=dict(itemsizing="constant"))
+    figure.update_layout(title=title, height=560,  # no dragmode: a click selects a point (lasso: the toolbar)
+                         margin=dict(l=10, r=10, t=70 if title else 40, b=10),
+                         legend=dict(itemsizing="constant", orientation="h", yanchor="bottom", y=1.0, x=0))
     return figure
+
+
+#: Shows the face of the point under the mouse beside it, on every plotly chart of the page whose
+#: points carry an image ``data:`` URI in their ``customdata`` (:func:`embedding_scatter`); run
+#: once per browser page (``st.html(..., unsafe_allow_javascript=True)``), it keeps attaching to
+#: the charts Streamlit draws anew.
+HOVER_FACES_SCRIPT = """<script>
+(() => {
+  if (window.ferHoverFaces) return;
+  window.ferHoverFaces = true;
+  const face = document.createElement("img");
+  face.id = "fer-hover-face";
+  face.alt = "face under the mouse";
+  face.style.cssText = "position:fixed;z-index:1000000;width:112px;height:112px;display:none;pointer-events:none;"
+    + "border:2px solid #fff;border-radius:4px;box-shadow:0 2px 10px rgba(0,0,0,.45);background:#000";
+  document.body.appendChild(face);
+  const uriOf = (plot, point) => {
+    let data = point.customdata;
+    if (data === undefined && plot.data && plot.data[point.curveNumber]) {
+      data = (plot.data[point.curveNumber].customdata || [])[point.pointNumber];
+    }
+    return Array.isArray(data) ? data.find((v) => typeof v === "string" && v.startsWith("data:image/")) : null;
+  };
+  const attach = () => {
+    for (const plot of document.querySelectorAll(".js-plotly-plot")) {
+      if (plot.ferHoverFaces || typeof plot.on !== "function") continue;
+      plot.ferHoverFaces = true;
+      plot.on("plotly_hover", (event) => {
+        const point = event.points && event.points[0];
+        const uri = point && uriOf(plot, point);
+        if (!uri) return;
+        const mouse = event.event || {};
+        face.src = uri;
+        face.style.left = Math.min((mouse.clientX || 0) + 18, window.innerWidth - 124) + "px";
+        face.style.top = Math.min((mouse.clientY || 0) + 18, window.innerHeight - 124) + "px";
+        face.style.display = "block";
+      });
+      plot.on("plotly_unhover", () => { face.style.display = "none"; });
+    }
+  };
+  setInterval(attach, 500);
+})();
+</script>"""
 
 
 def map_image(values: np.ndarray, title: str, signed: bool = False) -> go.Figure:

@@ -25,7 +25,7 @@ from fer_core.models import EmotionRecognizer, FerModel
 from fer_core.precompute import (AttributionSet, Embeddings, embed_datasets, explain_dataset, gap_report,
                                  gap_report_folders)
 from fer_core.runs import Run
-from fer_core.views import class_rows, faces_of, rows_for_keys, thumbnail_uri
+from fer_core.views import class_counts, class_gallery, class_rows, faces_of, rows_for_keys, thumbnail_uri
 from fer_core.workflows import dataset_for
 
 
@@ -33,6 +33,18 @@ from fer_core.workflows import dataset_for
 def dataset(config: Config, spec: str) -> FaceDataset:
     """A dataset by spec, opened once."""
     return dataset_for(config, spec)
+
+
+@st.cache_data(show_spinner="Counting the faces of each dataset...", ttl=300)
+def dataset_class_counts(config: Config, specs: tuple[str, ...]) -> pd.DataFrame:
+    """:func:`fer_core.views.class_counts` of these installed datasets."""
+    return class_counts({spec: dataset(config, spec) for spec in specs})
+
+
+@st.cache_data(show_spinner="Reading faces...", max_entries=8)
+def gallery(config: Config, spec: str, per_class: int) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """:func:`fer_core.views.class_gallery` of one installed dataset."""
+    return class_gallery(dataset(config, spec), per_class)
 
 
 @st.cache_data(show_spinner="Reading faces...", max_entries=256, persist="disk")
@@ -122,8 +134,9 @@ def class_predictions(_model: FerModel, fingerprint: str, config: Config, spec: 
     if not len(rows):
         raise DataError(f"{spec} has no {emotion} faces")
     with _cache(config) as cache:
-        table = embed_datasets(_model, {spec: data.subset(rows)}, cache, ui.get_face_pipeline(config, _model.input_size),
-                               projections=(), progress=False, backend=config.inference.backend).table
+        table = embed_datasets(_model, {spec: data.subset(rows)}, cache,
+                               ui.get_face_pipeline(config, _model.input_size), projections=(), progress=False,
+                               backend=config.inference.backend).table
     position = dict(zip((data[int(row)].key for row in rows), rows))
     return table[["key", "content", "label", "emotion", "pred", "pred_emotion", "confidence"]].assign(
         row=[int(position[key]) for key in table["key"]])
@@ -146,7 +159,7 @@ def face_map(_model: FerModel, fingerprint: str, config: Config, spec: str, key:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def thumbnails(config: Config, spec: str, keys: tuple[str, ...], side: int = 40) -> list[str]:
+def thumbnails(config: Config, spec: str, keys: tuple[str, ...], side: int = 48) -> list[str]:
     """A small JPEG ``data:`` URI of each sample's image as stored (centre square: the face of a
     pre-cropped or portrait image, without a detector pass), for hover previews."""
     data = dataset(config, spec)

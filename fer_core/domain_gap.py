@@ -316,7 +316,8 @@ def per_class_gap(real: np.ndarray, real_labels: np.ndarray, synthetic: np.ndarr
             row["note"] = f"fewer than {MIN_CLASS_FACES} faces on a side: not measured"
         else:
             folds = min(5, len(first), len(second))
-            row["classifier_balanced_accuracy"] = domain_classifier_accuracy(first, second, folds, seed).balanced_accuracy
+            classifier = domain_classifier_accuracy(first, second, folds, seed)
+            row["classifier_balanced_accuracy"] = classifier.balanced_accuracy
             row["mmd2"], row["p_value"] = mmd_rbf(first, second, permutations=permutations, seed=seed)
         rows.append(row)
     from fer_core.explain.regions import _holm  # one Holm adjustment for the package

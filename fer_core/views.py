@@ -81,7 +81,13 @@ def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
                 best = max(history, key=lambda r: r.get("val_accuracy", float("-inf")))
                 row.update(epochs=len(history), best_val_accuracy=best.get("val_accuracy"))
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table[[c for c in RUN_COLUMNS if c in table] + [c for c in table if c not in RUN_COLUMNS]]
+
+
+#: The runs table's columns, headline scores first (so a narrow screen cuts the details, not them).
+RUN_COLUMNS = ("run", "accuracy", "macro_f1", "best_val_accuracy", "n", "sample", "limited", "data", "domain",
+               "scoring", "detector", "model", "kind", "epochs", "created")
 
 
 def scoring_protocol(run: Run) -> str:
@@ -372,3 +378,51 @@ def preferred_index(specs: Sequence[str], preferred: Sequence[str] = PREFERRED_R
         if spec in specs:
             return list(specs).index(spec)
     return next((i for i, spec in enumerate(specs) if spec.endswith(":test")), 0)
+
+
+def compare_models(records: pd.DataFrame, first: str, second: str, metric: str = "accuracy") -> pd.DataFrame:
+    """Two models (fingerprints in :func:`fer_core.cross_domain.evaluation_records`) side by side
+    on every test set both were scored on (each one's newest evaluation): ``metric`` of each, the
+    difference (second - first), the faces each scored and, where both evaluations hold the same
+    faces, McNemar's exact test on them (``shared``, ``p_value``; ``p_holm`` over the test sets)."""
+    from fer_core.cross_domain import latest_per_model
+    from fer_core.explain.regions import _holm  # one Holm adjustment for the package
+    from fer_core.workflows import compare_runs
+    latest = latest_per_model(records)
+    a, b = (latest[latest["model"] == model].set_index("test_set") for model in (first, second))
+    if a.empty or b.empty:
+        raise DataError(f"no evaluation of model {first if a.empty else second}")
+    rows = []
+    for test_set in sorted(set(a.index) & set(b.index)):
+        row: dict[str, Any] = {"test_set": test_set, "first": a.at[test_set, metric], "second": b.at[test_set, metric],
+                               "difference": b.at[test_set, metric] - a.at[test_set, metric],
+                               "n_first": a.at[test_set, "n"], "n_second": b.at[test_set, "n"], "shared": 0,
+                               "p_value": float("nan")}
+        try:
+            test = compare_runs(Run.load(a.at[test_set, "path"]), Run.load(b.at[test_set, "path"]))["mcnemar"]
+            row.update(shared=test["n"], p_value=test["p_value"])
+        except DataError:
+            pass  # no face in common: the scores stand side by side without a paired test
+        rows.append(row)
+    if not rows:
+        raise DataError("the two models were never scored on the same test set")
+    table = pd.DataFrame(rows)
+    return table.assign(p_holm=_holm(table["p_value"].to_numpy(dtype=np.float64)))
+
+
+def class_gallery(dataset: FaceDataset, per_class: int = 6, side: int = 96) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """The first ``per_class`` images of each emotion of ``dataset``, as stored and shrunk to
+    ``side`` pixels on their longer side: ``{emotion: [(key, RGB image), ...]}``."""
+    import cv2
+    gallery: dict[str, list[tuple[str, np.ndarray]]] = {}
+    labels = np.asarray(dataset.labels)
+    for index, emotion in enumerate(EMOTIONS):
+        for row in np.flatnonzero(labels == index)[:per_class]:
+            sample = dataset[int(row)]
+            image = dataset.read(sample)
+            scale = side / max(image.shape[:2])
+            if scale < 1:
+                size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            gallery.setdefault(emotion, []).append((sample.key, image))
+    return gallery

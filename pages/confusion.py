@@ -1,11 +1,26 @@
-"""Confusion: an interactive confusion matrix; a cell's faces with probabilities and saliency."""
+"""Confusion: an interactive confusion matrix; a cell's faces with probabilities and saliency,
+each opening its drill-down."""
 
 import numpy as np
 import streamlit as st
 
-from dashboard import charts, compute, downloads, ui
+from dashboard import charts, compute, downloads, drilldown, ui
+from fer_core.data import available_datasets
 from fer_core.explain import method_names
-from fer_core.views import confusion_cell, dataset_spec, scoring_note
+from fer_core.views import confusion_cell, dataset_spec, preferred_index, scoring_note, spec_domain
+
+PAGE = "confusion"
+
+
+def neighbour_pool(spec: str) -> tuple[str, ...]:
+    """The run's dataset and an installed dataset of the other domain, where a face's
+    neighbours are looked for."""
+    installed = available_datasets(config.resolve(config.data.root))
+    others = [s for s in installed if spec_domain(s) != spec_domain(spec)]
+    if not others:
+        return (spec,)
+    other = others[preferred_index(others)]
+    return (spec, other) if spec_domain(spec) == "real" else (other, spec)
 
 st.title("Confusion")
 config = ui.get_config()
@@ -50,14 +65,19 @@ if runs:
         model, source = compute.run_model(config, run)
         crop_size = model.input_size if model else run.info["model"]["input_size"]
         keys = tuple(cell["key"].head(shown))
-        faces = compute.faces_for_keys(config, dataset_spec(run), keys, crop_size)
+        spec = dataset_spec(run)
+        faces = compute.faces_for_keys(config, spec, keys, crop_size)
         heat = compute.overlays(model, faces, method, "predicted") if model else []
-        st.caption(f"Attribution maps of the predicted class with {source}." if model else source)
+        st.caption((f"Attribution maps of the predicted class with {source}." if model else source)
+                   + " Details: every method, the photo and the face's nearest faces.")
         columns = st.columns(4)
+        pool = neighbour_pool(spec)
         for number, (key, face) in enumerate(zip(keys, faces)):
             row = cell.iloc[number]
             column = columns[number % 4]
             column.image([face] + ([heat[number]] if heat else []), width=110)
             column.caption(f"{key}: p({predicted}) {row['p_predicted']:.2f}, p({true}) {row['p_true']:.2f}")
+            drilldown.details_button(column, PAGE, spec, key, pool, f"drill-cell-{number}")
         st.dataframe(cell.drop(columns=["source"]).head(shown), hide_index=True, key="cell-table")
+        drilldown.show(config, model, PAGE)
     downloads.evaluation(run, cell.drop(columns=["source"]), f"{true}-as-{predicted}")

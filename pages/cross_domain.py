@@ -1,7 +1,7 @@
 """Cross-domain: which training data against which test data (the train x test matrix: one row
 per model with the faces each cell scored, or an explicit aggregate with its spread), accuracy
 by the synthetic share of the training set (RQ2), and per-class and per-intensity accuracy on
-synthetic faces (RQ1)."""
+synthetic faces (RQ1); two models side by side on every test set both were scored on."""
 
 import pandas as pd
 import streamlit as st
@@ -19,7 +19,7 @@ from fer_core.cross_domain import (
 )
 from fer_core.errors import DataError
 from fer_core.runs import Run
-from fer_core.views import per_intensity_accuracy, scoring_protocol, synthetic_state
+from fer_core.views import compare_models, per_intensity_accuracy, scoring_protocol, synthetic_state
 
 
 #: How the matrix's rows are made: one per model, or an aggregate over the models of a group.
@@ -62,6 +62,31 @@ if config is not None:
     if len(protocols) > 1:
         st.warning(f"These runs were scored under different protocols ({', '.join(protocols)}): a cell may mix "
                    "figures that are not comparable. Re-evaluate them with one --score-over.")
+
+    st.subheader("Compare two models")
+    names = dict(zip(table["model"], table["model_label"]))
+    if len(names) < 2:
+        ui.empty_state("Only one model has been evaluated: score another on the same test sets to compare them.",
+                       "fer-core evaluate --model path/to/other.safetensors --dataset ferplus:test")
+    else:
+        left, right = st.columns(2)
+        first = left.selectbox("First model", list(names), format_func=names.get, key="xd-first")
+        second = right.selectbox("Second model", [m for m in names if m != first], format_func=names.get,
+                                 key="xd-second")
+        try:
+            pair = compare_models(table, first, second, metric)
+        except DataError as exc:
+            st.info(str(exc))
+        else:
+            pair = pair.rename(columns={"first": names[first], "second": names[second]})
+            st.dataframe(pair, hide_index=True, key="xd-pair", column_config={
+                names[first]: st.column_config.NumberColumn(format="%.4f"),
+                names[second]: st.column_config.NumberColumn(format="%.4f"),
+                "difference": st.column_config.NumberColumn(format="%+.4f")})
+            st.caption(f"{metric.replace('_', ' ').capitalize()} of each model's newest evaluation of every test set "
+                       "both were scored on, second minus first; where the two evaluations hold the same faces, "
+                       "McNemar's exact test on per-face correctness (shared: faces in both; p_holm: Holm over the "
+                       "test sets). Faces not shared: the scores stand side by side without a paired test.")
 
     st.subheader("RQ2: accuracy by synthetic share of the training set")
     fractions = accuracy_by_fraction(table, metric)

@@ -1,9 +1,9 @@
-"""Home: what is installed and cached, the four research questions and where each is answered,
-what to do next."""
+"""Home: what is installed (with every dataset's faces per class) and cached, the four research
+questions and where each is answered, what to do next."""
 
 import streamlit as st
 
-from dashboard import downloads, ui
+from dashboard import compute, downloads, ui
 from fer_core.cache import RESULTS_FILE, ResultCache
 from fer_core.data import available_datasets
 from fer_core.runs import list_runs
@@ -56,6 +56,8 @@ if config is not None:
     if datasets:
         st.write("**Datasets** " + ", ".join(f"`{d}`" for d in datasets))
         st.write("**Synthetic sets** " + (", ".join(f"`{d}`" for d in synthetic) or "none"))
+        st.markdown("**Faces per class** of every installed dataset")
+        st.dataframe(compute.dataset_class_counts(config, tuple(datasets)), hide_index=True, key="class-counts")
     else:
         ui.empty_state("No datasets in the data folder yet. Unpack the shared archives:",
                        "fer-core data install ../shared/data/fer2013.zip\n"

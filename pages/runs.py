@@ -42,7 +42,18 @@ if config is not None:
                        "fer-core train --train ferplus:train --val ferplus:valid --input-size 64 --epochs 12")
     else:
         table = runs_table(runs)
-        st.dataframe(table, hide_index=True, key="runs-table")
+        st.dataframe(table, hide_index=True, key="runs-table", width="stretch", column_config={
+            "accuracy": st.column_config.NumberColumn(format="percent", width="small"),
+            "best_val_accuracy": st.column_config.NumberColumn("best val. accuracy", format="percent", width="small"),
+            "macro_f1": st.column_config.NumberColumn("macro-F1", format="%.3f", width="small"),
+            "n": st.column_config.NumberColumn(format="%d", width="small"),
+            "limited": st.column_config.CheckboxColumn("limited", help="scored on a sample of its test set "
+                                                                       "(--limit / --per-class): not the whole set"),
+            "epochs": st.column_config.NumberColumn(format="%d", width="small")})
+        limited = int(table["limited"].fillna(False).astype(bool).sum()) if "limited" in table else 0
+        if limited:
+            st.warning(f"{limited} evaluation(s) scored only a sample of their test set (limited, see sample): "
+                       "their figures are estimates from those faces, not the test set's.")
         chosen = st.selectbox("Run", [r.id for r in runs])
         run = next(r for r in runs if r.id == chosen)
         if run.kind == "training":

@@ -264,8 +264,9 @@ if models:
                      if stability else "; noise stability not measured for LRP on this model: run a sanity check "
                      "before reading these maps")
         if "conservation_error" in diagnostics and len(diagnostics):
+            errors = diagnostics["conservation_error"]
             text += (f"; relevance conservation error (input relevance vs the target logit): median "
-                     f"{diagnostics['conservation_error'].median():.1%}, worst {diagnostics['conservation_error'].max():.1%}")
+                     f"{errors.median():.1%}, worst {errors.max():.1%}")
         (note if in_grid else column).caption(text)
     if bar is not None:
         bar.empty()

@@ -1,5 +1,5 @@
-"""Synthetic data: import grids, the detected layout and every cell's verdict, the contact
-sheet and the credit ledger."""
+"""Synthetic data: the installed synthetic faces (per class, a few of each emotion), import grids,
+the detected layout and every cell's verdict, the contact sheet and the credit ledger."""
 
 import shlex
 import tempfile
@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, downloads, jobs, ui
+from dashboard import charts, compute, downloads, jobs, ui
+from fer_core.data import available_datasets
 from fer_core.errors import FerCoreError
 from fer_core.labels import EMOTIONS
 from fer_core.synthetic import (
@@ -22,13 +23,29 @@ from fer_core.synthetic import (
     generate_grids,
     summarize,
 )
-from fer_core.views import grid_cells, grid_image, rejected_cells, synthetic_state
+from fer_core.views import grid_cells, grid_image, rejected_cells, spec_domain, synthetic_state
 
 st.title("Synthetic data")
 config = ui.get_config()
 if config is not None:
     state = synthetic_state(config.resolve(config.data.root))
     ledger = CreditLedger(state["root"] / "ledger.json")
+
+    installed = [spec for spec in available_datasets(config.resolve(config.data.root))
+                 if spec_domain(spec) == "synthetic"]
+    st.subheader("Installed synthetic faces")
+    if not installed:
+        ui.empty_state("No synthetic dataset installed. Unpack the shared Stable Diffusion faces:",
+                       "fer-core data install ../shared/data/synthetic_sd_faces.zip")
+    else:
+        st.dataframe(compute.dataset_class_counts(config, tuple(installed)), hide_index=True, key="synthetic-counts")
+        left, right = st.columns([3, 1])
+        shown = left.selectbox("Dataset", installed, key="synthetic-gallery")
+        per_class = int(right.number_input("Faces per emotion", min_value=1, max_value=24, value=6,
+                                           key="synthetic-per-class"))
+        for emotion, faces in compute.gallery(config, shown, per_class).items():
+            st.markdown(f"**{emotion}**")
+            st.image([image for _, image in faces], caption=[Path(key).name for key, _ in faces], width=96)
 
     st.subheader("Import grids")
     st.caption("Grid images made elsewhere (a web UI, another machine): they are recorded in the credit ledger "

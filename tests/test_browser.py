@@ -1,7 +1,9 @@
 """The dashboard in a real headless Chromium (Debian's chromium + chromium-driver, Selenium):
 start `streamlit run dashboard/Home.py` on 127.0.0.1, open every page, upload a real Stable
 Diffusion face and see a prediction and its heatmap appear, switch the attribution method on
-the Upload and Saliency pages. Screenshots of each page go to the ignored screenshots/."""
+the Upload and Saliency pages, open a face's drill-down from the Saliency browser, hover an
+embedding point and see its face, click it and see its drill-down. Screenshots of each page go to
+the ignored screenshots/."""
 
 import os
 import shutil
@@ -169,3 +171,42 @@ def test_switch_the_saliency_method(server, browser):
     wait_for(browser, "[data-testid='stMain']", "Mean smoothgrad map of Happiness")
     assert not browser.find_elements("css selector", "[data-testid='stException']")
     shoot(browser, "saliency_smoothgrad")
+    # a face's drill-down: every method for its predicted class, its probabilities, its neighbours
+    details = next(b for b in browser.find_elements("css selector", "[data-testid='stMain'] button")
+                   if "Details" in b.text)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", details)
+    details.click()
+    wait_for(browser, "[role='dialog']", "Every method")
+    wait_for(browser, "[role='dialog']", "Nearest synthetic faces")
+    dialog = browser.find_element("css selector", "[role='dialog']")
+    assert len(dialog.find_elements("css selector", "[data-testid='stImage'] img")) >= 2 + 7 + 8  # photo, crop, maps
+    shoot(browser, "saliency_drilldown")
+
+
+@pytest.mark.slow
+def test_hover_an_embedding_point_to_see_its_face_and_click_it(server, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    browser.get(server + "/embeddings")
+    wait_for(browser, "h1", "Embeddings")
+    plot = wait_for(browser, ".js-plotly-plot")
+    wait_for(browser, "[data-testid='stMain']", "Hover a point to see its face")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", plot)
+    # where the first synthetic point is drawn, from the chart's own axes
+    x, y, width, height = browser.execute_script(
+        "const plot = arguments[0], trace = plot._fullData[1], layout = plot._fullLayout;"
+        "const box = plot.getBoundingClientRect();"
+        "return [layout.xaxis.l2p(trace.x[0]) + layout._size.l, layout.yaxis.l2p(trace.y[0]) + layout._size.t,"
+        "        box.width, box.height];", plot)
+    ActionChains(browser).move_to_element_with_offset(plot, int(x - width / 2), int(y - height / 2)).perform()
+    face = wait_for(browser, "#fer-hover-face", timeout=30)
+    for _ in range(50):  # the picture shows on the hover event
+        if face.is_displayed():
+            break
+        time.sleep(0.1)
+    assert face.is_displayed() and face.get_attribute("src").startswith("data:image/jpeg;base64,")
+    shoot(browser, "embeddings_hover")
+    ActionChains(browser).click().perform()  # a click on the point opens its face
+    wait_for(browser, "[role='dialog']", "Every method")
+    wait_for(browser, "[role='dialog']", "Nearest real faces")
+    assert "sd_faces:" in browser.find_element("css selector", "[role='dialog']").text
+    shoot(browser, "embeddings_drilldown")

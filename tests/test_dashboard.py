@@ -2,6 +2,8 @@
 
 import io
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from streamlit.testing.v1 import AppTest
 
 from fer_core.config import load_config
 from fer_core.data import open_dataset
+from fer_core.explain import method_names
+from fer_core.explain.regions import REGIONS
 from fer_core.labels import EMOTIONS
 from fer_core.models import load_model
 from fer_core.runs import Run
@@ -33,6 +37,23 @@ def write_config(project: Path, name: str, **keys: str) -> Path:
     return path
 
 
+def perturbed_copy(weights: Path, out: Path, seed: int = 0) -> Path:
+    """The model in ``weights`` with seeded noise (one weight sd) added to its classifier: a second
+    trained model that predicts like the first on some faces and not on others."""
+    import torch
+    from fer_core.models import save_model
+    model = load_model(weights)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.module.get_classifier().parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * parameter.std())
+    return save_model(model, out)
+
+
+#: The second model's label on the pages (a weights file of the project).
+SECOND = "weights/second.safetensors"
+
+
 @pytest.fixture(scope="module")
 def app_config(project, tiny_model, face_model_path):
     path = write_config(project, "dashboard.yaml", weights_path=str(tiny_model), mediapipe_model=str(face_model_path))
@@ -42,8 +63,11 @@ def app_config(project, tiny_model, face_model_path):
     for name in ("dash-eval-first", "dash-eval"):
         evaluate_model(config, load_model(tiny_model), subset, name=name, n_bootstrap=100, progress=False)
     sd_faces = open_dataset("sd_faces", config.resolve(config.data.root))
-    evaluate_model(config, load_model(tiny_model), sd_faces.subset(np.arange(0, len(sd_faces), 8)),  # all 5 classes
-                   name="dash-eval-sd", n_bootstrap=100, progress=False)
+    sd_subset = sd_faces.subset(np.arange(0, len(sd_faces), 8))  # all 5 classes
+    evaluate_model(config, load_model(tiny_model), sd_subset, name="dash-eval-sd", n_bootstrap=100, progress=False)
+    (project / "weights").mkdir(exist_ok=True)
+    second = perturbed_copy(tiny_model, project / SECOND)
+    evaluate_model(config, load_model(second), sd_subset, name="dash-eval-sd-second", n_bootstrap=100, progress=False)
     return path
 
 
@@ -68,6 +92,11 @@ def texts(app: AppTest) -> str:
 def images(app: AppTest) -> list:
     """Every picture on the page (an ``st.image`` call with a list gives several)."""
     return [img for element in app.get("image") for img in element.proto.imgs]
+
+
+def frame_with(app: AppTest, column: str) -> pd.DataFrame:
+    """The first table on the page with ``column``."""
+    return next(frame.value for frame in app.dataframe if column in frame.value.columns)
 
 
 def plotly_array(value) -> np.ndarray:
@@ -98,6 +127,12 @@ def test_home_lists_what_is_installed_and_links_each_question(monkeypatch, app_c
     for code in ("RQ1", "RQ2", "RQ3", "RQ4"):
         assert code in body
     assert "fer-core sweep" in body  # no sweep yet: the next step says how to make one
+    counts = frame_with(app, "total").set_index("dataset")  # faces per class of every installed dataset
+    assert {"fer2013:test", "ferplus:test", "sd_faces"} <= set(counts.index)
+    labels = open_dataset("sd_faces", load_config(app_config).resolve("data")).labels
+    for index, emotion in enumerate(EMOTIONS):
+        assert counts.loc["sd_faces"].get(emotion, 0) == (labels == index).sum(), emotion
+    assert counts.loc["sd_faces", "total"] == len(labels)
 
 
 def test_upload_detects_predicts_and_explains_a_real_sd_face(monkeypatch, app_config, synthetic_root):
@@ -214,6 +249,17 @@ def test_confusion_cell_lists_its_faces_with_probabilities_and_maps(monkeypatch,
     app.toggle[0].set_value(True).run()
     heatmap = json.loads(app.get("plotly_chart")[0].proto.spec)["data"][0]
     assert np.allclose(plotly_array(heatmap["z"]), run.metrics["confusion"]["normalized"])
+    # a face's drill-down: its probabilities as the run scored it (the same model, the same crop)
+    app.session_state["drill-neighbours"] = False  # neighbours: tested on the Saliency page
+    app.button(key="drill-cell-0").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    face = app.dataframe[0].value.iloc[0]
+    assert f"fer2013:test: `{face['key']}`" in texts(app) and "Every method" in texts(app)
+    [chart] = [c for c in app.get("plotly_chart") if "drill-probabilities" in c.proto.id]
+    probabilities = dict(zip(json.loads(chart.proto.spec)["data"][0]["y"],
+                             plotly_array(json.loads(chart.proto.spec)["data"][0]["x"])))
+    for emotion, probability in probabilities.items():
+        assert probability == pytest.approx(face[f"prob_{emotion}"], abs=1e-4), emotion  # float32 vs stored
 
 
 def test_runs_lists_runs_shows_curves_and_runs_a_background_job(monkeypatch, app_config, project, tiny_model):
@@ -245,14 +291,37 @@ def test_runs_lists_runs_shows_curves_and_runs_a_background_job(monkeypatch, app
     assert json.loads(metrics_file.read_text())["n"] == 30
     app.switch_page(str(PAGES / "runs.py")).run()
     assert "finished" in texts(app) or "running" in texts(app)
+    runs = app.dataframe[0].value.set_index("run")
+    size = len(open_dataset("fer2013:test", load_config(app_config).resolve("data")))
+    assert runs.loc["job-eval", "sample"] == f"30 of {size:,} (stratified 30, seed 0)"
+    assert runs.loc["job-eval", "limited"]
+    assert not runs.loc["dash-eval", "limited"]
+    assert runs.loc["dash-eval-sd", "detector"] == "mediapipe" and runs.loc["dash-eval", "detector"] == "none"  # crops
+    assert list(runs.columns[:3]) == ["accuracy", "macro_f1", "best_val_accuracy"]  # the scores never cut off
+    assert any("scored only a sample of their test set" in w.value for w in app.warning)
     app.radio(key="job-kind").set_value("explain").run()  # the precompute jobs get their own arguments
     assert " explain --model " in app.code[0].value and "--method " in app.code[0].value
     app.radio(key="job-kind").set_value("gap").run()
     assert "--real " in app.code[0].value and "--synthetic sd_faces" in app.code[0].value
 
 
+@pytest.mark.slow
 def test_saliency_browser_puts_real_and_synthetic_maps_side_by_side(monkeypatch, app_config):
     import streamlit as st
+    from dashboard.jobs import list_jobs
+    from fer_core.cache import ResultCache
+    from fer_core.explain import record_quality
+    from fer_core.precompute import embed_datasets, explain_dataset
+    from fer_core.views import class_rows
+    config = load_config(app_config)
+    model = load_model(config.model.weights_path)
+    root = config.resolve(config.data.root)
+    # Grad-CAM maps stored as `fer-core explain` stores them (no --layer): the page, which names the
+    # default layer in its layer box, must find them (issue 13: it recomputed them under another key)
+    sd_faces = open_dataset("sd_faces", root)
+    with ResultCache.from_config(config) as cache:
+        explain_dataset(model, sd_faces.subset(class_rows(sd_faces, "Sadness", 4)), cache, "gradcam",
+                        face_pipeline=face_pipeline_for(config, model), progress=False)
     app = open_page(monkeypatch, app_config, "saliency.py")
     app.slider(key="sal-count").set_value(4)
     app.toggle(key="sal-per-area").set_value(False)
@@ -262,6 +331,14 @@ def test_saliency_browser_puts_real_and_synthetic_maps_side_by_side(monkeypatch,
     captions = [c.value for c in app.caption if "Happiness face(s)" in c.value]
     assert len(captions) == 2 and all(c.startswith("4 Happiness face(s)") for c in captions)
     assert len(images(app)) == 8  # 4 real + 4 synthetic overlays
+    # each thumbnail says the true class, the model's prediction and its confidence, as the model scores the face
+    with ResultCache.from_config(config) as cache:
+        scored = embed_datasets(model, {"fer2013:test": open_dataset("fer2013:test", root).subset(
+            class_rows(open_dataset("fer2013:test", root), "Happiness", 32))}, cache, face_pipeline_for(config, model),
+            projections=(), progress=False).table
+    first = scored.iloc[0]
+    assert images(app)[0].caption.startswith(f"true Happiness · pred {first['pred_emotion']} "
+                                              f"{first['confidence']:.0%}")
     charts = [json.loads(chart.proto.spec)["data"] for chart in app.get("plotly_chart")]
     real, synthetic, difference = (plotly_array(chart[0]["z"]).astype(float) for chart in charts[:3])
     assert real.shape == synthetic.shape and np.allclose(difference, synthetic - real, atol=1e-5, equal_nan=True)
@@ -270,6 +347,15 @@ def test_saliency_browser_puts_real_and_synthetic_maps_side_by_side(monkeypatch,
     assert set(regions) == {"real", "synthetic"}
     assert all(abs(shares.sum() - 1) < 1e-6 for shares in regions.values())  # every face's attribution is placed
     assert "No sanity check stored for gradcam" in texts(app)
+    assert "gradcam (coarse, fast overlay, not checked)" in app.selectbox(key="sal-method").options
+    # only the wrong predictions among the first 32 Happiness faces of each dataset
+    app.radio(key="sal-correct").set_value("wrong").run()
+    assert not app.exception, [e.value for e in app.exception]
+    wrong = scored[scored["pred"] != scored["label"]]
+    assert f"{min(4, len(wrong))} Happiness face(s)" in texts(app)
+    assert all(img.caption.endswith("✗") for img in images(app)) and images(app)
+    assert images(app)[0].caption.startswith(f"true Happiness · pred {wrong.iloc[0]['pred_emotion']} ")
+    app.radio(key="sal-correct").set_value("all").run()
     # a new session with the page memo cleared reads every map back from the result cache
     st.cache_data.clear()
     again = open_page(monkeypatch, app_config, "saliency.py")
@@ -277,21 +363,61 @@ def test_saliency_browser_puts_real_and_synthetic_maps_side_by_side(monkeypatch,
     again.slider(key="sal-shown").set_value(4).run()
     assert [c.value for c in again.caption if "Happiness face(s)" in c.value] == \
         ["4 Happiness face(s); 0 computed now, 4 from the cache"] * 2
+    again.selectbox(key="sal-emotion").set_value("Sadness").run()  # the synthetic maps the CLI stored
+    assert "4 Sadness face(s); 0 computed now, 4 from the cache" in [c.value for c in again.caption]
     before = [img.url for img in images(again)]
     again.selectbox(key="sal-method").set_value("saliency").run()
     assert not again.exception
     assert len(images(again)) == 8 and [img.url for img in images(again)] != before
-    assert "Mean saliency map of Happiness on aligned faces" in texts(again)
-    # a stored sanity check flags the method
-    from fer_core.explain import record_quality
-    config = load_config(app_config)
-    model = load_model(config.model.weights_path)
-    faces = open_dataset("fer2013:test", config.resolve(config.data.root)).subset(np.arange(0, 800, 100))
+    assert "Mean saliency map of Sadness on aligned faces" in texts(again)
+    # a second model beside the first: two overlays a face, its own row of mean maps
+    again.selectbox(key="sal-second").set_value(SECOND).run()
+    assert not again.exception, [e.value for e in again.exception]
+    assert len(images(again)) == 16 and images(again)[1].caption == SECOND
+    assert f"**{SECOND}** (the same faces; each model explains its own predicted class)" in texts(again)
+    assert len(again.get("plotly_chart")) == 3 + 3 + 1  # mean maps of each model, region shares
+
+    # a face's drill-down: every method for its predicted and true class, probabilities (its
+    # neighbours: in the Embeddings test, where the page holds the faces they are looked for in)
+    again.selectbox(key="sal-second").set_value(None)
+    again.session_state["drill-neighbours"] = False
+    again.button(key="drill-real-0").click().run()
+    assert not again.exception, [e.value for e in again.exception]
+    assert "Every method" in texts(again)
+    [probabilities] = [json.loads(c.proto.spec)["data"][0] for c in again.get("plotly_chart")
+                       if "drill-probabilities" in c.proto.id]
+    assert abs(sum(plotly_array(probabilities["x"])) - 1) < 1e-4
+    [regions] = [frame.value for frame in again.dataframe if "mouth" in frame.value.columns]
+    assert set(regions["method"]) == set(method_names())
+    assert np.allclose(regions[list(REGIONS)].sum(axis=1), 1)  # each map's positive attribution, placed
+
+    # the sanity check's button starts `fer-core sanity` in the background (its run to the end and
+    # what it stores are tested in test_explain; the job machinery in the Runs test): it is stopped here
+    checked = open_page(monkeypatch, app_config, "saliency.py")
+    checked.number_input(key="sanity-faces").set_value(8)
+    checked.button(key="sanity-start").click().run()
+    assert not checked.exception, [e.value for e in checked.exception]
+    [job] = [job for job in list_jobs(config) if "sanity" in job.command]
+    assert list(job.command) == ["fer-core", "--config", str(app_config), "sanity", "--model",
+                                 str(config.model.weights_path), "--dataset", "fer2013:test", "--method", "gradcam",
+                                 "--faces", "8"]
+    assert f"**{job.id}**: running" in texts(checked)
+    os.killpg(job.pid, signal.SIGTERM)  # the job's own process group: the page started it in a new session
+    try:
+        os.waitpid(job.pid, 0)  # this process started it: reap it (a zombie still answers kill(pid, 0))
+    except ChildProcessError:
+        pass  # already reaped by subprocess's own clean-up
+    assert not job.running
+    # a stored check (what the job stores) flags the method, with its tables
+    faces = open_dataset("fer2013:test", root).subset(np.arange(0, 800, 100))
     result = record_quality(config, model, model.preprocessing.batch([faces.read(s) for s in faces]), ["gradcam"],
                             source="fer2013:test[0:800:100]")["gradcam"]
-    checked = open_page(monkeypatch, app_config, "saliency.py")
+    checked.run()
     verdict = "failed the sanity check" if not result["passed"] else "gradcam passed the sanity check"
     assert verdict in texts(checked)
+    verdicts = checked.dataframe[0].value.set_index("method")
+    assert verdicts.loc["gradcam", "verdict"] == ("passed" if result["passed"] else "failed")
+    assert set(verdicts.loc[verdicts.index != "gradcam", "verdict"]) == {"not checked"}
     # the stored check's two tables, with their controls (issue 14): the cascade steps beside the
     # different-faces and noise-stability rows; deletion / insertion beside a random order and the
     # centre prior, each figure as stored
@@ -308,6 +434,15 @@ def test_saliency_browser_puts_real_and_synthetic_maps_side_by_side(monkeypatch,
         assert row[field] == pytest.approx(result["faithfulness"][field]), field
 
 
+def decode_uri(uri: str) -> np.ndarray:
+    """An image ``data:`` URI as an RGB array."""
+    import base64
+    assert uri.startswith("data:image/jpeg;base64,")
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(base64.b64decode(uri.split(",", 1)[1]), np.uint8),
+                                     cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+@pytest.mark.slow
 def test_embeddings_plot_both_domains_and_measure_the_gap(monkeypatch, app_config, project):
     from fer_core.cache import ResultCache
     from fer_core.domain_gap import project as projection
@@ -321,17 +456,27 @@ def test_embeddings_plot_both_domains_and_measure_the_gap(monkeypatch, app_confi
     assert names[0] == "real (40)" and names[1].startswith("synthetic (")
     config = load_config(app_config)
     model = load_model(config.model.weights_path)
+    datasets = {s: open_dataset(s, config.resolve(config.data.root)) for s in ("fer2013:test", "sd_faces")}
     with ResultCache.from_config(config) as cache:
-        found = embed_datasets(model, {s: open_dataset(s, config.resolve(config.data.root))
-                                       for s in ("fer2013:test", "sd_faces")},
-                               cache, face_pipeline_for(config, model), projections=(), limit=40, progress=False)
+        found = embed_datasets(model, datasets, cache, face_pipeline_for(config, model), projections=(), limit=40,
+                               progress=False)
     assert found.computed == 0  # the page stored every face's features
     xy = projection(found.features, "pca")
     real_rows = np.flatnonzero(found.table["domain"] == "real")
     # PCA's sign is arbitrary
     assert np.allclose(np.abs(plotly_array(traces[0]["x"])), np.abs(xy[real_rows, 0]), atol=1e-3)
+    # each point carries its face for the hover preview (and the script that shows it is on the page)
+    first_row, uri = traces[0]["customdata"][0]
+    data = datasets["fer2013:test"]
+    stored = [data.read(data[i]) for i in range(len(data)) if data[i].key in set(found.table["key"].iloc[:6])]
+    errors = [np.abs(cv2.resize(image, (48, 48), interpolation=cv2.INTER_AREA).astype(float)
+                     - decode_uri(uri)).mean() for image in stored]
+    key_order = [data[i].key for i in range(len(data)) if data[i].key in set(found.table["key"].iloc[:6])]
+    assert key_order[int(np.argmin(errors))] == found.table["key"].iloc[first_row]  # the point's own face
+    assert min(errors) < 4  # JPEG at quality 80 of a 48 px face: a few grey levels off
+    assert any("plotly_hover" in element.proto.body for element in app.get("html"))
     # a lasso around three points (as the browser reports it: customdata, or trace and index) lists their faces
-    lasso = [{"customdata": 0}, {"customdata": 3}, {"curve_number": 1, "point_index": 2}]
+    lasso = [{"customdata": [0, uri]}, {"customdata": [3, ""]}, {"curve_number": 1, "point_index": 2}]
     app.session_state["embedding-scatter"] = {"selection": {"points": lasso, "point_indices": [], "box": [],
                                                             "lasso": []}}
     app.run()
@@ -340,16 +485,64 @@ def test_embeddings_plot_both_domains_and_measure_the_gap(monkeypatch, app_confi
     synthetic_rows = np.flatnonzero(found.table["domain"] == "synthetic")
     listed = app.dataframe[0].value
     assert list(listed["key"]) == list(found.table["key"].iloc[[0, 3, synthetic_rows[2]]])
+    # a click on one point opens its face's drill-down
+    app.session_state["drill-pool"] = 40
+    app.session_state["embedding-scatter"] = {"selection": {"points": [{"curve_number": 1, "point_index": 2}],
+                                                            "point_indices": [], "box": [], "lasso": []}}
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    clicked = found.table.iloc[synthetic_rows[2]]
+    assert f"sd_faces: `{clicked['key']}`" in texts(app) and "Every method" in texts(app)
+    # its nearest faces of each domain among the faces plotted, nearest first, itself left out
+    from fer_core.domain_gap import nearest_rows
+    neighbours = [img.caption for img in images(app) if ", d=" in (img.caption or "")]
+    assert len(neighbours) == 8 and "Nearest real faces" in texts(app) and "Nearest synthetic faces" in texts(app)
+    others = np.flatnonzero((found.table["domain"] == "synthetic") & (found.table["key"] != clicked["key"]))
+    _, expected = nearest_rows(found.features[synthetic_rows[2]], found.features[others], 4)
+    distances = [float(caption.rsplit("d=", 1)[1]) for caption in neighbours]
+    # the dialog's query features come from the recognizer (the same crop, the same weights): the
+    # distances agree to the 3 decimals shown
+    assert distances[4:] == pytest.approx(expected, abs=1.5e-3) and distances[:4] == sorted(distances[:4])
+    app.session_state["embedding-scatter"] = {"selection": {"points": [], "point_indices": [], "box": [],
+                                                            "lasso": []}}
     app.radio(key="emb-color").set_value("emotion").run()
     traces = json.loads(app.get("plotly_chart")[0].proto.spec)["data"]
     counts = found.table["emotion"].value_counts()
     assert {t["name"] for t in traces} == {f"{e} ({n})" for e, n in counts.items()}
+    app.toggle(key="emb-matched").set_value(True)
     app.button(key="gap-button").click().run()
     assert not app.exception, [e.value for e in app.exception]
-    metrics = {m.label: m.value for m in app.metric}
+    metrics = {m.label: m for m in app.metric}
     # Chance is 50%; the stratified sample now gives 72.5% (deterministic, seeded): a wide margin above chance.
-    assert float(metrics["Domain classifier (balanced acc.)"].rstrip("%")) > 60  # 48 px FER vs SD photos
-    assert "p = " in str([m.proto.delta for m in app.metric])
+    assert float(metrics["Domain classifier (balanced acc.)"].value.rstrip("%")) > 60  # 48 px FER vs SD photos
+    assert not any(m.proto.delta for m in app.metric)  # a p-value is no change: no arrow
+    assert 0 < float(metrics["MMD permutation p"].value) <= 1
+    gaps = frame_with(app, "read against")
+    report = json.loads(next((project / "runs" / "gap").glob(f"{model.fingerprint}-*limit40*.json")).read_text())
+    kid = gaps.loc["KID (mean ± sd over subsets)"].iloc[0]
+    assert kid == f"{report['kid']['mean']:.3g} ± {report['kid']['std']:.2g}"  # written out in full
+    # class-matched: as many faces of each emotion in both domains (the classes both hold)
+    shared = sorted(set(found.table.loc[found.table["domain"] == "real", "emotion"])
+                    & set(found.table.loc[found.table["domain"] == "synthetic", "emotion"]))
+    real_n, synthetic_n = gaps.loc["faces (real + synthetic)"].iloc[1].split(" + ")
+    assert real_n == synthetic_n == str(sum(
+        min((found.table["emotion"][found.table["domain"] == d] == e).sum() for d in ("real", "synthetic"))
+        for e in shared))
+    # within each emotion: every class both domains hold, with its sizes
+    per_class = frame_with(app, "n_real").set_index("emotion")
+    assert sorted(per_class.index) == shared
+    for emotion in shared:
+        for domain in ("real", "synthetic"):
+            assert per_class.loc[emotion, f"n_{domain}"] == ((found.table["domain"] == domain)
+                                                             & (found.table["emotion"] == emotion)).sum()
+    centroids = json.loads(app.get("plotly_chart")[1].proto.spec)["data"][0]
+    assert list(centroids["x"]) == list(per_class.index)
+    # a second model beside the first: its own scatter and its own gap columns
+    app.selectbox(key="emb-second").set_value(SECOND).run()
+    assert not app.exception, [e.value for e in app.exception]
+    scatters = [c for c in app.get("plotly_chart") if "embedding-scatter" in c.proto.id]
+    assert len(scatters) == 2
+    assert f"{SECOND}: all faces" in frame_with(app, "read against").columns
 
 
 def test_cross_domain_shows_the_matrix_and_per_class_accuracy(monkeypatch, app_config, project):
@@ -367,7 +560,19 @@ def test_cross_domain_shows_the_matrix_and_per_class_accuracy(monkeypatch, app_c
     text = dict(zip(matrix["y"], matrix["text"]))[tiny]
     assert f"n={sd['n']}" in text[matrix["x"].index("sd_faces")] and f"n={real['n']}" in text[matrix["x"].index("fer2013:test")]
     assert "fer-core sweep" in texts(app)  # one synthetic share only: the sweep is what is missing
-    table = app.dataframe[0].value
+    # two models side by side on the test set both were scored on, McNemar on the faces they share
+    pair = frame_with(app, "difference").set_index("test_set")
+    first, second = Run.load(project / "runs" / "dash-eval-sd"), Run.load(project / "runs" / "dash-eval-sd-second")
+    labels = list(pair.columns[:2])
+    assert {app.selectbox(key="xd-first").value, app.selectbox(key="xd-second").value} == {
+        first.info["model"]["fingerprint"], second.info["model"]["fingerprint"]}
+    ordered = (first, second) if app.selectbox(key="xd-first").value == first.info["model"]["fingerprint"] \
+        else (second, first)
+    assert [pair.loc["sd_faces", label] for label in labels] == pytest.approx([r.metrics["accuracy"] for r in ordered])
+    assert pair.loc["sd_faces", "shared"] == first.metrics["n"]  # the same 60 faces
+    from fer_core.workflows import compare_runs
+    assert pair.loc["sd_faces", "p_value"] == pytest.approx(compare_runs(*ordered)["mcnemar"]["p_value"])
+    table = frame_with(app, "correct")
     table = table[table["evaluation"] == "dash-eval-sd"].set_index("emotion")
     for emotion, scores in sd["per_class"].items():
         assert table.loc[emotion, "accuracy"] == pytest.approx(scores["recall"])
@@ -415,7 +620,7 @@ def test_synthetic_data_imports_a_grid_and_shows_every_cell(monkeypatch, tmp_pat
     assert metrics["Accepted faces"] == str(int(manifest["accepted"].sum()))
     assert metrics["Budget"] == "3" and metrics["Spent"] == "1" and metrics["Remaining"] == "2"
     assert "3x3" in texts(app) and len(manifest) == 9
-    rejected = app.dataframe[1].value  # after the cells of the grid
+    rejected = frame_with(app, "grid_file")  # the rejected cells (the grid's own cells: no grid_file column)
     assert "no face" in set(rejected["reject_reason"])  # the empty cell, with its reason
     assert len(rejected) == int((~manifest["accepted"]).sum())
     assert any(img.caption == "accepted faces, one row per emotion" for img in images(app))
@@ -430,6 +635,19 @@ def test_synthetic_data_imports_a_grid_and_shows_every_cell(monkeypatch, tmp_pat
     assert list(intensity.index) == ["unstated"]  # the grid was imported without an intensity
     assert intensity.loc["unstated", "accuracy"] == pytest.approx(run.metrics["accuracy"])
     assert intensity.loc["unstated", "support"] == run.metrics["n"] == int(manifest["accepted"].sum())
+
+
+def test_synthetic_data_shows_the_installed_sd_faces(monkeypatch, app_config):
+    app = open_page(monkeypatch, app_config, "synthetic.py")
+    assert not app.exception, [e.value for e in app.exception]
+    counts = frame_with(app, "total").set_index("dataset")
+    labels = open_dataset("sd_faces", load_config(app_config).resolve("data")).labels
+    assert counts.loc["sd_faces", "total"] == len(labels) == 476
+    app.number_input(key="synthetic-per-class").set_value(2).run()
+    shown = [img.caption for img in images(app)]
+    present = [EMOTIONS[i] for i in sorted(set(labels))]
+    assert len(shown) == 2 * len(present) and shown[:2] == ["angry_000.jpg", "angry_001.jpg"]  # 2 of each emotion
+    assert [m.value for m in app.markdown if m.value.strip("*") in EMOTIONS] == [f"**{e}**" for e in present]
 
 
 def test_empty_states_say_what_to_do(monkeypatch, tmp_path):
