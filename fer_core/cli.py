@@ -143,28 +143,18 @@ def _shard_argument(parser: argparse.ArgumentParser) -> None:
 
 @command("predict", "predict every face of a dataset into a parquet table (resumable)", _predict_arguments)
 def _predict(args: argparse.Namespace, config: Config) -> int:
-    from fer_core.cache import ResultCache
-    from fer_core.inference import photo_files, predict_dataset
-    from fer_core.precompute import merge_shard_predictions, select, shard_folder
+    from fer_core.inference import photo_files
+    from fer_core.jobs.precompute import predict
+    from fer_core.precompute import merge_shard_predictions, select
     from fer_core.scoring import scoring_for
-    from fer_core.workflows import face_pipeline_for, load_configured_model
+    from fer_core.workflows import load_configured_model
     config = _with_trust(args, config)
     shard = _shard(args)
     model = load_configured_model(config, args.model)
     if photo_files(args.dataset) is not None:  # a plain folder of photos: every face of every photo
         return _predict_photos(args, config, model, shard)
     dataset = select(_dataset(config, args), args.limit, shard, args.per_class, args.sample_seed)
-    out = args.out if shard is None else shard_folder(args.out, shard)
-    cache = ResultCache.from_config(config) if args.cache else None
-    try:
-        with _shard_group(config, shard) as device:
-            table = predict_dataset(model, dataset, out, face_pipeline=face_pipeline_for(config, model),
-                                    batch_size=config.inference.batch_size, device=device, cache=cache,
-                                    backend=config.inference.backend, score_over=args.score_over)
-            _wait_for_every_shard(shard)
-    finally:
-        if cache is not None:
-            cache.close()
+    table, out = predict(config, model, dataset, args.out, args.cache, args.score_over, shard)
     print(f"{len(table)} predictions of {dataset.label} -> {out / 'predictions.parquet'}")
     _print_scoring(scoring_for(args.score_over, model.emotions, dataset.emotions, dataset.labels))
     merged = merge_shard_predictions(args.out, shard.count) if shard is not None else None
@@ -175,15 +165,11 @@ def _predict(args: argparse.Namespace, config: Config) -> int:
 
 def _predict_photos(args: argparse.Namespace, config: Config, model, shard) -> int:
     """``predict`` on a plain folder of photos: one row per detected face (no labels, no classes)."""
-    from fer_core.inference import predict_photos
+    from fer_core.jobs.precompute import predict_folder
     from fer_core.scoring import scoring_for
-    from fer_core.workflows import device_for, face_pipeline_for
     if shard is not None or args.per_class is not None:
         raise ConfigError("a folder of photos has no classes and is predicted whole: leave out --shard and --per-class")
-    table = predict_photos(model, args.dataset, args.out, face_pipeline_for(config, model),
-                           batch_size=config.inference.batch_size, device=device_for(config),
-                           backend=config.inference.backend, score_over=args.score_over, limit=args.limit,
-                           seed=args.sample_seed)
+    table = predict_folder(config, model, args.dataset, args.out, args.score_over, args.limit, args.sample_seed)
     photos = table["key"].nunique()
     without = int((~table["face_found"] & table["error"].isna()).sum())
     print(f"{int(table['face_found'].sum())} faces in {photos} photos ({without} without a face, "
@@ -201,35 +187,6 @@ def _shard(args: argparse.Namespace):
     if from_torchrun is not None:
         raise ConfigError("--shard and torchrun both split the data; under torchrun leave --shard out")
     return Shard.parse(args.shard)
-
-
-def _shard_group(config: Config, shard):
-    """Under torchrun: join its process group (so ranks can wait for each other) and use this
-    rank's GPU; yields the device to run on."""
-    from contextlib import contextmanager
-    from fer_core.training import distributed
-    from fer_core.workflows import device_for
-
-    @contextmanager
-    def group():
-        device = device_for(config)
-        if not distributed.launched_by_torchrun():
-            yield device
-            return
-        import os
-        if device.startswith("cuda"):
-            device = f"cuda:{os.environ['LOCAL_RANK']}"
-        with distributed.process_group(device):
-            yield device
-    return group()
-
-
-def _wait_for_every_shard(shard) -> None:
-    """Under torchrun, wait until every rank has finished its shard."""
-    from fer_core.training import distributed
-    if shard is not None and distributed.is_active():
-        import torch.distributed as dist
-        dist.barrier()
 
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -309,9 +266,19 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 @command("train", "train or fine-tune a model; writes a run directory (resumable)", _train_arguments)
 def _train(args: argparse.Namespace, config: Config) -> int:
     import os
-    from fer_core.workflows import train_model
+    from fer_core.jobs.options import JobOptions
+    from fer_core.jobs.workflows import TrainingData, train_model, training_settings, training_start
     config = _with_trust(args, config)
-    result = train_model(config, args)
+    start = training_start(config, _start_request(args), default_epochs=30)
+    options = JobOptions.from_config(config)
+    settings = training_settings(
+        options, start, augment=not args.no_augment, batch_size=args.batch_size, optimizer=args.optimizer,
+        weight_decay=args.weight_decay, sam_rho=args.sam_rho, label_smoothing=args.label_smoothing,
+        soft_targets=args.soft_labels, class_weights=args.class_weights, logit_adjustment=args.logit_adjustment,
+        drop_rate=args.drop_rate, select_metric=args.select, seed=args.seed, max_steps_per_epoch=args.max_steps,
+        mixed_precision=options.device.startswith("cuda"))
+    data = TrainingData(args.train, args.val, args.synthetic, args.synthetic_fraction, args.size)
+    result = train_model(config, settings, data, start, name=args.name, resume=args.resume)
     best = result["best"]
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         print(f"{result['run_dir']}\nbest epoch {best['epoch']}: val accuracy {best['val_accuracy']:.4f}, "
@@ -363,17 +330,22 @@ def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
 
 
+def _start_request(args: argparse.Namespace):
+    """``--init``, ``--recipe``, ``--epochs``, ``--lr``, ``--architecture``, ``--input-size``."""
+    from fer_core.jobs.workflows import StartRequest
+    return StartRequest(args.init, args.recipe, args.epochs, args.lr, args.architecture, args.input_size)
+
+
 def _experiment_settings(args: argparse.Namespace, config: Config):
     """Training settings of ``sweep`` and ``crossval`` (hard labels; stages from the recipe) and
-    the :class:`~fer_core.workflows.TrainingStart` (the ``--init`` model and recipe)."""
-    from fer_core.training import AugmentSettings, TrainSettings
-    from fer_core.workflows import device_for, training_start
-    start = training_start(_with_trust(args, config), args, default_epochs=10)
-    settings = TrainSettings(
-        architecture=start.architecture, input_size=start.input_size, stages=start.stages, batch_size=args.batch_size,
-        sam_rho=args.sam_rho, label_smoothing=args.label_smoothing, soft_targets=False,
-        augment=None if args.no_augment else AugmentSettings(), seed=getattr(args, "seed", 0),
-        max_steps_per_epoch=args.max_steps, device=device_for(config))
+    the :class:`~fer_core.jobs.workflows.TrainingStart` (the ``--init`` model and recipe)."""
+    from fer_core.jobs.options import JobOptions
+    from fer_core.jobs.workflows import training_settings, training_start
+    start = training_start(_with_trust(args, config), _start_request(args), default_epochs=10)
+    settings = training_settings(
+        JobOptions.from_config(config), start, augment=not args.no_augment, batch_size=args.batch_size,
+        sam_rho=args.sam_rho, label_smoothing=args.label_smoothing, soft_targets=False, seed=getattr(args, "seed", 0),
+        max_steps_per_epoch=args.max_steps)
     return settings, start
 
 
@@ -419,7 +391,7 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 @command("sweep", "train one run per synthetic share and score each on every test set (one summary table)",
          _sweep_arguments)
 def _sweep(args: argparse.Namespace, config: Config) -> int:
-    from fer_core.training.experiments import sweep, sweep_report
+    from fer_core.jobs.experiments import sweep, sweep_report
     settings, start = _experiment_settings(args, config)
     design = "share" if args.added is None else "added"
     sweep(config, args.real, args.synthetic, args.val, args.test, settings, args.out, fractions=args.fractions,
@@ -440,7 +412,7 @@ def _crossval_arguments(parser: argparse.ArgumentParser) -> None:
 @command("crossval", "stratified k-fold cross-validation (every generated grid inside one fold): per-fold metrics, "
                      "mean and std", _crossval_arguments)
 def _crossval(args: argparse.Namespace, config: Config) -> int:
-    from fer_core.training.experiments import cross_validate
+    from fer_core.jobs.experiments import cross_validate
     settings, start = _experiment_settings(args, config)
     summary = cross_validate(config, args.dataset, args.k, settings, args.out, n_bootstrap=args.bootstrap,
                              init=start.init, recipe=start.recipe)
@@ -571,8 +543,30 @@ def _synth_arguments(parser: argparse.ArgumentParser) -> None:
 @command("synth", "synthetic faces: prompts, grid generation with a credit ledger, face extraction, report",
          _synth_arguments)
 def _synth(args: argparse.Namespace, config: Config) -> int:
-    from fer_core.synthetic.commands import run
-    return run(args, config)
+    from fer_core.jobs import synthetic
+    asked = synthetic.PromptRequest(tuple(args.emotion or ()), tuple(args.gender or ()), tuple(args.intensity or ()),
+                                    args.template, args.age_range)
+    jobs: dict[str, Callable[[], int]] = {
+        "prompts": lambda: synthetic.prompts(config, asked, as_json=args.json),
+        "generate": lambda: synthetic.generate(config, asked, args.backend, args.backend_config, args.grids,
+                                               args.seed_start, args.budget),
+        "import": lambda: synthetic.import_(config, synthetic.ImportRequest(
+            tuple(args.files), args.manifest, _one(args.emotion, "--emotion"), _one(args.gender, "--gender"),
+            _one(args.intensity, "--intensity"), args.age_range, args.prompt, args.model_name, args.credits,
+            args.template, args.seed_start), args.budget),
+        "extract": lambda: synthetic.extract(config, args.face_model, args.thresholds, args.test_fraction),
+        "report": lambda: synthetic.report(config),
+        "ledger": lambda: synthetic.ledger(config, args.budget, args.resolve, args.spent),
+        "revert": lambda: synthetic.revert(config, args.files),
+    }
+    return jobs[args.action]()
+
+
+def _one(values: list[str] | None, flag: str) -> str | None:
+    """The one value ``synth import`` takes of a repeatable flag (several: an error)."""
+    if values and len(values) > 1:
+        raise ConfigError(f"fer-core synth import takes one {flag} (per file: use --manifest)")
+    return values[0] if values else None
 
 
 def _cache_arguments(parser: argparse.ArgumentParser) -> None:
@@ -614,32 +608,12 @@ def _embed_arguments(parser: argparse.ArgumentParser) -> None:
 @command("embed", "precompute penultimate features (and 2-D projections) of datasets into the result cache",
          _embed_arguments)
 def _embed(args: argparse.Namespace, config: Config) -> int:
-    import time
-    from fer_core.cache import ResultCache
-    from fer_core.precompute import embed_datasets
-    from fer_core.training import distributed
-    from fer_core.workflows import dataset_for, face_pipeline_for, load_configured_model
-    config = _with_trust(args, config)
-    shard = _shard(args)
+    from fer_core.jobs.precompute import embed
     projections = tuple(p.strip() for p in args.projection.split(",") if p.strip())
-    datasets = {spec: dataset_for(config, spec) for spec in dict.fromkeys(args.dataset)}
-    model = load_configured_model(config, args.model)
-    started = time.perf_counter()
-    with ResultCache.from_config(config) as cache, _shard_group(config, shard) as device:
-        options = dict(face_pipeline=face_pipeline_for(config, model), seed=args.seed, limit=args.limit,
-                       per_class=args.per_class, sample_seed=args.sample_seed, score_over=args.score_over,
-                       batch_size=config.inference.batch_size, device=device, backend=config.inference.backend)
-        result = embed_datasets(model, datasets, cache, projections=projections, shard=shard, **options)
-        summary = {"shard": None if shard is None else str(shard), **result.summary()}
-        _wait_for_every_shard(shard)
-        if shard is not None and distributed.is_active() and distributed.is_main() and projections:
-            whole = embed_datasets(model, datasets, cache, projections=projections, progress=False, **options)
-            summary.update(projections=list(whole.projections), projections_computed=list(whole.projections_computed))
-        elif shard is not None and projections:
-            summary["note"] = "projections need every face: run fer-core embed again without --shard"
-    _print_json({**summary, "cache": str(cache.path), "seconds": round(time.perf_counter() - started, 2)})
+    _print_json(embed(_with_trust(args, config), args.dataset, args.model, projections, seed=args.seed,
+                      limit=args.limit, per_class=args.per_class, sample_seed=args.sample_seed,
+                      score_over=args.score_over, shard=_shard(args)))
     return 0
-
 
 def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     _model_and_data(parser)
@@ -669,32 +643,15 @@ def _method_params(pairs: Sequence[str]) -> dict[str, object]:
 
 @command("explain", "precompute attribution maps of a dataset into the result cache", _explain_arguments)
 def _explain(args: argparse.Namespace, config: Config) -> int:
-    import time
-    from fer_core.cache import ResultCache
-    from fer_core.explain import method_names
-    from fer_core.precompute import explain_dataset, select
-    from fer_core.workflows import face_pipeline_for, load_configured_model
-    if args.method not in method_names():
-        raise ConfigError(f"unknown attribution method {args.method!r}; registered methods: {method_names()}")
+    from fer_core.jobs.precompute import explain
+    from fer_core.precompute import select
     config = _with_trust(args, config)
     shard = _shard(args)
     dataset = select(_dataset(config, args), args.limit, per_class=args.per_class, seed=args.sample_seed)
-    model = load_configured_model(config, args.model)
-    started = time.perf_counter()
-    with ResultCache.from_config(config) as cache, _shard_group(config, shard) as device:
-        result = explain_dataset(model, dataset, cache, args.method, target=args.target, layer=args.layer,
-                                 map_size=args.map_size, face_pipeline=face_pipeline_for(config, model),
-                                 batch_size=args.batch_size, shard=shard, device=device,
-                                 backend=config.inference.backend, **_method_params(args.param))
-        _wait_for_every_shard(shard)
-    summary = {"dataset": dataset.label, "target": args.target, "shard": None if shard is None else str(shard),
-               **result.summary()}
-    if len(result.diagnostics.columns):
-        summary["diagnostics_median"] = {name: float(result.diagnostics[name].median())
-                                         for name in result.diagnostics.columns}
-    _print_json({**summary, "cache": str(cache.path), "seconds": round(time.perf_counter() - started, 2)})
+    _print_json(explain(config, dataset, args.method, args.model, target=args.target, layer=args.layer,
+                        map_size=args.map_size, batch_size=args.batch_size, params=_method_params(args.param),
+                        shard=shard))
     return 0
-
 
 def _gap_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, help="weights file (default: model.weights_path or the shipped model)")
@@ -711,22 +668,12 @@ def _gap_arguments(parser: argparse.ArgumentParser) -> None:
 @command("gap", "domain-gap report (domain classifier, MMD, KID, centroids, nearest real face) on cached features",
          _gap_arguments)
 def _gap(args: argparse.Namespace, config: Config) -> int:
-    from fer_core.cache import ResultCache
-    from fer_core.precompute import gap_report, gap_report_folders
-    from fer_core.workflows import dataset_for, device_for, face_pipeline_for, load_configured_model
-    config = _with_trust(args, config)
-    real, synthetic = dataset_for(config, args.real), dataset_for(config, args.synthetic)
-    model = load_configured_model(config, args.model)
-    with ResultCache.from_config(config) as cache:
-        report = gap_report(model, real, synthetic, cache, face_pipeline_for(config, model),
-                            sample=args.sample or None, limit=args.limit, per_class=args.per_class, seed=args.seed,
-                            out_dir=gap_report_folders(config)[0],
-                            batch_size=config.inference.batch_size, device=device_for(config),
-                            backend=config.inference.backend)
+    from fer_core.jobs.precompute import gap
+    report = gap(_with_trust(args, config), args.real, args.synthetic, args.model, sample=args.sample or None,
+                 limit=args.limit, per_class=args.per_class, seed=args.seed)
     _print_json({name: report[name] for name in ("real", "synthetic", "domain_classifier", "mmd_rbf", "kid",
                                                  "nearest_real", "computed_features", "path")})
     return 0
-
 
 def _sanity_arguments(parser: argparse.ArgumentParser) -> None:
     _model_and_data(parser)
@@ -742,44 +689,17 @@ def _sanity_arguments(parser: argparse.ArgumentParser) -> None:
                    "deletion / insertion vs a random order and the centre prior), stored for the dashboard's flags",
          _sanity_arguments)
 def _sanity(args: argparse.Namespace, config: Config) -> int:
-    import numpy as np
-    import torch
-    from fer_core.explain import method_names, record_quality
-    from fer_core.explain.sanity import faithfulness_rows, most_faithful, randomisation_rows
-    from fer_core.inference import FacePreparer
+    from fer_core.jobs.precompute import sanity
     from fer_core.precompute import select
-    from fer_core.workflows import face_pipeline_for, load_configured_model
-    methods = args.methods or method_names()
-    unknown = sorted(set(methods) - set(method_names()))
-    if unknown:
-        raise ConfigError(f"unknown attribution method(s) {unknown}; registered methods: {method_names()}")
-    if args.faces < 2:
-        raise ConfigError(f"--faces: expected at least 2 faces, got {args.faces}")
     config = _with_trust(args, config)
     dataset = select(_dataset(config, args), args.limit, per_class=args.per_class, seed=args.sample_seed)
-    model = load_configured_model(config, args.model)
-    preparer = FacePreparer(model, face_pipeline_for(config, model))
-    picks = np.unique(np.linspace(0, len(dataset) - 1, min(args.faces, len(dataset))).astype(int))
-    tensors = [face.tensor for face in (preparer.prepare(dataset, dataset[int(i)]) for i in picks)
-               if face.tensor is not None]
-    if len(tensors) < 2:
-        raise ConfigError(f"{args.dataset}: fewer than 2 readable faces to check on")
-    results = record_quality(config, model, torch.stack(tensors), methods,
-                             source=f"{dataset.label}, {len(tensors)} faces spread", depth=args.depth,
-                             steps=args.steps, seed=args.seed)
-    chosen = most_faithful(results)
-    steps, faithful = randomisation_rows(results), {row["method"]: row for row in faithfulness_rows(results)}
-    _print_json({method: {"passed": result["passed"], "randomisation_passed": result["randomisation"]["passed"],
-                          "faithfulness_passed": result["faithfulness"]["passed"],
-                          "randomisation": [row for row in steps if row["method"] == method],
-                          "faithfulness": faithful[method],
-                          "faithfulness_rank": chosen["ranking"].index(method) + 1,
-                          "statistics_default": method == chosen["method"]}
-                 for method, result in results.items()})
+    checked = sanity(config, dataset, args.methods or (), args.model, faces=args.faces, depth=args.depth,
+                     steps=args.steps, seed=args.seed)
+    _print_json(checked["methods"])
+    chosen = checked["most_faithful"]
     print(f"most faithful method (default for region / faithfulness statistics): {chosen['method']} "
           f"({chosen['note']})", file=sys.stderr)
     return 0
-
 
 def _cross_domain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", type=Path, action="append",

@@ -21,7 +21,7 @@ from fer_core.labels import EMOTIONS
 from fer_core.models import TINY_ARCHITECTURE, load_model
 from fer_core.runs import Run
 from fer_core.training import Stage, TrainSettings
-from fer_core.training.experiments import sweep
+from fer_core.jobs.experiments import sweep
 from fer_core.workflows import SHIPPED_WEIGHTS, evaluate_model
 
 SHIPPED = Path(__file__).resolve().parent.parent / SHIPPED_WEIGHTS
@@ -82,7 +82,7 @@ def test_records_trace_each_evaluation_to_its_training_data(runs, tiny_model):
     assert shipped["data_sha256"] == Run.load(shipped["path"]).info["provenance"]["data"]["test"]["sha256"]
     # the sweep's summary and its training runs carry their provenance too
     summary = json.loads((runs / "sweep" / "summary.json").read_text())["provenance"]
-    assert summary["command"]["call"].startswith("fer_core.training.experiments.sweep(")
+    assert summary["command"]["call"].startswith("fer_core.jobs.experiments.sweep(")
     assert set(summary["data"]) == {"real_train", "synthetic_train", "val", "test ferplus", "test sd_faces"}
     assert summary["data"]["real_train"]["size"] == 54 and summary["data"]["test sd_faces"]["size"] == 60
     trained = Run.load(runs / "sweep" / "synthetic-100")

@@ -71,7 +71,7 @@ def test_evaluation_records_command_commit_versions_and_data(repo_project, proje
     record = run.info["provenance"]
     assert record["command"]["via"] == "library"
     call = record["command"]["call"]
-    assert call.startswith("fer_core.workflows.evaluate_model(config=<Config>, model=<FerModel>, "
+    assert call.startswith("fer_core.jobs.workflows.evaluate_model(config=<Config>, model=<FerModel>, "
                            "dataset=<SampledDataset>")   # the argument as the function holds it by then
     assert f"limit={LIMIT}" in call and "name='in-repo'" in call
     assert record["git"] == {"commit": git(repo_project, "rev-parse", "HEAD"), "dirty": False,

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from fer_core.config import Config
+from fer_core.config import Config, FacesConfig
 from fer_core.errors import ConfigError
 from fer_core.faces.align import CROP_PAD_VALUE, Face, align_face, check_margin, check_size, whole_image_face
 from fer_core.faces.detectors import Detection, FaceDetector, as_rgb, detector_from_config
@@ -45,7 +45,11 @@ class FacePipeline:
         """The pipeline ``config.faces`` describes; a relative model path is taken from the project
         root. MediaPipe detectors share one task per model file and settings in the process, so
         building many pipelines opens no more tasks."""
-        faces = dataclasses.replace(config.faces, mediapipe_model=config.face_model())
+        return cls.from_faces(dataclasses.replace(config.faces, mediapipe_model=config.face_model()), crop_size)
+
+    @classmethod
+    def from_faces(cls, faces: FacesConfig, crop_size: int) -> "FacePipeline":
+        """The pipeline the ``faces`` settings describe (their model path used as given)."""
         return cls(detector_from_config(faces), crop_size, faces.margin, faces.align, faces.max_faces)
 
     def fingerprint(self) -> str:

@@ -1,4 +1,5 @@
-"""``fer-core synth ...``: the actions behind the command line, on the project's data folder.
+"""``fer-core synth ...``: the jobs behind the command line, on the project's data folder, with
+typed parameters (the CLI converts its arguments; :data:`ACTIONS` names the jobs).
 
 Layout under ``<data.root>/synthetic/``: ``ledger.json`` (credits and grids), ``raw/`` (grid
 images), ``processed/{split}/{class}/`` (faces), ``manifest.parquet``, ``report/``.
@@ -6,15 +7,16 @@ images), ``processed/{split}/{class}/`` (faces), ``manifest.parquet``, ``report/
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fer_core.config import Config
 import pandas as pd
+
+from fer_core.config import Config
 
 from fer_core.errors import ConfigError, DataError
 from fer_core.faces.detectors import MediaPipeDetector
@@ -39,18 +41,27 @@ def synthetic_dir(config: Config) -> Path:
     return config.resolve(config.data.root) / "synthetic"
 
 
-def _ledger(args: argparse.Namespace, config: Config) -> CreditLedger:
-    return CreditLedger(synthetic_dir(config) / "ledger.json", budget=args.budget)
+def _ledger(config: Config, budget: int | None = None) -> CreditLedger:
+    return CreditLedger(synthetic_dir(config) / "ledger.json", budget=budget)
 
 
-def _genders(args: argparse.Namespace) -> tuple[str | None, ...] | None:
-    """``--gender`` values (``unspecified``: None), or None when none was given."""
-    return tuple(parse_gender(g) for g in args.gender) if args.gender else None
+@dataclass(frozen=True)
+class PromptRequest:
+    """Which prompts: ``emotions`` (empty: all 8), ``genders`` (``women``, ``men``, ``mixed``,
+    ``unspecified``; empty: women and men), ``intensities`` (empty: unstated), the ``template``
+    and the ``age_range`` (None: diverse)."""
+
+    emotions: tuple[str, ...] = ()
+    genders: tuple[str, ...] = ()
+    intensities: tuple[str, ...] = ()
+    template: str = "current"
+    age_range: str | None = None
 
 
-def _prompts_of(args: argparse.Namespace, config: Config) -> list:
-    return prompt_matrix(tuple(args.emotion or EMOTIONS), _genders(args) or DEFAULT_GENDERS,
-                         tuple(args.intensity or [None]), args.template, args.age_range, config.data.grid_layout)
+def _prompts_of(config: Config, asked: PromptRequest) -> list:
+    genders = tuple(parse_gender(g) for g in asked.genders) or DEFAULT_GENDERS
+    return prompt_matrix(asked.emotions or tuple(EMOTIONS), genders, asked.intensities or (None,), asked.template,
+                         asked.age_range, config.data.grid_layout)
 
 
 def _read_json(path: Path | None, what: str) -> dict[str, Any]:
@@ -65,9 +76,10 @@ def _read_json(path: Path | None, what: str) -> dict[str, Any]:
     return value
 
 
-def _prompts(args: argparse.Namespace, config: Config) -> int:
-    prompts = _prompts_of(args, config)
-    if args.json:
+def prompts(config: Config, asked: PromptRequest, as_json: bool = False) -> int:
+    """Print the prompts ``asked`` for (as JSON with ``as_json``)."""
+    prompts = _prompts_of(config, asked)
+    if as_json:
         print(json.dumps([p.to_dict() for p in prompts], indent=2))
     else:
         for prompt in prompts:
@@ -76,13 +88,17 @@ def _prompts(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _generate(args: argparse.Namespace, config: Config) -> int:
-    if args.backend == "import":
+def generate(config: Config, asked: PromptRequest, backend: str = "http", backend_config: Path | None = None,
+             grids: int = 1, seed_start: int = 0, budget: int | None = None) -> int:
+    """Make ``grids`` grids per prompt with the generator ``backend`` (its arguments from the JSON
+    file ``backend_config``), seeds from ``seed_start``, a credit each from the ledger (``budget``
+    sets its budget)."""
+    if backend == "import":
         raise ConfigError("use 'fer-core synth import FILES ...' for grids made elsewhere")
-    backend = create_backend(args.backend, **_read_json(args.backend_config, "--backend-config"))
-    ledger = _ledger(args, config)
-    jobs = [(p, args.seed_start + k) for p in _prompts_of(args, config) for k in range(args.grids)]
-    settled = generate_grids(backend, ledger, jobs)
+    generator = create_backend(backend, **_read_json(backend_config, "--backend-config"))
+    ledger = _ledger(config, budget)
+    jobs = [(p, seed_start + k) for p in _prompts_of(config, asked) for k in range(grids)]
+    settled = generate_grids(generator, ledger, jobs)
     _check_made(settled, "made", "no credit was spent on them")
     print(f"{_committed(settled)} of {len(jobs)} grids made; ledger: {ledger.summary()}")
     return 0
@@ -103,30 +119,44 @@ def _check_made(settled: list[dict[str, Any]], verb: str, released: str) -> None
               file=sys.stderr)
 
 
-def _single(values: list[str] | None, what: str) -> str | None:
-    if values and len(values) > 1:
-        raise ConfigError(f"fer-core synth import takes one {what} (per file: use --manifest)")
-    return values[0] if values else None
+@dataclass(frozen=True)
+class ImportRequest:
+    """Grids made elsewhere: image ``files`` (all of one ``emotion``, ``gender``, ``intensity``,
+    ``age_range`` and ``prompt``) or a ``manifest`` (CSV or YAML, one row per file, these as
+    defaults); each cost ``credits`` on ``model_name`` with the prompt ``template``, seeds from
+    ``seed_start``."""
+
+    files: tuple[Path, ...] = ()
+    manifest: Path | None = None
+    emotion: str | None = None
+    gender: str | None = None
+    intensity: str | None = None
+    age_range: str | None = None
+    prompt: str | None = None
+    model_name: str = "imported"
+    credits: int = 1
+    template: str = "current"
+    seed_start: int = 0
 
 
-def _import(args: argparse.Namespace, config: Config) -> int:
-    if bool(args.files) == bool(args.manifest):
+def import_(config: Config, asked: ImportRequest, budget: int | None = None) -> int:
+    """Register the grids ``asked`` for in the ledger (``budget`` sets its budget)."""
+    if bool(asked.files) == bool(asked.manifest):
         raise ConfigError("fer-core synth import needs grid image files or --manifest FILE (a CSV or YAML list of "
                           "file, emotion, ... rows), not both")
-    defaults = {"emotion": _single(args.emotion, "--emotion"), "gender": _single(args.gender, "--gender"),
-                "intensity": _single(args.intensity, "--intensity"), "age_range": args.age_range,
-                "prompt": args.prompt}
-    if args.manifest:
-        items = read_import_manifest(args.manifest, config.data.grid_layout, defaults)
+    defaults = {"emotion": asked.emotion, "gender": asked.gender, "intensity": asked.intensity,
+                "age_range": asked.age_range, "prompt": asked.prompt}
+    if asked.manifest:
+        items = read_import_manifest(asked.manifest, config.data.grid_layout, defaults)
     elif defaults["emotion"] is None:
         raise ConfigError("fer-core synth import needs --emotion (the emotion the grids were asked for), or a "
                           "--manifest giving one per file")
     else:
         spec = PromptSpec(defaults["emotion"], parse_gender(defaults["gender"]), defaults["intensity"],
-                          args.age_range, config.data.grid_layout)
-        items = [ImportItem(Path(file), spec, args.prompt) for file in args.files]
-    ledger = _ledger(args, config)
-    settled = import_grids(ledger, items, args.model_name, args.credits, args.template, args.seed_start)
+                          asked.age_range, config.data.grid_layout)
+        items = [ImportItem(Path(file), spec, asked.prompt) for file in asked.files]
+    ledger = _ledger(config, budget)
+    settled = import_grids(ledger, items, asked.model_name, asked.credits, asked.template, asked.seed_start)
     _check_made(settled, "imported", "no credit was recorded for them")
     batch = settled[0]["batch"]
     print(f"{_committed(settled)} of {len(items)} grids imported as batch {batch} (undo: fer-core synth revert "
@@ -134,12 +164,13 @@ def _import(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _revert(args: argparse.Namespace, config: Config) -> int:
-    if not args.files:
+def revert(config: Config, targets: Sequence[str]) -> int:
+    """Undo imports, each target a batch id, a ledger entry id or an imported file."""
+    if not targets:
         raise ConfigError("fer-core synth revert needs one or more batch ids, ledger entry ids or imported files "
                           "(see 'fer-core synth ledger')")
     root = synthetic_dir(config)
-    done = revert_imports(CreditLedger(root / "ledger.json"), [str(t) for t in args.files], root / MANIFEST_FILE,
+    done = revert_imports(CreditLedger(root / "ledger.json"), [str(t) for t in targets], root / MANIFEST_FILE,
                           root / "processed", root / "report")
     print(f"reverted {done['grids']} imported grid(s) ({', '.join(done['files']) or 'no file'}): "
           f"{done['credits_returned']} credit(s) back, {done['faces_removed']} face(s) and "
@@ -150,21 +181,25 @@ def _revert(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _extract(args: argparse.Namespace, config: Config) -> int:
+def extract(config: Config, face_model: Path | None = None, thresholds: Path | None = None,
+            test_fraction: float = 0.2) -> int:
+    """Cut, check and save the faces of every committed grid (detector: the BlazeFace file
+    ``face_model``, else the faces config; quality thresholds from the JSON file ``thresholds``;
+    ``test_fraction`` of the grids in the test split)."""
     ledger = CreditLedger(synthetic_dir(config) / "ledger.json")
     grids = committed_grids(ledger)
     if not grids:
         raise DataError(f"no grids in {ledger.path}; run 'fer-core synth generate' or 'synth import' first")
-    if args.face_model is not None:
-        detector = MediaPipeDetector(args.face_model, config.faces.min_score)
+    if face_model is not None:
+        detector = MediaPipeDetector(face_model, config.faces.min_score)
     else:
         detector = FacePipeline.from_config(config, config.data.face_size).detector
         if detector is None:
             raise ConfigError("grid extraction needs a face detector; set faces.detector (not 'none')")
     settings = ExtractSettings(face_size=config.data.face_size, margin=config.faces.margin, align=config.faces.align,
                                layout=config.data.grid_layout, split_seed=config.data.split_seed,
-                               test_fraction=args.test_fraction,
-                               thresholds=QualityThresholds.from_dict(_read_json(args.thresholds, "--thresholds")))
+                               test_fraction=test_fraction,
+                               thresholds=QualityThresholds.from_dict(_read_json(thresholds, "--thresholds")))
     root = synthetic_dir(config)
     manifest = extract_faces(grids, detector, root / "processed", root / MANIFEST_FILE, settings)
     for grid in summarize(manifest)["layout_disagreements"]:
@@ -174,17 +209,21 @@ def _extract(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _report(args: argparse.Namespace, config: Config) -> int:
+def report(config: Config) -> int:
+    """Write and print the counts and contact sheets of every cell."""
     root = synthetic_dir(config)
     summary = write_report(root / MANIFEST_FILE, root / "processed", root / "report")
     print(json.dumps(summary, indent=2))
     return 0
 
 
-def _ledger_action(args: argparse.Namespace, config: Config) -> int:
-    ledger = _ledger(args, config)
-    if args.resolve:
-        ledger.resolve(args.resolve, spent=args.spent)
+def ledger(config: Config, budget: int | None = None, resolve: str | None = None, spent: bool = False) -> int:
+    """Print the credits, the plan's faces-per-credit arithmetic and pending reservations, after
+    settling the interrupted reservation ``resolve`` (``spent``: the credit was spent, else
+    released)."""
+    ledger = _ledger(config, budget)
+    if resolve:
+        ledger.resolve(resolve, spent=spent)
     manifest_path = synthetic_dir(config) / MANIFEST_FILE
     accepted = accepted_per_grid(pd.read_parquet(manifest_path)) if manifest_path.is_file() else None
     plan = ledger.plan_arithmetic(accepted, config.data.grid_layout)
@@ -192,15 +231,5 @@ def _ledger_action(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-ACTIONS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
-    "prompts": _prompts, "generate": _generate, "import": _import, "extract": _extract, "report": _report,
-    "ledger": _ledger_action, "revert": _revert,
-}
-
-
-def run(args: argparse.Namespace, config: Config) -> int:
-    """Run ``args.action``."""
-    return ACTIONS[args.action](args, config)
-
-
-__all__ = ["ACTIONS", "run", "synthetic_dir"]
+__all__ = ["ImportRequest", "PromptRequest", "extract", "generate", "import_", "ledger", "prompts", "report",
+           "revert", "synthetic_dir"]

@@ -1,0 +1,180 @@
+"""Dataset-level jobs (``fer-core predict | embed | explain | gap | sanity``): the configured
+model and face pipeline, the result cache and the device resolved once, then the library's
+passes over whole datasets (:mod:`fer_core.precompute`, :mod:`fer_core.explain`). Each returns
+the summary the CLI prints."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fer_core.cache import ResultCache
+from fer_core.config import Config
+from fer_core.data import FaceDataset
+from fer_core.errors import ConfigError
+from fer_core.explain import method_names, record_quality
+from fer_core.explain.sanity import faithfulness_rows, most_faithful, randomisation_rows
+from fer_core.inference import FacePreparer, predict_dataset, predict_photos
+from fer_core.jobs.options import JobOptions
+from fer_core.jobs.workflows import dataset_for, load_configured_model
+from fer_core.models import FerModel
+from fer_core.precompute import Shard, embed_datasets, explain_dataset, gap_report, gap_report_folders, shard_folder
+from fer_core.scoring import DEFAULT_PROTOCOL
+from fer_core.training import distributed
+
+
+@contextmanager
+def shard_group(options: JobOptions, shard: Shard | None) -> Iterator[str]:
+    """Under torchrun: join its process group (so ranks can wait for each other) and use this
+    rank's GPU; yields the device to run on."""
+    device = options.device
+    if not distributed.launched_by_torchrun():
+        yield device
+        return
+    if device.startswith("cuda"):
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    with distributed.process_group(device):
+        yield device
+
+
+def wait_for_every_shard(shard: Shard | None) -> None:
+    """Under torchrun, wait until every rank has finished its shard."""
+    if shard is not None and distributed.is_active():
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def predict(config: Config, model: FerModel, dataset: FaceDataset, out: Path, use_cache: bool = False,
+            score_over: str = DEFAULT_PROTOCOL, shard: Shard | None = None) -> tuple[pd.DataFrame, Path]:
+    """Predict every face of ``dataset`` into ``out/predictions.parquet`` (resumable; a shard into
+    its own folder under ``out``), through the result cache with ``use_cache``. Returns the
+    table and its folder."""
+    options = JobOptions.from_config(config)
+    out = out if shard is None else shard_folder(out, shard)
+    cache = ResultCache.from_config(config) if use_cache else None
+    try:
+        with shard_group(options, shard) as device:
+            table = predict_dataset(model, dataset, out, face_pipeline=options.face_pipeline(model.input_size),
+                                    batch_size=options.batch_size, device=device, cache=cache,
+                                    backend=options.backend, score_over=score_over)
+            wait_for_every_shard(shard)
+    finally:
+        if cache is not None:
+            cache.close()
+    return table, out
+
+
+def predict_folder(config: Config, model: FerModel, folder: Path, out: Path, score_over: str = DEFAULT_PROTOCOL,
+                   limit: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """Every face of every photo in ``folder`` (at most ``limit`` photos, drawn with ``seed``)
+    into ``out/predictions.parquet``: one row per detected face, no labels."""
+    options = JobOptions.from_config(config)
+    return predict_photos(model, folder, out, options.face_pipeline(model.input_size), batch_size=options.batch_size,
+                          device=options.device, backend=options.backend, score_over=score_over, limit=limit,
+                          seed=seed)
+
+
+def embed(config: Config, specs: Sequence[str], weights: Path | None = None, projections: Sequence[str] = ("pca",),
+          seed: int = 0, limit: int | None = None, per_class: int | None = None, sample_seed: int = 0,
+          score_over: str = DEFAULT_PROTOCOL, shard: Shard | None = None) -> dict[str, Any]:
+    """Penultimate features of the datasets ``specs`` (and their 2-D ``projections``, seeded
+    by ``seed``) into the result cache; ``limit`` / ``per_class`` / ``sample_seed``: a seeded
+    stratified sample; ``shard``: one block of the faces (projections need them all)."""
+    options = JobOptions.from_config(config)
+    datasets = {spec: dataset_for(config, spec) for spec in dict.fromkeys(specs)}
+    model = load_configured_model(config, weights)
+    started = time.perf_counter()
+    with ResultCache.from_config(config) as cache, shard_group(options, shard) as device:
+        passes = dict(face_pipeline=options.face_pipeline(model.input_size), seed=seed, limit=limit,
+                      per_class=per_class, sample_seed=sample_seed, score_over=score_over,
+                      batch_size=options.batch_size, device=device, backend=options.backend)
+        result = embed_datasets(model, datasets, cache, projections=projections, shard=shard, **passes)
+        summary = {"shard": None if shard is None else str(shard), **result.summary()}
+        wait_for_every_shard(shard)
+        if shard is not None and distributed.is_active() and distributed.is_main() and projections:
+            whole = embed_datasets(model, datasets, cache, projections=projections, progress=False, **passes)
+            summary.update(projections=list(whole.projections), projections_computed=list(whole.projections_computed))
+        elif shard is not None and projections:
+            summary["note"] = "projections need every face: run fer-core embed again without --shard"
+    return {**summary, "cache": str(cache.path), "seconds": round(time.perf_counter() - started, 2)}
+
+
+def explain(config: Config, dataset: FaceDataset, method: str, weights: Path | None = None,
+            target: str = "predicted", layer: str | None = None, map_size: int = 56, batch_size: int = 16,
+            params: Mapping[str, Any] | None = None, shard: Shard | None = None) -> dict[str, Any]:
+    """Attribution maps of ``method`` (its settings ``params``) for ``target`` on every face of
+    ``dataset`` into the result cache, ``batch_size`` faces at a time."""
+    if method not in method_names():
+        raise ConfigError(f"unknown attribution method {method!r}; registered methods: {method_names()}")
+    options = JobOptions.from_config(config)
+    model = load_configured_model(config, weights)
+    started = time.perf_counter()
+    with ResultCache.from_config(config) as cache, shard_group(options, shard) as device:
+        result = explain_dataset(model, dataset, cache, method, target=target, layer=layer, map_size=map_size,
+                                 face_pipeline=options.face_pipeline(model.input_size), batch_size=batch_size,
+                                 shard=shard, device=device, backend=options.backend, **(params or {}))
+        wait_for_every_shard(shard)
+    summary = {"dataset": dataset.label, "target": target, "shard": None if shard is None else str(shard),
+               **result.summary()}
+    if len(result.diagnostics.columns):
+        summary["diagnostics_median"] = {name: float(result.diagnostics[name].median())
+                                         for name in result.diagnostics.columns}
+    return {**summary, "cache": str(cache.path), "seconds": round(time.perf_counter() - started, 2)}
+
+
+def gap(config: Config, real_spec: str, synthetic_spec: str, weights: Path | None = None,
+        sample: int | None = 2000, limit: int | None = None, per_class: int | None = None,
+        seed: int = 0) -> dict[str, Any]:
+    """The domain-gap report of ``real_spec`` vs ``synthetic_spec`` on cached features (at most
+    ``sample`` faces per domain enter the metrics; None: all)."""
+    options = JobOptions.from_config(config)
+    real, synthetic = dataset_for(config, real_spec), dataset_for(config, synthetic_spec)
+    model = load_configured_model(config, weights)
+    with ResultCache.from_config(config) as cache:
+        return gap_report(model, real, synthetic, cache, options.face_pipeline(model.input_size), sample=sample,
+                          limit=limit, per_class=per_class, seed=seed, out_dir=gap_report_folders(config)[0],
+                          batch_size=options.batch_size, device=options.device, backend=options.backend)
+
+
+def sanity(config: Config, dataset: FaceDataset, methods: Sequence[str] = (), weights: Path | None = None,
+           faces: int = 32, depth: int = 3, steps: int = 16, seed: int = 0) -> dict[str, Any]:
+    """Saliency sanity checks of ``methods`` (default: every registered one) on ``faces`` faces
+    spread over ``dataset``, stored for the dashboard: per method its verdicts and rows, and
+    ``most_faithful`` (the default for region statistics)."""
+    methods = list(methods) or method_names()
+    unknown = sorted(set(methods) - set(method_names()))
+    if unknown:
+        raise ConfigError(f"unknown attribution method(s) {unknown}; registered methods: {method_names()}")
+    if faces < 2:
+        raise ConfigError(f"--faces: expected at least 2 faces, got {faces}")
+    model = load_configured_model(config, weights)
+    preparer = FacePreparer(model, JobOptions.from_config(config).face_pipeline(model.input_size))
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(faces, len(dataset))).astype(int))
+    tensors = [face.tensor for face in (preparer.prepare(dataset, dataset[int(i)]) for i in picks)
+               if face.tensor is not None]
+    if len(tensors) < 2:
+        raise ConfigError(f"{dataset.label}: fewer than 2 readable faces to check on")
+    results = record_quality(config, model, torch.stack(tensors), methods,
+                             source=f"{dataset.label}, {len(tensors)} faces spread", depth=depth, steps=steps,
+                             seed=seed)
+    chosen = most_faithful(results)
+    rows, faithful = randomisation_rows(results), {row["method"]: row for row in faithfulness_rows(results)}
+    return {"methods": {method: {"passed": result["passed"], "randomisation_passed": result["randomisation"]["passed"],
+                                 "faithfulness_passed": result["faithfulness"]["passed"],
+                                 "randomisation": [row for row in rows if row["method"] == method],
+                                 "faithfulness": faithful[method],
+                                 "faithfulness_rank": chosen["ranking"].index(method) + 1,
+                                 "statistics_default": method == chosen["method"]}
+                        for method, result in results.items()},
+            "most_faithful": chosen}
+
+
+__all__ = ["embed", "explain", "gap", "predict", "predict_folder", "sanity", "shard_group", "wait_for_every_shard"]
