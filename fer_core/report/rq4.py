@@ -95,7 +95,7 @@ def export_gap(section: Section, report: Mapping[str, Any]) -> None:
                 f"{report['real']['sampled']} ({report['real']['faces']} faces), synthetic: "
                 f"{report['synthetic']['sampled']} ({report['synthetic']['faces']} faces); at most "
                 f"{report.get('sample') or 'all'} faces per domain enter the measures (seed {report.get('seed')}).")
-    section.table(gap_table(report), "gap", "Domain gap between real and synthetic faces", protocol)
+    section.table(gap_table(report), "gap", "Domain gap between real and synthetic faces", protocol, digits=4)
     centroids = report.get("centroid_distances") or {}
     if centroids:
         frame = pd.DataFrame([{"emotion": emotion, **values} for emotion, values in centroids.items()])
