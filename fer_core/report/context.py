@@ -153,11 +153,11 @@ class ReportContext:
 
     @cached_property
     def _model(self) -> FerModel:
-        from fer_core.workflows import load_configured_model
+        from fer_core.jobs.workflows import load_configured_model
         return load_configured_model(self.config, self.options.model)
 
     def face_pipeline(self, model: FerModel) -> FacePipeline | None:
-        from fer_core.workflows import face_pipeline_for
+        from fer_core.jobs.workflows import face_pipeline_for
         return face_pipeline_for(self.config, model)
 
     def cache(self) -> ResultCache | None:
@@ -167,7 +167,7 @@ class ReportContext:
 
     def dataset(self, spec: str, section: Section) -> FaceDataset | None:
         """``spec``'s faces as sampled by the options, or None with the missing dataset recorded."""
-        from fer_core.workflows import dataset_for
+        from fer_core.jobs.workflows import dataset_for
         try:
             dataset = dataset_for(self.config, spec)
         except (DataError, ConfigError) as exc:

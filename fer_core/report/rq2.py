@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 
 from fer_core.cross_domain import accuracy_by_fraction, latest_per_model
+from fer_core.jobs.workflows import SHIPPED_WEIGHTS
 from fer_core.report.base import Section
 from fer_core.report.context import ReportContext, register_question
 from fer_core.report.figures import level_figure
 from fer_core.report.rq1 import export_matrix
 from fer_core.training.experiments import SUMMARY
-from fer_core.workflows import SHIPPED_WEIGHTS
 
 #: A sweep on the shared data, fine-tuning the model (``--init``, the plan's gradual unfreezing), three seeds.
 SWEEP_ARGS = ("--real", "ferplus:train", "--synthetic", "sd_faces:train", "--val", "ferplus:valid", "--test",

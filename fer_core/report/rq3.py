@@ -164,7 +164,7 @@ def _domain_maps(context: ReportContext, section: Section, model: FerModel, meth
 
 def _explain(context: ReportContext, model: FerModel, dataset, cache, method: str, settings: Mapping[str, object],
              compute: bool) -> AttributionSet:
-    from fer_core.workflows import device_for
+    from fer_core.jobs.workflows import device_for
     settings = dict(settings)
     return explain_dataset(model, dataset, cache, method, target=context.options.target, layer=settings.pop("layer", None),
                            map_size=context.options.map_size, face_pipeline=context.face_pipeline(model),
