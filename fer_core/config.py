@@ -72,7 +72,7 @@ class FacesConfig:
     # short_range. The env FER_CORE_FACE_MODEL overrides it.
     mediapipe_model: Path | None = None
     min_score: float = 0.5
-    margin: float = 0.25  # extra border around the face box, as a fraction of its size
+    margin: float = 0.08  # border around the face box, as a fraction of its side (0.08: FER+'s own framing)
     align: bool = True  # rotate so the eyes are level
     max_faces: int = 20
 
