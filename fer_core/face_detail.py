@@ -14,7 +14,7 @@ from fer_core.cache import ResultCache
 from fer_core.data import FaceDataset
 from fer_core.domain_gap import nearest_rows
 from fer_core.errors import DataError
-from fer_core.explain.regions import REGIONS, region_shares
+from fer_core.explain.analysis.regions import REGIONS, region_shares
 from fer_core.faces import Face, FacePipeline
 from fer_core.inference import find_face
 from fer_core.labels import EMOTIONS
@@ -67,7 +67,7 @@ def view_face(recognizer: EmotionRecognizer, dataset: FaceDataset, key: str,
 class FaceMap:
     """One method's map of one face (at the stored map size) for ``target`` (the class
     explained), and the share of its positive attribution in each facial region
-    (:data:`~fer_core.explain.regions.REGIONS`; NaN when the map has none)."""
+    (:data:`~fer_core.explain.analysis.regions.REGIONS`; NaN when the map has none)."""
 
     method: str
     target: str

@@ -32,7 +32,7 @@ from fer_core.data import FaceDataset
 from fer_core.domain_gap import PROJECTIONS, domain_gap_report, project
 from fer_core.errors import DataError, InvalidArgument, MissingResultsError
 from fer_core.explain import explain, method_defaults, method_names
-from fer_core.explain.regions import crop_keypoints
+from fer_core.explain.analysis.regions import crop_keypoints
 from fer_core.faces import FaceDetector, FacePipeline
 from fer_core.extraction import BatchConsumer, FacePreparer, PreparedFace, extract, forward_chunks
 from fer_core.labels import EMOTIONS
@@ -199,7 +199,7 @@ def downsample_maps(maps: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray
 def locate_keypoints(prepared: PreparedFace, locator: FaceDetector | None) -> np.ndarray:
     """The face's 6 keypoints as fractions of the model's input crop: the face pipeline's
     when it detected the face, else ``locator`` run on the crop the model saw (pre-cropped
-    data, by :func:`fer_core.explain.regions.crop_keypoints`), else NaN (where
+    data, by :func:`fer_core.explain.analysis.regions.crop_keypoints`), else NaN (where
     ``regions.PRECROPPED_TEMPLATE`` can stand in)."""
     if prepared.keypoints is not None:
         return np.asarray(prepared.keypoints, dtype=np.float32)

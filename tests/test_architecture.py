@@ -137,3 +137,16 @@ def test_the_old_job_paths_are_thin_re_exports():
     takes_namespace = sorted(name for name, edges in GRAPH.items() if name.startswith("fer_core")
                              and not _in(name, ("fer_core.cli",)) and "argparse" in {target for target, _ in edges})
     assert takes_namespace == [], takes_namespace
+
+
+def test_explain_methods_never_import_the_analysis_and_old_paths_are_aliases():
+    """``explain/`` is split into ``methods`` (one file each, registered) and ``analysis``
+    (regions, sanity, overlays, stored quality): a method needs no analysis; each old path is
+    one import of its new module."""
+    found = sorted((name, target) for name, edges in GRAPH.items() if _in(name, ("fer_core.explain.methods",))
+                   for target, _ in edges if _in(target, ("fer_core.explain.analysis",)))
+    assert found == []
+    for old, new in (("gradcam", "methods.gradcam"), ("lrp", "methods.lrp"), ("regions", "analysis.regions"),
+                     ("sanity", "analysis.sanity"), ("overlay", "analysis.overlay"), ("quality", "analysis.quality")):
+        assert [target for target, _ in GRAPH[f"fer_core.explain.{old}"] if target.startswith("fer_core")] == \
+            [f"fer_core.explain.{new}"]

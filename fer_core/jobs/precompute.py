@@ -21,7 +21,7 @@ from fer_core.config import Config
 from fer_core.data import FaceDataset
 from fer_core.errors import ConfigError
 from fer_core.explain import method_names, record_quality
-from fer_core.explain.sanity import faithfulness_rows, most_faithful, randomisation_rows
+from fer_core.explain.analysis.sanity import faithfulness_rows, most_faithful, randomisation_rows
 from fer_core.inference import FacePreparer, predict_dataset, predict_photos
 from fer_core.jobs.options import JobOptions
 from fer_core.jobs.workflows import dataset_for, load_configured_model
