@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from fer_core.models import load_model
-from fer_core.runs import Run
+from fer_core.runs import Run, faces_summary
 from fer_core.scoring import scoring_summary
 
 
@@ -81,7 +81,7 @@ def model_card(model_path: Path, runs: Sequence[Run], image_path: Path, image_li
         lines.append(f"| `{run.info['dataset'].get('label', run.info['dataset']['name'])}` ({', '.join(m['emotions']) if len(m['emotions']) < 8 else '8 classes'}) "
                      f"| {m['n']} | {_metric(m, 'accuracy')} | {_metric(m, 'balanced_accuracy')} | "
                      f"{_metric(m, 'macro_f1')} | {m['valence']['accuracy']:.4f} | "
-                     f"{scoring_summary(run.info.get('scoring'))} | {run.info.get('faces', {}).get('detector', 'not recorded')} |")
+                     f"{scoring_summary(run.info.get('scoring'))} | {faces_summary(run.info.get('faces') or {})} |")
     for run in runs:
         m = run.metrics
         lines += ["", f"### Per class on `{run.info['dataset'].get('label', run.info['dataset']['name'])}`", "",

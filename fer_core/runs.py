@@ -272,3 +272,11 @@ def provenance_record(project: Path | str, data: Mapping[str, FaceDataset] | Non
     ``limit`` on how many of its faces were used)."""
     return {"command": command_record(), "git": git_state(project), "versions": package_versions(),
             "data": {role: data_fingerprint(dataset, limit) for role, dataset in (data or {}).items()}}
+
+
+def faces_summary(faces: dict[str, Any]) -> str:
+    """The detector, and the crop's margin and alignment where the run recorded them."""
+    detector = faces.get("detector", "not recorded")
+    if faces.get("margin") is None:
+        return detector
+    return f"{detector}, margin {faces['margin']:g}, {'aligned' if faces.get('align') else 'not aligned'}"

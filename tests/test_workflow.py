@@ -207,6 +207,8 @@ def test_model_card_prints_each_figures_protocol_and_detector(tiny_model, config
     faces = select(open_dataset("sd_faces", config.resolve(config.data.root)), 20, seed=0)
     run = evaluate_model(config, model, faces, name="card-sd", n_bootstrap=50, progress=False)
     assert run.info["faces"]["detector"].startswith("mediapipe:")  # the shipped model, no setup
+    # the crop's framing is part of the protocol: FER+'s own (README: face framing), eyes levelled
+    assert (run.info["faces"]["margin"], run.info["faces"]["align"]) == (config.faces.margin, True)
     text = model_card(tiny_model, [run], tmp_path / "confusion.png", "confusion.png")
     row = next(line for line in text.splitlines() if line.startswith("| `sd_faces["))
     assert "scored over the model's 8 classes (--score-over model)" in row and "| mediapipe:" in row

@@ -105,7 +105,8 @@ def evaluate_model(config: Config, model: FerModel, dataset: FaceDataset, weight
                     "sampling": sampling.record() if sampling else None},
         "scoring": scoring.record(),
         "faces": {"detector": pipeline.detector.fingerprint() if detects else "none: pre-cropped, each image is one face",
-                  "pipeline": pipeline.fingerprint() if detects else None},
+                  "pipeline": pipeline.fingerprint() if detects else None,
+                  "margin": pipeline.margin if detects else None, "align": pipeline.align if detects else None},
         "config": config.to_dict(), "provenance": provenance_record(config.root, {"test": dataset}, limit),
     }
     if (path / RUN_FILE).is_file():

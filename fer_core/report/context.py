@@ -22,7 +22,7 @@ from fer_core.faces import FacePipeline
 from fer_core.models import FerModel
 from fer_core.precompute import DEFAULT_MAP_SIZE, select
 from fer_core.report.base import Section
-from fer_core.runs import Run
+from fer_core.runs import Run, faces_summary
 from fer_core.scoring import scoring_summary
 
 #: Shared archives by the dataset they install (``fer-core data install ../shared/data/<archive>``).
@@ -102,7 +102,7 @@ def evaluation_protocol(run: Run) -> str:
     trained = (model.get("provenance") or {}).get("train_data") or "training data not recorded"
     return (f"Evaluation {run.id}: {dataset.get('label') or dataset.get('name')} ({dataset.get('domain')} faces; "
             f"{faces} of {dataset.get('size')} scored, {sampling}); {scoring_summary(run.info.get('scoring'))}; "
-            f"face detector: {(run.info.get('faces') or {}).get('detector', 'not recorded')}; model "
+            f"face detector: {faces_summary(run.info.get('faces') or {})}; model "
             f"{model.get('architecture')} at {model.get('input_size')} px, fingerprint {model.get('fingerprint')}, "
             f"trained on {trained}.")
 
