@@ -298,24 +298,15 @@ def _calibrate_arguments(parser: argparse.ArgumentParser) -> None:
 @command("calibrate", "post-hoc logit adjustment: shift the classifier bias by -tau*log(prior), tau chosen on "
                       "validation data", _calibrate_arguments)
 def _calibrate(args: argparse.Namespace, config: Config) -> int:
-    import torch
-    from fer_core.models import save_model
-    from fer_core.training.calibration import adjusted_model, choose_tau, dataset_logits, model_log_prior
-    from fer_core.workflows import dataset_for, face_pipeline_for, load_configured_model
-    config = _with_trust(args, config)
-    model = load_configured_model(config, args.weights)
-    train, val = dataset_for(config, args.train), dataset_for(config, args.val)
-    pipeline = None if val.pre_cropped else face_pipeline_for(config, model)
-    log_prior = model_log_prior(model, train.labels)
-    calibration = choose_tau(model, *dataset_logits(model, val, pipeline), log_prior, val.label)
-    print(f"{'tau':>6} {'accuracy':>9} {'macro-F1':>9} {'min recall':>11}   (on {val.label}, argmax over the "
-          f"model's {len(model.emotions)} classes)")
+    from fer_core.jobs.calibration import calibrate
+    done = calibrate(_with_trust(args, config), args.weights, args.train, args.val, args.out, args.fp16)
+    calibration = done.calibration
+    print(f"{'tau':>6} {'accuracy':>9} {'macro-F1':>9} {'min recall':>11}   (on {done.validation}, argmax over the "
+          f"model's {len(done.model.emotions)} classes)")
     for row in calibration.table:
         mark = "  <- chosen" if row["tau"] == calibration.tau else ""
         print(f"{row['tau']:6.3f} {row['accuracy']:9.4f} {row['macro_f1']:9.4f} {row['min_recall']:11.3f}{mark}")
-    adjusted = adjusted_model(model, log_prior, calibration, train.label)
-    path = save_model(adjusted, args.out, dtype=torch.float16 if args.fp16 else torch.float32)
-    print(f"tau {calibration.tau} -> {path} (fingerprint {adjusted.fingerprint})")
+    print(f"tau {calibration.tau} -> {done.path} (fingerprint {done.model.fingerprint})")
     return 0
 
 

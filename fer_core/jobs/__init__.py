@@ -5,6 +5,7 @@ into :class:`~fer_core.jobs.options.JobOptions` and passes typed values to the l
 - :mod:`fer_core.jobs.workflows`: model and data from the config, evaluation runs, training runs;
 - :mod:`fer_core.jobs.experiments`: the RQ2 sweep over mixes and k-fold cross-validation;
 - :mod:`fer_core.jobs.precompute`: dataset-level passes (predict, embed, explain, gap, sanity);
+- :mod:`fer_core.jobs.calibration`: post-hoc logit adjustment of a trained model;
 - :mod:`fer_core.jobs.synthetic`: ``fer-core synth`` (prompts, grids, credits, extraction).
 
 The CLI (:mod:`fer_core.cli`) converts its arguments to typed parameters and calls these;
