@@ -24,6 +24,7 @@ from fer_core.explain.regions import crop_keypoints
 from fer_core.extraction import FORWARD_KINDS, FacePreparer, cached_forward
 from fer_core.faces import FacePipeline, create_detector
 from fer_core.images import load_rgb
+from fer_core.jobs.options import JobOptions
 from fer_core.models import TINY_ARCHITECTURE, EmotionRecognizer, FerModel, save_model
 from fer_core.precompute import downsample_maps, explain_dataset
 from fer_core.preprocess import (AugmentSettings, Preprocessing, create_transform, pixel_augmentation,
@@ -191,3 +192,15 @@ def test_the_model_runs_where_it_is_and_the_config_device_reaches_it(tmp_path):
         resolve_device("gpu")
     config = config_from_dict({"model": {"weights_path": str(weights), "device": "meta"}}, root=tmp_path)
     assert load_configured_model(config).device.type == "meta"
+
+
+def test_job_options_are_the_config_resolved_once(tmp_path, face_model_path):
+    """What a job hands down equals what the config said, so cache keys stay those of the config:
+    the device with ``auto`` resolved, the backend and batch size, the same face pipeline."""
+    config = config_from_dict({"model": {"device": "auto"}, "inference": {"backend": "onnx", "batch_size": 7},
+                               "faces": {"mediapipe_model": str(face_model_path), "align": False}}, root=tmp_path)
+    options = JobOptions.from_config(config, progress=False)
+    assert (options.device, options.backend, options.batch_size) == (str(resolve_device("auto")), "onnx", 7)
+    assert options.inference() == {"batch_size": 7, "device": options.device, "backend": "onnx", "progress": False}
+    assert options.face_pipeline(64).fingerprint() == FacePipeline.from_config(config, 64).fingerprint()
+    assert options.face_pipeline(64).fingerprint() != FacePipeline.from_config(config, 96).fingerprint()
