@@ -199,6 +199,7 @@ HOVER_FACES_SCRIPT = """<script>
       plot.on("plotly_unhover", () => { face.style.display = "none"; });
     }
   };
+  attach();
   setInterval(attach, 500);
 })();
 </script>"""

@@ -102,7 +102,8 @@ def _dialog(config: Config, model: FerModel | None, face: Opened) -> None:
     chart.plotly_chart(charts.probability_bars(view.probabilities, f"true {view.label or '?'}, predicted "
                                                f"{view.predicted} {view.confidence:.0%}{verdict}"),
                        key="drill-probabilities", config={"displayModeBar": False})
-    _maps(config, model, face, view.face.image, view.label)
+    if st.toggle("Every attribution method's map", value=True, key="drill-maps"):
+        _maps(config, model, face, view.face.image, view.label)
     if len(face.pool) >= 1 and st.toggle("Nearest faces in the model's feature space", value=True,
                                          key="drill-neighbours"):
         _neighbours(config, model, face, view.features)

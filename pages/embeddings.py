@@ -152,10 +152,9 @@ if models:
         st.html(charts.HOVER_FACES_SCRIPT, unsafe_allow_javascript=True)
 
     rows = picked[""] or picked.get(second_label or "", [])
+    previous, st.session_state["emb-picked"] = st.session_state.get("emb-picked"), rows
     if rows:
         chosen = table.iloc[rows]
-        previous = st.session_state.get("emb-picked")
-        st.session_state["emb-picked"] = rows
         if len(rows) == 1 and previous != rows:  # a click on one point opens its face
             item = chosen.iloc[0]
             drilldown.open_face(PAGE, real if item["domain"] == "real" else synthetic, item["key"], (real, synthetic))

@@ -71,11 +71,14 @@ def app_config(project, tiny_model, face_model_path):
     return path
 
 
-def open_page(monkeypatch, config_path: Path, page: str | None = None) -> AppTest:
+def open_page(monkeypatch, config_path: Path, page: str | None = None, **widgets) -> AppTest:
+    """A new session on ``page`` (Home first), its widgets (by key) set before its first run."""
     monkeypatch.setenv("FER_CORE_CONFIG", str(config_path))
     app = AppTest.from_file(HOME, default_timeout=180)
     app.run()
     if page:
+        for key, value in widgets.items():
+            app.session_state[key] = value
         app.switch_page(str(PAGES / page))
         app.run()
     assert not app.exception, [e.value for e in app.exception]
@@ -250,11 +253,11 @@ def test_confusion_cell_lists_its_faces_with_probabilities_and_maps(monkeypatch,
     heatmap = json.loads(app.get("plotly_chart")[0].proto.spec)["data"][0]
     assert np.allclose(plotly_array(heatmap["z"]), run.metrics["confusion"]["normalized"])
     # a face's drill-down: its probabilities as the run scored it (the same model, the same crop)
-    app.session_state["drill-neighbours"] = False  # neighbours: tested on the Saliency page
+    app.session_state["drill-maps"] = app.session_state["drill-neighbours"] = False  # both: tested elsewhere
     app.button(key="drill-cell-0").click().run()
     assert not app.exception, [e.value for e in app.exception]
     face = app.dataframe[0].value.iloc[0]
-    assert f"fer2013:test: `{face['key']}`" in texts(app) and "Every method" in texts(app)
+    assert f"fer2013:test: `{face['key']}`" in texts(app)
     [chart] = [c for c in app.get("plotly_chart") if "drill-probabilities" in c.proto.id]
     probabilities = dict(zip(json.loads(chart.proto.spec)["data"][0]["y"],
                              plotly_array(json.loads(chart.proto.spec)["data"][0]["x"])))
@@ -322,10 +325,7 @@ def test_saliency_browser_puts_real_and_synthetic_maps_side_by_side(monkeypatch,
     with ResultCache.from_config(config) as cache:
         explain_dataset(model, sd_faces.subset(class_rows(sd_faces, "Sadness", 4)), cache, "gradcam",
                         face_pipeline=face_pipeline_for(config, model), progress=False)
-    app = open_page(monkeypatch, app_config, "saliency.py")
-    app.slider(key="sal-count").set_value(4)
-    app.toggle(key="sal-per-area").set_value(False)
-    app.slider(key="sal-shown").set_value(4).run()
+    app = open_page(monkeypatch, app_config, "saliency.py", **{"sal-count": 4, "sal-shown": 4, "sal-per-area": False})
     assert not app.exception, [e.value for e in app.exception]
     assert [s.value for s in app.subheader][:2] == ["real: fer2013:test", "synthetic: sd_faces"]
     captions = [c.value for c in app.caption if "Happiness face(s)" in c.value]
@@ -358,9 +358,7 @@ def test_saliency_browser_puts_real_and_synthetic_maps_side_by_side(monkeypatch,
     app.radio(key="sal-correct").set_value("all").run()
     # a new session with the page memo cleared reads every map back from the result cache
     st.cache_data.clear()
-    again = open_page(monkeypatch, app_config, "saliency.py")
-    again.slider(key="sal-count").set_value(4)
-    again.slider(key="sal-shown").set_value(4).run()
+    again = open_page(monkeypatch, app_config, "saliency.py", **{"sal-count": 4, "sal-shown": 4})
     assert [c.value for c in again.caption if "Happiness face(s)" in c.value] == \
         ["4 Happiness face(s); 0 computed now, 4 from the cache"] * 2
     again.selectbox(key="sal-emotion").set_value("Sadness").run()  # the synthetic maps the CLI stored
@@ -393,7 +391,7 @@ def test_saliency_browser_puts_real_and_synthetic_maps_side_by_side(monkeypatch,
 
     # the sanity check's button starts `fer-core sanity` in the background (its run to the end and
     # what it stores are tested in test_explain; the job machinery in the Runs test): it is stopped here
-    checked = open_page(monkeypatch, app_config, "saliency.py")
+    checked = open_page(monkeypatch, app_config, "saliency.py", **{"sal-count": 4, "sal-shown": 4})
     checked.number_input(key="sanity-faces").set_value(8)
     checked.button(key="sanity-start").click().run()
     assert not checked.exception, [e.value for e in checked.exception]
@@ -447,9 +445,7 @@ def test_embeddings_plot_both_domains_and_measure_the_gap(monkeypatch, app_confi
     from fer_core.cache import ResultCache
     from fer_core.domain_gap import project as projection
     from fer_core.precompute import embed_datasets
-    app = open_page(monkeypatch, app_config, "embeddings.py")
-    app.radio(key="emb-projection").set_value("pca")
-    app.number_input(key="emb-limit").set_value(40).run()
+    app = open_page(monkeypatch, app_config, "embeddings.py", **{"emb-projection": "pca", "emb-limit": 40})
     assert not app.exception, [e.value for e in app.exception]
     traces = json.loads(app.get("plotly_chart")[0].proto.spec)["data"]
     names = [t["name"] for t in traces]
@@ -485,14 +481,14 @@ def test_embeddings_plot_both_domains_and_measure_the_gap(monkeypatch, app_confi
     synthetic_rows = np.flatnonzero(found.table["domain"] == "synthetic")
     listed = app.dataframe[0].value
     assert list(listed["key"]) == list(found.table["key"].iloc[[0, 3, synthetic_rows[2]]])
-    # a click on one point opens its face's drill-down
-    app.session_state["drill-pool"] = 40
+    # a click on one point opens its face's drill-down (its maps: tested on the Saliency page)
+    app.session_state["drill-pool"], app.session_state["drill-maps"] = 40, False
     app.session_state["embedding-scatter"] = {"selection": {"points": [{"curve_number": 1, "point_index": 2}],
                                                             "point_indices": [], "box": [], "lasso": []}}
     app.run()
     assert not app.exception, [e.value for e in app.exception]
     clicked = found.table.iloc[synthetic_rows[2]]
-    assert f"sd_faces: `{clicked['key']}`" in texts(app) and "Every method" in texts(app)
+    assert f"sd_faces: `{clicked['key']}`" in texts(app)
     # its nearest faces of each domain among the faces plotted, nearest first, itself left out
     from fer_core.domain_gap import nearest_rows
     neighbours = [img.caption for img in images(app) if ", d=" in (img.caption or "")]
