@@ -9,7 +9,7 @@ face's nearest real face. :func:`domain_gap_report` gathers them in a JSON-ready
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -320,6 +320,15 @@ def per_class_gap(real: np.ndarray, real_labels: np.ndarray, synthetic: np.ndarr
             row["classifier_balanced_accuracy"] = classifier.balanced_accuracy
             row["mmd2"], row["p_value"] = mmd_rbf(first, second, permutations=permutations, seed=seed)
         rows.append(row)
-    from fer_core.explain.regions import _holm  # one Holm adjustment for the package
-    adjusted = _holm(np.array([row["p_value"] for row in rows], dtype=np.float64))
+    adjusted = holm_finite([row["p_value"] for row in rows])
     return [{**row, "p_holm": float(p)} for row, p in zip(rows, adjusted)]
+
+
+def holm_finite(p_values: Sequence[float]) -> np.ndarray:
+    """:func:`fer_core.evaluation.holm` over the finite p-values (NaN: not tested, left NaN)."""
+    from fer_core.evaluation import holm
+    values = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(len(values), np.nan)
+    finite = np.isfinite(values)
+    adjusted[finite] = holm(values[finite]) if finite.any() else []
+    return adjusted

@@ -266,7 +266,7 @@ def map_keypoints(keypoints: np.ndarray, map_size: int, pre_cropped: bool) -> tu
     ``map_size`` maps, with the typical face's keypoints standing in where none was found
     (:data:`~fer_core.explain.regions.PRECROPPED_TEMPLATE` for pre-cropped data, else
     :data:`~fer_core.explain.regions.ALIGNED_TEMPLATE`), and which faces had their own."""
-    from fer_core.explain.regions import ALIGNED_TEMPLATE, PRECROPPED_TEMPLATE
+    from fer_core.explain.analysis.regions import ALIGNED_TEMPLATE, PRECROPPED_TEMPLATE
     points = np.asarray(keypoints, dtype=np.float64).reshape(-1, 6, 2)
     found = np.isfinite(points).all(axis=(1, 2))
     template = PRECROPPED_TEMPLATE if pre_cropped else ALIGNED_TEMPLATE
@@ -386,28 +386,31 @@ def compare_models(records: pd.DataFrame, first: str, second: str, metric: str =
     difference (second - first), the faces each scored and, where both evaluations hold the same
     faces, McNemar's exact test on them (``shared``, ``p_value``; ``p_holm`` over the test sets)."""
     from fer_core.cross_domain import latest_per_model
-    from fer_core.explain.regions import _holm  # one Holm adjustment for the package
-    from fer_core.workflows import compare_runs
+    from fer_core.domain_gap import holm_finite
     latest = latest_per_model(records)
     a, b = (latest[latest["model"] == model].set_index("test_set") for model in (first, second))
     if a.empty or b.empty:
         raise DataError(f"no evaluation of model {first if a.empty else second}")
     rows = []
     for test_set in sorted(set(a.index) & set(b.index)):
-        row: dict[str, Any] = {"test_set": test_set, "first": a.at[test_set, metric], "second": b.at[test_set, metric],
-                               "difference": b.at[test_set, metric] - a.at[test_set, metric],
-                               "n_first": a.at[test_set, "n"], "n_second": b.at[test_set, "n"], "shared": 0,
-                               "p_value": float("nan")}
-        try:
-            test = compare_runs(Run.load(a.at[test_set, "path"]), Run.load(b.at[test_set, "path"]))["mcnemar"]
-            row.update(shared=test["n"], p_value=test["p_value"])
-        except DataError:
-            pass  # no face in common: the scores stand side by side without a paired test
-        rows.append(row)
+        test = paired_mcnemar(Run.load(a.at[test_set, "path"]), Run.load(b.at[test_set, "path"]))
+        rows.append({"test_set": test_set, "first": a.at[test_set, metric], "second": b.at[test_set, metric],
+                     "difference": b.at[test_set, metric] - a.at[test_set, metric],
+                     "n_first": a.at[test_set, "n"], "n_second": b.at[test_set, "n"],
+                     "shared": test["n"] if test else 0, "p_value": test["p_value"] if test else float("nan")})
     if not rows:
         raise DataError("the two models were never scored on the same test set")
     table = pd.DataFrame(rows)
-    return table.assign(p_holm=_holm(table["p_value"].to_numpy(dtype=np.float64)))
+    return table.assign(p_holm=holm_finite(table["p_value"]))
+
+
+def paired_mcnemar(a: Run, b: Run) -> dict[str, Any] | None:
+    """McNemar's exact test (:func:`fer_core.evaluation.mcnemar`) on the labelled faces both
+    evaluations scored; None when they share none."""
+    from fer_core.evaluation import mcnemar
+    both = a.predictions.merge(b.predictions, on="key", suffixes=("_a", "_b"))
+    both = both[(both["label_a"] >= 0) & both["error_a"].isna() & both["error_b"].isna()]
+    return mcnemar(both["pred_a"] == both["label_a"], both["pred_b"] == both["label_a"]) if len(both) else None
 
 
 def class_gallery(dataset: FaceDataset, per_class: int = 6, side: int = 96) -> dict[str, list[tuple[str, np.ndarray]]]:
