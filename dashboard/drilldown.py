@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -18,7 +19,7 @@ from fer_core.config import Config
 from fer_core.errors import FerCoreError
 from fer_core.explain import method_names, overlay
 from fer_core.explain.regions import REGIONS
-from fer_core.face_detail import nearest_faces
+from fer_core.face_detail import FaceMap, FaceView, nearest_faces
 from fer_core.models import FerModel
 
 STATE = "drill-face"
@@ -103,44 +104,43 @@ def _dialog(config: Config, model: FerModel | None, face: Opened) -> None:
                                                f"{view.predicted} {view.confidence:.0%}{verdict}"),
                        key="drill-probabilities", config={"displayModeBar": False})
     if st.toggle("Every attribution method's map", value=True, key="drill-maps"):
-        _maps(config, model, face, view.face.image, view.label)
+        _maps(config, model, face, view)
     if len(face.pool) >= 1 and st.toggle("Nearest faces in the model's feature space", value=True,
                                          key="drill-neighbours"):
         _neighbours(config, model, face, view.features)
 
 
-def _maps(config: Config, model: FerModel, face: Opened, crop, label: str) -> None:
-    """Every method's map of the face for its predicted and (when known and different) true class."""
-    targets = ["predicted"] + (["true"] if label else [])
+def _maps(config: Config, model: FerModel, face: Opened, view: FaceView) -> None:
+    """Every method's map of the face for its predicted class and, when known and other, its true class."""
+    targets = {"predicted": view.predicted, **({"true": view.label} if view.label not in ("", view.predicted) else {})}
     methods = method_names()
+    steps = [(method, target) for method in methods for target in targets]
     progress = st.progress(0.0, text="Attribution maps...")
-    found: dict[tuple[str, str], object] = {}
-    for number, (method, target) in enumerate((m, t) for m in methods for t in targets):
-        progress.progress(number / (len(methods) * len(targets)),
-                          text=f"Attribution maps: {number}/{len(methods) * len(targets)} ({method}, {target} class)")
+    found: dict[tuple[str, str], FaceMap] = {}
+    for number, (method, target) in enumerate(steps):
+        progress.progress(number / len(steps), text=f"Attribution maps: {number}/{len(steps)} ({method}, "
+                                                    f"{target} class)")
         try:
-            found[method, target] = compute.face_map(model, model.fingerprint, config, face.spec, face.key, method,
-                                                     target)
+            result = compute.face_map(model, model.fingerprint, config, face.spec, face.key, method, target)
         except FerCoreError as exc:
             st.warning(f"{method}: {exc}")
+            continue
+        if result is not None:
+            found[method, target] = result
     progress.empty()
-    shown = [t for t in targets if t == "predicted" or any(
-        found.get((m, t)) is not None and found[m, "predicted"] is not None
-        and found[m, t].target != found[m, "predicted"].target for m in methods)]
-    st.markdown("**Every method, " + " and ".join(
-        f"{t} class ({next((f.target for (m, tt), f in found.items() if tt == t and f is not None), '?')})"
-        for t in shown) + "**" + ("" if len(shown) == len(targets) else " (the true class is the predicted one)"))
-    columns = st.columns(len(methods))
+    st.markdown("**Every method, " + " and ".join(f"{target} class ({emotion})" for target, emotion in targets.items())
+                + "**" + ("" if "true" in targets or not view.label else " (the true class is the predicted one)"))
     rows = []
-    for column, method in zip(columns, methods):
+    for column, method in zip(st.columns(len(methods)), methods):
         column.caption(method)
-        for target in shown:
+        for target in targets:
             result = found.get((method, target))
             if result is None:
                 continue
-            top = max((r for r in REGIONS if r != "background"), key=lambda r: result.shares.get(r, 0) or 0)
-            column.image(overlay(crop, result.map), width="stretch",
-                         caption=f"{target}: {top} {result.shares.get(top, float('nan')):.0%}")
+            regions = {region: share for region, share in result.shares.items() if region != "background"}
+            top = max(regions, key=lambda region: np.nan_to_num(regions[region], nan=-1.0))
+            column.image(overlay(view.face.image, result.map), width="stretch",
+                         caption=f"{target}: {top} {regions[top]:.0%}")
             rows.append({"method": method, "class": f"{target}: {result.target}", **result.shares})
     if rows:
         st.caption("Share of each map's positive attribution per facial region (rows sum to 1):")
