@@ -308,7 +308,6 @@ def test_runs_lists_runs_shows_curves_and_runs_a_background_job(monkeypatch, app
     assert "--real " in app.code[0].value and "--synthetic sd_faces" in app.code[0].value
 
 
-@pytest.mark.slow
 def test_saliency_browser_puts_real_and_synthetic_maps_side_by_side(monkeypatch, app_config):
     import streamlit as st
     from dashboard.jobs import list_jobs
@@ -440,7 +439,6 @@ def decode_uri(uri: str) -> np.ndarray:
                                      cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-@pytest.mark.slow
 def test_embeddings_plot_both_domains_and_measure_the_gap(monkeypatch, app_config, project):
     from fer_core.cache import ResultCache
     from fer_core.domain_gap import project as projection
