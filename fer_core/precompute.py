@@ -31,7 +31,7 @@ from fer_core.config import Config
 from fer_core.data import FaceDataset
 from fer_core.domain_gap import PROJECTIONS, domain_gap_report, project
 from fer_core.errors import DataError, InvalidArgument, MissingResultsError
-from fer_core.explain import explain, method_defaults, method_names
+from fer_core.explain import canonical_layer, explain, method_defaults, method_names
 from fer_core.explain.analysis.regions import crop_keypoints
 from fer_core.faces import FaceDetector, FacePipeline
 from fer_core.extraction import BatchConsumer, FacePreparer, PreparedFace, extract, forward_chunks
@@ -361,7 +361,7 @@ def explain_dataset(model: FerModel, dataset: FaceDataset, cache: ResultCache, m
         if "layer" not in settings:
             raise InvalidArgument(f"method {method!r} has no layer; layer-based methods: "
                                   f"{[m for m in method_names() if 'layer' in method_defaults(m)]}")
-        params = {**params, "layer": layer}
+        params = {**params, "layer": canonical_layer(model, layer)}  # the default, named or not: one key
     unknown = sorted(set(params) - set(settings))
     if unknown:
         raise InvalidArgument(f"{method} has no parameter(s) {unknown}; its parameters: {sorted(settings)}")

@@ -21,7 +21,7 @@ from fer_core.cache import ResultCache
 from fer_core.cli import main
 from fer_core.data import FerPlusDataset, open_dataset
 from fer_core.errors import InvalidArgument
-from fer_core.explain import explain
+from fer_core.explain import default_layer, explain
 from fer_core.faces import FacePipeline, create_detector
 from fer_core.inference import FacePreparer
 from fer_core.labels import EMOTIONS
@@ -111,6 +111,10 @@ def test_explain_hit_miss_maps_and_keypoints(model, faces, pipeline, tmp_path):
     handle.remove()
     assert again.computed == 0 and calls == []
     assert np.array_equal(again.maps, first.maps) and np.array_equal(again.keypoints, first.keypoints, equal_nan=True)
+    # the default layer named explicitly (the dashboard names it) is the same stored result
+    named = explain_dataset(model, faces.subset(np.arange(24)), cache, "gradcam", map_size=24,
+                            layer=default_layer(model), face_pipeline=pipeline, progress=False)
+    assert named.computed == 0 and np.array_equal(named.maps, first.maps)
     more = explain_dataset(model, faces.subset(np.arange(32)), cache, "gradcam", map_size=24,
                            face_pipeline=pipeline, progress=False)
     assert more.computed == 8 and np.array_equal(more.maps[:24], first.maps)
