@@ -109,20 +109,30 @@ def _info(args: argparse.Namespace, config: Config) -> int:
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("install", "list"), help="install an archive, or list the datasets present")
-    parser.add_argument("archive", type=Path, nargs="?", help="fer2013.zip, ferplus.zip or synthetic_sd_faces.zip")
+    parser.add_argument("archives", type=Path, nargs="*", metavar="archive",
+                        help="fer2013.zip, ferplus.zip or synthetic_sd_faces.zip (several at once)")
 
 
-@command("data", "install a known dataset archive into the data folder, or list the datasets present", _data_arguments)
+@command("data", "install known dataset archives into the data folder, or list the datasets present with their "
+         "faces per class", _data_arguments)
 def _data(args: argparse.Namespace, config: Config) -> int:
-    from fer_core.data import available_datasets, install_archive
+    from fer_core.data import available_datasets, install_archive, open_dataset
     data_root = config.resolve(config.data.root)
     if args.action == "list":
-        print("\n".join(available_datasets(data_root)) or f"no datasets under {data_root}")
+        names = available_datasets(data_root)
+        for name in names:
+            counts = open_dataset(name, data_root).class_counts()
+            print(f"{name:16} {sum(counts.values()):6} faces  " + ", ".join(f"{e} {n}" for e, n in counts.items()))
+        if not names:
+            print(f"no datasets under {data_root}")
         return 0
-    if args.archive is None:
-        raise ConfigError("fer-core data install needs the archive's path")
-    target = install_archive(args.archive, None, data_root)
-    print(f"installed {args.archive.name} into {target}")
+    if not args.archives:
+        raise ConfigError("fer-core data install needs the archives' paths")
+    missing = [str(a) for a in args.archives if not a.is_file()]
+    if missing:
+        raise ConfigError(f"no such archive(s): {missing}; nothing installed")
+    for archive in args.archives:
+        print(f"installed {archive.name} into {install_archive(archive, None, data_root)}")
     return 0
 
 

@@ -411,3 +411,30 @@ def test_install_archive_refuses_a_zip_bomb_and_an_archive_the_disk_cannot_hold(
     with pytest.raises(DataError, match="GiB free"):
         install_archive(honest, None, root)
     assert not (root / "synthetic" / "sd_faces").exists()
+
+
+def test_cli_installs_several_archives_at_once_and_lists_faces_per_class(tmp_path: Path, synthetic_root: Path,
+                                                                         capsys) -> None:
+    from fer_core.cli import main
+    chosen = {c.name: sorted(c.iterdir())[:3] for c in sorted(synthetic_root.iterdir())}
+    sd, fer = tmp_path / "synthetic_sd_faces.zip", tmp_path / "fer2013.zip"
+    with zipfile.ZipFile(sd, "w") as zf:
+        for class_name, files in chosen.items():
+            for path in files:
+                zf.write(path, f"synthetic_sd_faces/{class_name}/{path.name}")
+    with zipfile.ZipFile(fer, "w") as zf:   # FER2013's layout: train/ and test/ class folders
+        for split, count in (("train", 2), ("test", 1)):
+            for class_name in ("happy", "sad"):
+                for path in chosen[class_name][:count]:
+                    zf.write(path, f"{split}/{class_name}/{path.name}")
+    root = tmp_path / "data"
+    settings = ["--set", f"data.root={root}"]
+    assert main([*settings, "data", "install", str(tmp_path / "missing.zip"), str(sd)]) == 2
+    assert not root.exists() or not any(root.rglob("*.jpg")), "a missing archive installs nothing"
+    assert main([*settings, "data", "install", str(sd), str(fer)]) == 0
+    capsys.readouterr()
+    assert main([*settings, "data", "list"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "15 faces  Anger 3, Happiness 3, Neutral 3, Sadness 3, Surprise 3" in listed["sd_faces"]
+    assert "4 faces" in listed["fer2013:train"] and "Happiness 2" in listed["fer2013:train"]
+    assert "2 faces" in listed["fer2013:test"] and "Sadness 1" in listed["fer2013:test"]
