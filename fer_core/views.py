@@ -21,7 +21,7 @@ from fer_core.labels import EMOTIONS
 from fer_core.runs import Run
 from fer_core.scoring import scoring_summary
 from fer_core.training.trainer import HISTORY
-from fer_core.workflows import SHIPPED_WEIGHTS, resolve_weights
+from fer_core.weights import SHIPPED_WEIGHTS, resolve_weights
 
 
 def _dataset_label(run: Run) -> str:

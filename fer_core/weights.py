@@ -18,6 +18,7 @@ from typing import Mapping
 
 from tqdm.auto import tqdm
 
+from fer_core.config import Config
 from fer_core.errors import ModelLoadError
 
 _HSEMOTION = "https://github.com/av-savchenko/face-emotion-recognition/raw/main/models"
@@ -81,3 +82,23 @@ def download(source: WeightsSource | str, directory: Path, timeout: float = 30.0
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+SHIPPED_WEIGHTS = Path("weights") / "fer_b0_ferplus.safetensors"
+
+
+def resolve_weights(config: Config, weights: Path | str | None = None) -> Path:
+    """Which weights file to use: the argument, else ``model.weights_path``, else the shipped model."""
+    if weights is not None:
+        path = config.resolve(weights)
+        if not path.is_file():
+            raise ModelLoadError(f"weights file not found: {path}")
+        return path
+    if config.model.weights_path is not None:
+        return config.resolve(config.model.weights_path)
+    shipped = config.resolve(SHIPPED_WEIGHTS)
+    if shipped.is_file():
+        return shipped
+    raise ModelLoadError(
+        f"no model: set model.weights_path in the config, pass --model PATH, or train the default "
+        f"model into {shipped} (fer-core train); HSEmotion .pt files load with --trust-pickle")

@@ -12,7 +12,7 @@ from fer_core import __version__
 from fer_core.backends import on_device, set_inference_threads
 from fer_core.config import Config
 from fer_core.data import FaceDataset, FerPlusDataset, open_dataset
-from fer_core.errors import ConfigError, DataError, ModelLoadError
+from fer_core.errors import ConfigError, DataError
 from fer_core.evaluation import classification_report, mcnemar
 from fer_core.faces import FacePipeline
 from fer_core.inference import predict_dataset
@@ -27,28 +27,9 @@ from fer_core.runs import (METRICS_FILE, RUN_FILE, Run, provenance_record, run_i
 from fer_core.training import AugmentSettings, Stage, Trainer, TrainSettings, distributed
 from fer_core.training.experiments import as_face_crops, mixed_training_set
 from fer_core.training.recipes import recipe_stages
+from fer_core.weights import SHIPPED_WEIGHTS, resolve_weights  # noqa: F401 (SHIPPED_WEIGHTS: re-exported)
 
 #: The model shipped with the project (trained by ``fer-core train``; see weights/MODEL_CARD.md).
-SHIPPED_WEIGHTS = Path("weights") / "fer_b0_ferplus.safetensors"
-
-
-def resolve_weights(config: Config, weights: Path | str | None = None) -> Path:
-    """Which weights file to use: the argument, else ``model.weights_path``, else the shipped model."""
-    if weights is not None:
-        path = config.resolve(weights)
-        if not path.is_file():
-            raise ModelLoadError(f"weights file not found: {path}")
-        return path
-    if config.model.weights_path is not None:
-        return config.resolve(config.model.weights_path)
-    shipped = config.resolve(SHIPPED_WEIGHTS)
-    if shipped.is_file():
-        return shipped
-    raise ModelLoadError(
-        f"no model: set model.weights_path in the config, pass --model PATH, or train the default "
-        f"model into {shipped} (fer-core train); HSEmotion .pt files load with --trust-pickle")
-
-
 def load_configured_model(config: Config, weights: Path | str | None = None) -> FerModel:
     """The model the config (or ``weights``) names, on the configured device (``model.device``,
     resolved once here: the library runs a model where it is, so the CLI and the dashboard

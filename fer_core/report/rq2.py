@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fer_core.cross_domain import accuracy_by_fraction, latest_per_model
-from fer_core.jobs.workflows import SHIPPED_WEIGHTS
+from fer_core.weights import SHIPPED_WEIGHTS
 from fer_core.report.base import Section
 from fer_core.report.context import ReportContext, register_question
 from fer_core.report.figures import level_figure
