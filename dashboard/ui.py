@@ -5,6 +5,7 @@ Pages call these and ``fer_core``; no ML logic lives in the dashboard.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,3 +134,12 @@ def finished_evaluations(config: Config | None) -> list[Run]:
         empty_state("No finished evaluation runs yet. Evaluate a model on a dataset:",
                     "fer-core evaluate --dataset ferplus:test")
     return runs
+
+
+def contact_sheet_pages(report: Path | None) -> list[Path]:
+    """The contact sheet pages that ``fer-core synth report`` listed in ``report`` (its
+    ``report.json``), in order and found beside it; none without a report."""
+    if report is None:
+        return []
+    listed = json.loads(report.read_text()).get("contact_sheets", [])
+    return [page for page in (report.parent / Path(name).name for name in listed) if page.is_file()]

@@ -15,14 +15,16 @@ from fer_core.labels import EMOTIONS
 from fer_core.synthetic import (
     GENDERS,
     INTENSITIES,
+    MANIFEST_FILE,
     CreditLedger,
+    ImportItem,
     PromptSpec,
-    build_prompt,
-    create_backend,
-    custom_prompt,
-    generate_grids,
+    accepted_per_grid,
+    import_grids,
+    revert_imports,
     summarize,
 )
+from fer_core.synthetic.ledger import revertible
 from fer_core.views import grid_cells, grid_image, rejected_cells, spec_domain, synthetic_state
 
 st.title("Synthetic data")
@@ -54,7 +56,7 @@ if config is not None:
         files = st.file_uploader("Grid images", type=["png", "jpg", "jpeg", "webp"], accept_multiple_files=True)
         left, middle, right = st.columns(3)
         emotion = left.selectbox("Emotion asked for", EMOTIONS, index=EMOTIONS.index("Happiness"))
-        gender = middle.selectbox("Gender", GENDERS)
+        gender = middle.selectbox("Gender", [None, *GENDERS], format_func=lambda v: v or "unspecified")
         intensity = right.selectbox("Intensity", [None, *INTENSITIES], format_func=lambda v: v or "unstated")
         prompt_text = st.text_input("Prompt used (blank: the project's template for these fields)")
         left, middle, right = st.columns(3)
@@ -68,21 +70,41 @@ if config is not None:
         else:
             try:
                 spec = PromptSpec(emotion, gender, intensity, None, config.data.grid_layout)
-                prompt = custom_prompt(prompt_text, spec) if prompt_text.strip() else build_prompt(spec)
                 with tempfile.TemporaryDirectory() as folder:
-                    paths = []
+                    items = []
                     for number, upload in enumerate(files):
                         path = Path(folder) / f"{number:03d}_{Path(upload.name).name}"
                         path.write_bytes(upload.getvalue())
-                        paths.append(path)
-                    backend = create_backend("import", files=paths, model_name=model_name,
-                                             credits_per_grid=int(credits))
-                    settled = generate_grids(backend, CreditLedger(ledger.path, budget=int(budget)),
-                                             [(prompt, k) for k in range(len(paths))], progress=False)
+                        items.append(ImportItem(path, spec, prompt_text.strip() or None))
+                    settled = import_grids(CreditLedger(ledger.path, budget=int(budget)), items, model_name,
+                                           int(credits), progress=False)
                 committed = sum(e["status"] == "committed" for e in settled)
-                st.success(f"{committed} of {len(files)} grid(s) imported. Now extract the faces (below).")
+                st.session_state["synthetic-last-batch"] = settled[0]["batch"]
+                st.success(f"{committed} of {len(files)} grid(s) imported as batch {settled[0]['batch']}. "
+                           "Now extract the faces (below).")
             except FerCoreError as exc:
                 st.error(f"Import failed: {exc}")
+    batches = list(dict.fromkeys(e.get("batch") or e["id"] for e in ledger.entries() if revertible(e)))
+    if batches:
+        last = st.session_state.get("synthetic-last-batch")
+        left, right = st.columns([3, 1])
+        batch = left.selectbox("Imported batch", batches[::-1], key="revert-batch",
+                               index=batches[::-1].index(last) if last in batches else 0,
+                               help="Revert removes its grid files, extracted faces, manifest rows and ledger "
+                                    "entries (its credits come back); generated grids cannot be reverted.")
+        if right.button("Revert", key="revert"):
+            try:
+                root = state["root"]
+                done = revert_imports(ledger, [batch], root / MANIFEST_FILE, root / "processed", root / "report")
+                st.success(f"Reverted batch {batch}: {done['grids']} grid(s), {done['credits_returned']} credit(s) "
+                           f"back, {done['faces_removed']} face(s) and {done['manifest_rows_removed']} manifest "
+                           "row(s) removed.")
+                if done["stale_duplicates"]:
+                    st.warning(f"{done['stale_duplicates']} face(s) of other grids were rejected as duplicates "
+                               "of these: extract again to check them.")
+                state = synthetic_state(config.resolve(config.data.root))
+            except FerCoreError as exc:
+                st.error(f"Revert failed: {exc}")
 
     st.subheader("Extract faces and report")
     extract_args, report_args = ["synth", "extract"], ["synth", "report"]
@@ -106,6 +128,10 @@ if config is not None:
         c.metric("Accepted faces", summary["accepted"])
         d.metric("Rejected cells", summary["rejected"])
         st.write("Layouts found: " + (", ".join(f"{k} ({v} grids)" for k, v in summary["layouts"].items()) or "none"))
+        if summary["layout_disagreements"]:
+            st.caption("Grids whose layout read from the image differs from the one asked for (the layout kept: "
+                       "the requested prior unless the one read confirms clearly more faces):")
+            st.dataframe(pd.DataFrame(summary["layout_disagreements"]), hide_index=True, key="layout-disagreements")
         left, right = st.columns(2)
         left.plotly_chart(charts.count_bars(summary["accepted_by"]["emotion"], "accepted faces", by_emotion=True),
                           key="accepted-by-emotion")
@@ -127,10 +153,12 @@ if config is not None:
         st.dataframe(rejected_cells(manifest), hide_index=True, key="rejected")
 
     st.subheader("Contact sheet")
-    if state["contact_sheet"] is None:
+    sheets = ui.contact_sheet_pages(state["report"])
+    if not sheets:
         ui.empty_state("No contact sheet yet.", shlex.join(jobs.cli_command(report_args, ui.config_file())))
     else:
-        st.image(str(state["contact_sheet"]), caption="accepted faces, one row per emotion")
+        for sheet in sheets:
+            st.image(str(sheet), caption=f"{sheet.name}: every cell: green accepted, red rejected with its reason")
 
     st.subheader("Credit ledger")
     entries = ledger.entries()
@@ -146,8 +174,20 @@ if config is not None:
         if ledger.pending():
             st.warning(f"{len(ledger.pending())} interrupted reservation(s): settle them with "
                        "`fer-core synth ledger --resolve ID --spent` (or without --spent to release).")
-        st.dataframe(pd.DataFrame(entries)[[c for c in ("id", "status", "credits", "emotion", "gender", "intensity",
-                                                       "backend", "model", "file", "reserved_at", "note")
+        plan = ledger.plan_arithmetic(accepted_per_grid(manifest) if state["manifest"] is not None else None,
+                                      config.data.grid_layout)
+        st.markdown("**The plan's arithmetic**")
+        a, b = st.columns(2)
+        a.metric("Faces asked per credit", plan["faces_asked_per_credit"], help=plan["asked_from"])
+        interval = plan["faces_accepted_per_credit_95ci"]
+        b.metric("Faces accepted per credit", "-" if plan["faces_accepted_per_credit"] is None
+                 else plan["faces_accepted_per_credit"], help=plan["accepted_from"])
+        st.caption(f"Asked: {plan['asked_from']}. Accepted: {plan['accepted_from']}"
+                   + ("" if interval is None else f"; 95% CI {interval[0]} to {interval[1]}") + ".")
+        st.dataframe(pd.DataFrame([{"credits of": name, **plan[name]} for name in ("budget", "remaining")]),
+                     hide_index=True, key="plan")
+        st.dataframe(pd.DataFrame(entries)[[c for c in ("id", "batch", "status", "credits", "emotion", "gender",
+                                                       "intensity", "backend", "model", "file", "reserved_at", "note")
                                             if c in entries[0]]], hide_index=True, key="ledger")
     downloads.tables("the rejected cells and the credit ledger", "synthetic", {
         "Rejected cells": rejected_cells(manifest) if state["manifest"] is not None else None,

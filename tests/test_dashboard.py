@@ -588,7 +588,8 @@ def test_synthetic_data_imports_a_grid_and_shows_every_cell(monkeypatch, tmp_pat
                                                               tiny_model):
     from fer_core.faces.detectors import MediaPipeDetector
     from fer_core.images import load_rgb
-    from fer_core.synthetic import CreditLedger, ExtractSettings, committed_grids, extract_faces, write_report
+    from fer_core.synthetic import (CreditLedger, ExtractSettings, committed_grids, extract_faces, summarize,
+                                    write_report)
     (tmp_path / "configs").mkdir()
     config = write_config(tmp_path, "config.yaml", mediapipe_model=str(face_model_path))
     app = open_page(monkeypatch, config, "synthetic.py")
@@ -599,10 +600,12 @@ def test_synthetic_data_imports_a_grid_and_shows_every_cell(monkeypatch, tmp_pat
     app.number_input[1].set_value(3)  # the credit budget
     app.button[0].click().run()  # the form's "Import" button
     assert not app.exception, [e.value for e in app.exception]
-    assert any("1 of 1 grid(s) imported" in s.value for s in app.success), texts(app)
     root = tmp_path / "data" / "synthetic"
     ledger = CreditLedger(root / "ledger.json")
     assert ledger.summary()["grids"]["committed"] == 1 and ledger.spent == 1
+    batch = ledger.entries()[0]["batch"]
+    assert any(f"1 of 1 grid(s) imported as batch {batch}" in s.value for s in app.success), texts(app)
+    assert app.selectbox(key="revert-batch").value == batch  # the import just made, ready to revert
     manifest = extract_faces(committed_grids(ledger), MediaPipeDetector(face_model_path), root / "processed",
                              root / "manifest.parquet", ExtractSettings(face_size=64, test_fraction=1.0),
                              progress=False)
@@ -614,11 +617,24 @@ def test_synthetic_data_imports_a_grid_and_shows_every_cell(monkeypatch, tmp_pat
     assert metrics["Accepted faces"] == str(int(manifest["accepted"].sum()))
     assert metrics["Budget"] == "3" and metrics["Spent"] == "1" and metrics["Remaining"] == "2"
     assert "3x3" in texts(app) and len(manifest) == 9
-    rejected = frame_with(app, "grid_file")  # the rejected cells (the grid's own cells: no grid_file column)
+    # the rejected cells: the only table with both columns (one grid's cells have no grid_file, the layout
+    # disagreements no reject_reason)
+    rejected = next(f.value for f in app.dataframe if {"grid_file", "reject_reason"} <= set(f.value.columns))
     assert "no face" in set(rejected["reject_reason"])  # the empty cell, with its reason
     assert len(rejected) == int((~manifest["accepted"]).sum())
-    assert any(img.caption == "accepted faces, one row per emotion" for img in images(app))
-    assert pd.read_parquet(root / "manifest.parquet")["accepted"].sum() >= 6
+    disagreements = frame_with(app, "requested")  # the config asks for 6x6 grids; this one is 3x3
+    assert disagreements.to_dict("records") == summarize(manifest)["layout_disagreements"]
+    assert list(disagreements["found"]) == ["3x3"] and list(disagreements["requested"]) == ["6x6"]
+    sheets = [img.caption for img in images(app) if img.caption.endswith("red rejected with its reason")]
+    assert sheets == ["contact_sheet.png: every cell: green accepted, red rejected with its reason"]  # 1 grid: 1 page
+    accepted = int(manifest["accepted"].sum())
+    assert accepted >= 6
+    # the plan's arithmetic: 1 grid on 1 credit, so the faces accepted per credit are that grid's, and the 2
+    # remaining credits should yield twice as many
+    assert metrics["Faces accepted per credit"] == str(float(accepted))
+    plan = frame_with(app, "credits of").set_index("credits of")
+    assert plan.loc["remaining", "credits"] == 2 and plan.loc["remaining", "faces_accepted_expected"] == 2 * accepted
+    assert list(frame_with(app, "reserved_at")["batch"]) == [batch]
 
     # the extracted faces, scored: the Cross-domain page gives their accuracy by prompted intensity
     loaded = load_config(config)
@@ -629,6 +645,16 @@ def test_synthetic_data_imports_a_grid_and_shows_every_cell(monkeypatch, tmp_pat
     assert list(intensity.index) == ["unstated"]  # the grid was imported without an intensity
     assert intensity.loc["unstated", "accuracy"] == pytest.approx(run.metrics["accuracy"])
     assert intensity.loc["unstated", "support"] == run.metrics["n"] == int(manifest["accepted"].sum())
+
+    # the revert undoes the import: grid file, faces, manifest, report and ledger entry
+    app.button(key="revert").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert any(f"Reverted batch {batch}: 1 grid(s), 1 credit(s) back, {accepted} face(s)" in s.value
+               for s in app.success), texts(app)
+    assert not CreditLedger(root / "ledger.json").entries() and not (root / "manifest.parquet").exists()
+    assert not [f for f in (root / "processed").rglob("*") if f.is_file()]
+    assert not list((root / "report").glob("contact_sheet*"))
+    assert "No extraction manifest yet" in texts(app) and "No contact sheet yet" in texts(app)
 
 
 def test_synthetic_data_shows_the_installed_sd_faces(monkeypatch, app_config):
