@@ -21,7 +21,7 @@ from fer_core.config import Config
 from fer_core.errors import ConfigError
 
 JOBS_DIR = ".jobs"
-_PERCENT = re.compile(r"(\d{1,3})%\|")
+_PERCENT = re.compile(r"(\d{1,3})%(?:\||\s+done)")  # tqdm bars and "(n% done)" progress lines
 
 
 @dataclass(frozen=True)

@@ -689,3 +689,14 @@ def test_invalid_config_is_reported(monkeypatch, tmp_path):
     config.write_text("model:\n  input_size: huge\n")
     app = open_page(monkeypatch, config)
     assert any("'model.input_size'" in e.value for e in app.error)
+
+
+def test_a_job_reads_progress_from_bars_and_from_sanity_lines(tmp_path):
+    from dashboard.jobs import Job
+    job = Job(tmp_path, ("fer-core", "sanity"), pid=0, started="")
+    assert job.progress() is None
+    (tmp_path / "log.txt").write_text("predict:  37%|###      | 37/100\rpredict:  64%|######   | 64/100\n")
+    assert job.progress() == 0.64
+    with (tmp_path / "log.txt").open("a") as log:   # fer-core sanity's line as a method starts
+        log.write("sanity 3/4: occlusion on 32 faces (50% done)\n")
+    assert job.progress() == 0.5 and job.log_tail(1) == "sanity 3/4: occlusion on 32 faces (50% done)"

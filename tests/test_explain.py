@@ -326,7 +326,11 @@ def test_sanity_command_stores_what_the_dashboard_flags(project, tiny_model, cap
     isolated = ["--set", f"paths.cache_dir={tmp_path / 'cache'}"]
     assert main(["--config", config_file, *isolated, "sanity", "--dataset", "ferplus:test", "--model", str(tiny_model),
                  "--method", "gradcam", "--method", "saliency", "--faces", "8", "--depth", "2", "--steps", "8"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    output = capsys.readouterr()
+    printed = json.loads(output.out)
+    # progress for the dashboard's job panel, one line per method as it starts
+    assert [line for line in output.err.splitlines() if line.startswith("sanity ")] == [
+        "sanity 1/2: gradcam on 8 faces (0% done)", "sanity 2/2: saliency on 8 faces (50% done)"]
     stored = load_quality(tmp_path / "cache", load_model(tiny_model).fingerprint)
     assert set(printed) == {"gradcam", "saliency"} and set(stored) >= {"gradcam", "saliency"}
     for method, summary in printed.items():

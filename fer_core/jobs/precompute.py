@@ -6,6 +6,7 @@ the summary the CLI prints."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -162,9 +163,13 @@ def sanity(config: Config, dataset: FaceDataset, methods: Sequence[str] = (), we
                if face.tensor is not None]
     if len(tensors) < 2:
         raise ConfigError(f"{dataset.label}: fewer than 2 readable faces to check on")
-    results = record_quality(config, model, torch.stack(tensors), methods,
-                             source=f"{dataset.label}, {len(tensors)} faces spread", depth=depth, steps=steps,
-                             seed=seed)
+    batch, results = torch.stack(tensors), {}
+    for number, method in enumerate(methods, 1):  # one method at a time: the job log shows n/N
+        print(f"sanity {number}/{len(methods)}: {method} on {len(tensors)} faces "
+              f"({100 * (number - 1) // len(methods)}% done)", file=sys.stderr, flush=True)
+        results.update(record_quality(config, model, batch, [method],
+                                      source=f"{dataset.label}, {len(tensors)} faces spread", depth=depth,
+                                      steps=steps, seed=seed))
     chosen = most_faithful(results)
     rows, faithful = randomisation_rows(results), {row["method"]: row for row in faithfulness_rows(results)}
     return {"methods": {method: {"passed": result["passed"], "randomisation_passed": result["randomisation"]["passed"],
