@@ -28,8 +28,8 @@ class Framing:
 
     def summary(self) -> dict[str, float]:
         """Median and quartiles of the box ratio and of the matching margin."""
-        q = lambda values: [float(v) for v in np.percentile(values, [50, 25, 75])]  # noqa: E731
-        (ratio, r25, r75), (margin, m25, m75) = q(self.ratios), q(self.margins)
+        (ratio, r25, r75), (margin, m25, m75) = (np.percentile(values, [50, 25, 75]).tolist()
+                                                 for values in (self.ratios, self.margins))
         return {"crops": self.asked, "faces_found": int(len(self.ratios)), "box_ratio": ratio,
                 "box_ratio_iqr": (r25, r75), "margin": margin, "margin_iqr": (m25, m75)}
 
