@@ -15,7 +15,7 @@ from torch import nn
 
 from fer_core.config import load_config
 from fer_core.data.datasets import FerPlusDataset
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.explain import (Attribution, class_mean_maps, default_layer, deletion_insertion, explain, layers,
                               load_quality, make_baseline, method_defaults, method_names, normalize_map, overlay, quality_path,
                               randomisation_check, record_quality, sanity_report)
@@ -133,7 +133,7 @@ def test_integrated_gradients_batching_and_mean_face_baseline(model, batch):
     chunked = explain(model, faces, "integrated_gradients", baseline="mean", mean_face=mean_face, n_steps=16,
                       internal_batch_size=5).maps
     np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-6)
-    with pytest.raises(ConfigError, match="mean_face"):
+    with pytest.raises(InvalidArgument, match="mean_face"):
         explain(model, faces, "integrated_gradients", baseline="mean")
 
 
@@ -195,7 +195,7 @@ def test_signed_overlay_uses_a_diverging_map():
     assert colored[1, 1].min() >= 250, "zero is white"
     assert normalize_map(signed, signed=True, percentile=100).min() == -1.0
     assert normalize_map(signed, percentile=100).min() == 0.0
-    with pytest.raises(ConfigError, match="colormap"):
+    with pytest.raises(InvalidArgument, match="colormap"):
         overlay(image, signed, colormap="rainbow-unicorn")
 
 
@@ -211,21 +211,23 @@ def test_class_mean_maps_average_normalised_maps_per_class(model, batch, test_fa
 
 
 def test_bad_requests_get_clear_errors(model, batch):
-    with pytest.raises(ConfigError, match="registered methods"):
+    with pytest.raises(InvalidArgument,
+                       match=r"explain\(\) argument 'method': expected one of \[.*'gradcam'.*got 'lime'"):
         explain(model, batch[:1], "lime")
-    with pytest.raises(ConfigError, match="n_step"):
+    with pytest.raises(InvalidArgument, match="n_step"):
         explain(model, batch[:1], "integrated_gradients", n_step=8)
-    with pytest.raises(ConfigError, match="class index"):
+    with pytest.raises(InvalidArgument, match="class index"):
         explain(model, batch[:1], "saliency", target=8)
-    with pytest.raises(ConfigError, match="one class per face"):
+    with pytest.raises(InvalidArgument, match="one class per face"):
         explain(model, batch[:2], "saliency", target=[0])
-    with pytest.raises(ConfigError, match="its stages"):
+    with pytest.raises(InvalidArgument, match="its stages"):
         explain(model, batch[:1], "gradcam", layer="blocks.99")
-    with pytest.raises(ConfigError, match="must output"):
+    with pytest.raises(InvalidArgument, match="must output"):
         explain(model, batch[:1], "gradcam", layer="classifier")
-    with pytest.raises(ConfigError, match=r"\(N, 3, H, W\)"):
+    with pytest.raises(InvalidArgument, match=r"\(N, 3, H, W\)"):
         explain(model, batch[0], "gradcam")
-    with pytest.raises(ConfigError, match="reduction"):
+    with pytest.raises(InvalidArgument,
+                       match=r"saliency\(\) argument 'reduction': expected one of \['abs', 'signed'\]"):
         explain(model, batch[:1], "saliency", reduction="max")
 
 
@@ -316,7 +318,7 @@ def test_quality_results_are_stored_merged_and_loaded(model, batch, project, tmp
     path.write_text("{ half a file")
     with pytest.raises(DataError, match="unreadable saliency-quality file"):
         load_quality(config, model.fingerprint)
-    with pytest.raises(ConfigError, match="fingerprint"):
+    with pytest.raises(InvalidArgument, match="fingerprint"):
         load_quality(config, "../../etc/passwd")
 
 

@@ -15,7 +15,7 @@ from scipy.stats import spearmanr
 from timm.layers import SelectAdaptivePool2d
 
 from fer_core.data.datasets import FerPlusDataset
-from fer_core.errors import ConfigError
+from fer_core.errors import InvalidArgument
 from fer_core.explain import explain, method_defaults, randomisation_check
 from fer_core.explain.lrp import COMPOSITES, CONTRASTS
 from fer_core.models import TINY_ARCHITECTURE, FerModel, load_model
@@ -126,21 +126,21 @@ def test_randomisation_is_read_against_the_maps_noise_stability(model, batch):
 
 
 def test_bad_settings_and_unsupported_networks_are_clear_errors(model, batch):
-    with pytest.raises(ConfigError, match="composite"):
+    with pytest.raises(InvalidArgument, match="composite"):
         explain(model, batch[:1], "lrp", composite="nope")
-    with pytest.raises(ConfigError, match="contrast"):
+    with pytest.raises(InvalidArgument, match="contrast"):
         explain(model, batch[:1], "lrp", contrast="nope")
-    with pytest.raises(ConfigError, match="reduction"):
+    with pytest.raises(InvalidArgument, match="reduction"):
         explain(model, batch[:1], "lrp", reduction="nope")
-    with pytest.raises(ConfigError, match="batch_size"):
+    with pytest.raises(InvalidArgument, match=r"lrp\(\) argument 'batch_size': expected an integer >= 1, got 0"):
         explain(model, batch[:1], "lrp", batch_size=0)
     altered = copy.deepcopy(model)
     altered.module.global_pool = SelectAdaptivePool2d(pool_type="max", flatten=True)
-    with pytest.raises(ConfigError, match="no rule for .*global_pool.pool"):
+    with pytest.raises(InvalidArgument, match="no rule for .*global_pool.pool"):
         explain(altered, batch[:1], "lrp")
     resnet = FerModel(timm.create_model("resnet18", num_classes=8, pretrained=False), model.architecture,
                       input_size=64)
-    with pytest.raises(ConfigError, match="EfficientNet and MobileNetV3.*ResNet"):
+    with pytest.raises(InvalidArgument, match="EfficientNet and MobileNetV3.*ResNet"):
         explain(resnet, batch[:1], "lrp")
     assert {"epsilon_plus_flat", "gamma_flat", "gamma_split_flat"} <= set(COMPOSITES)
 

@@ -9,6 +9,7 @@ import inspect
 import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from numbers import Integral, Real
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -16,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_core.errors import ConfigError
+from fer_core.errors import InvalidArgument
 from fer_core.models.factory import FerModel
+from fer_core.validation import Interval, StrOptions, validate_params
 
 #: What :func:`explain` accepts as ``target``: one class for every face, one class per face,
 #: or ``"predicted"`` (each face's top class). Classes are indices or emotion names.
@@ -25,6 +27,14 @@ Target = int | str | Sequence[int | str]
 
 #: Channel reductions of pixel attributions: sum of absolute values, or the signed sum.
 REDUCTIONS = ("abs", "signed")
+#: Named baselines: what a face is compared with (IG) or replaced by (deletion/insertion).
+BASELINES = ("black", "blurred", "mean")
+#: The argument checks shared by the methods (see :func:`fer_core.validation.validate_params`).
+BASELINE = [StrOptions(BASELINES), torch.Tensor]
+REDUCTION = [StrOptions(REDUCTIONS)]
+POSITIVE_COUNT = Interval(Integral, 1, None)
+#: A side or spread in pixels: a number > 0.
+POSITIVE_PIXELS = Interval(Real, 0, None, closed="neither")
 
 
 class AttributionMethod(Protocol):
@@ -73,7 +83,7 @@ def register_method(name: str) -> Callable[[AttributionMethod], AttributionMetho
     """Decorator registering an attribution method under ``name``."""
     def register(function: AttributionMethod) -> AttributionMethod:
         if name in _METHODS:
-            raise ConfigError(f"attribution method {name!r} is already registered")
+            raise InvalidArgument(f"attribution method {name!r} is already registered")
         _METHODS[name] = function
         return function
     return register
@@ -108,22 +118,24 @@ def map_cell_size(model: FerModel, method: str, **params: Any) -> float:
     return 1.0 if function is None else float(function(model, **settings))
 
 
+@validate_params({"method": [StrOptions(method_names)]})
 def method_defaults(method: str) -> dict[str, Any]:
     """Every parameter of ``method`` and its default value."""
-    signature = inspect.signature(_lookup(method))
+    signature = inspect.signature(_METHODS[method])
     return {name: p.default for name, p in list(signature.parameters.items())[3:]}
 
 
+@validate_params({"method": [StrOptions(method_names)]})
 def explain(model: FerModel, faces: torch.Tensor, method: str, target: Target = "predicted",
             **params: Any) -> Attribution:
     """Attribute ``model``'s ``target`` scores on ``faces`` (a preprocessed ``(N, 3, S, S)``
     batch) with ``method`` (a name from :func:`method_names`); ``params`` are the method's
     settings (see :func:`method_defaults`)."""
-    function = _lookup(method)
+    function = _METHODS[method]
     settings = method_defaults(method)
     unknown = sorted(set(params) - set(settings))
     if unknown:
-        raise ConfigError(f"{method} has no parameter(s) {unknown}; its parameters: {sorted(settings)}")
+        raise InvalidArgument(f"{method} has no parameter(s) {unknown}; its parameters: {sorted(settings)}")
     settings.update(params)
     inputs = check_batch(model, faces)
     with eval_mode(model.module):
@@ -152,20 +164,13 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
             child.training = training
 
 
-def _lookup(method: str) -> AttributionMethod:
-    function = _METHODS.get(method)
-    if function is None:
-        raise ConfigError(f"unknown attribution method {method!r}; registered methods: {method_names()}")
-    return function
-
-
 def check_batch(model: FerModel, faces: torch.Tensor) -> torch.Tensor:
     """A detached float32 copy of ``faces`` on the model's device, checked to be ``(N, 3, H, W)``."""
     if not isinstance(faces, torch.Tensor) or faces.ndim != 4 or faces.shape[1] != 3 or faces.shape[0] == 0:
         shape = tuple(faces.shape) if isinstance(faces, torch.Tensor) else type(faces).__name__
-        raise ConfigError(f"faces: expected a preprocessed (N, 3, H, W) tensor with N >= 1, got {shape}")
+        raise InvalidArgument(f"faces: expected a preprocessed (N, 3, H, W) tensor with N >= 1, got {shape}")
     if not torch.is_floating_point(faces):
-        raise ConfigError(f"faces: expected a float tensor (see FerModel.preprocessing), got {faces.dtype}")
+        raise InvalidArgument(f"faces: expected a float tensor (see FerModel.preprocessing), got {faces.dtype}")
     return faces.detach().to(model.device, torch.float32).clone()
 
 
@@ -178,11 +183,11 @@ def resolve_targets(model: FerModel, inputs: torch.Tensor, target: Target) -> to
     if isinstance(target, (str, int, np.integer)):
         target = [target] * count
     elif not isinstance(target, Sequence) and not isinstance(target, (np.ndarray, torch.Tensor)):
-        raise ConfigError(f"target: expected a class index, an emotion name, one per face or 'predicted', "
+        raise InvalidArgument(f"target: expected a class index, an emotion name, one per face or 'predicted', "
                           f"got {type(target).__name__}")
     indices = [_class_index(model, value) for value in list(target)]
     if len(indices) != count:
-        raise ConfigError(f"target: expected one class per face ({count}), got {len(indices)}")
+        raise InvalidArgument(f"target: expected one class per face ({count}), got {len(indices)}")
     return torch.tensor(indices, dtype=torch.long, device=inputs.device)
 
 
@@ -193,23 +198,19 @@ def _class_index(model: FerModel, value: Any) -> int:
         return model.emotions.index(value)
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < len(model.emotions):
         return int(value)
-    raise ConfigError(f"target: expected a class index in [0, {len(model.emotions)}) or one of "
-                      f"{list(model.emotions)}, got {value!r}")
+    raise InvalidArgument(f"target: expected a class index in [0, {len(model.emotions)}) or one of "
+                          f"{list(model.emotions)}, got {value!r}")
 
 
+@validate_params({"reduction": REDUCTION})
 def reduce_channels(attributions: torch.Tensor, reduction: str) -> torch.Tensor:
     """``(N, C, H, W)`` -> ``(N, H, W)``: the sum of absolute values (``"abs"``) or the signed sum."""
-    if reduction == "abs":
-        return attributions.abs().sum(dim=1)
-    if reduction == "signed":
-        return attributions.sum(dim=1)
-    raise ConfigError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
+    return attributions.abs().sum(dim=1) if reduction == "abs" else attributions.sum(dim=1)
 
 
+@validate_params({"sigma": [POSITIVE_PIXELS]})
 def gaussian_blur(batch: torch.Tensor, sigma: float) -> torch.Tensor:
     """``batch`` blurred per channel by a Gaussian of ``sigma`` pixels (reflect padding)."""
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or sigma <= 0:
-        raise ConfigError(f"blur sigma: expected a positive number of pixels, got {sigma!r}")
     radius = max(1, min(math.ceil(3 * sigma), min(batch.shape[-2:]) - 1))
     offsets = torch.arange(-radius, radius + 1, dtype=batch.dtype, device=batch.device)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
@@ -221,24 +222,18 @@ def gaussian_blur(batch: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.conv2d(padded, rows, groups=channels), cols, groups=channels)
 
 
+@validate_params({"size": [Interval(Integral, 2, None)], "sigma": [POSITIVE_PIXELS, None]})
 def centre_prior(size: int, sigma: float | None = None) -> np.ndarray:
     """A ``(size, size)`` float32 Gaussian centred on the crop (``sigma`` defaults to a quarter
     of the side) that ignores the face: the control a saliency method must beat. Its pixel order
     is the distance from the centre whatever ``sigma`` (deletion / insertion only use the order)."""
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
-        raise ConfigError(f"size: expected an integer side of at least 2 pixels, got {size!r}")
     spread = size / 4 if sigma is None else sigma
-    if isinstance(spread, bool) or not isinstance(spread, (int, float)) or spread <= 0:
-        raise ConfigError(f"sigma: expected a positive number of pixels, got {sigma!r}")
     offsets = np.arange(size, dtype=np.float64) + 0.5 - size / 2
     squared = offsets[:, None] ** 2 + offsets[None, :] ** 2
     return np.exp(-0.5 * squared / spread ** 2).astype(np.float32)
 
 
-#: Named baselines: what a face is compared with (IG) or replaced by (deletion/insertion).
-BASELINES = ("black", "blurred", "mean")
-
-
+@validate_params({"baseline": BASELINE})
 def make_baseline(model: FerModel, inputs: torch.Tensor, baseline: str | torch.Tensor, *,
                   mean_face: torch.Tensor | None = None, blur_sigma: float | None = None) -> torch.Tensor:
     """A baseline batch shaped like ``inputs`` (preprocessed): ``"black"`` (zero pixels),
@@ -252,19 +247,17 @@ def make_baseline(model: FerModel, inputs: torch.Tensor, baseline: str | torch.T
         return black.expand_as(inputs).clone()
     if baseline == "blurred":
         return gaussian_blur(inputs, blur_sigma if blur_sigma is not None else inputs.shape[-1] / 10)
-    if baseline == "mean":
-        if mean_face is None:
-            raise ConfigError("baseline 'mean' needs mean_face: a preprocessed (3, H, W) mean face")
-        return _broadcast(mean_face, inputs, "mean_face")
-    raise ConfigError(f"baseline: expected one of {list(BASELINES)} or a tensor, got {baseline!r}")
+    if mean_face is None:  # baseline "mean"
+        raise InvalidArgument("baseline 'mean' needs mean_face: a preprocessed (3, H, W) mean face")
+    return _broadcast(mean_face, inputs, "mean_face")
 
 
 def _broadcast(tensor: torch.Tensor, inputs: torch.Tensor, name: str) -> torch.Tensor:
     try:
         return torch.broadcast_to(tensor.detach().to(inputs.device, inputs.dtype), inputs.shape).clone()
     except RuntimeError as error:
-        raise ConfigError(f"{name}: expected a tensor broadcastable to {tuple(inputs.shape)}, "
-                          f"got {tuple(tensor.shape)}") from error
+        raise InvalidArgument(f"{name}: expected a tensor broadcastable to {tuple(inputs.shape)}, "
+                              f"got {tuple(tensor.shape)}") from error
 
 
 def _json_ready(value: Any) -> Any:

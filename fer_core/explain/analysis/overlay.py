@@ -4,13 +4,15 @@ by their keypoints when they are not aligned already) with the mean face as thei
 
 from __future__ import annotations
 
+from numbers import Real
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from fer_core.errors import ConfigError
+from fer_core.errors import InvalidArgument
 from fer_core.explain.analysis.regions import to_template
+from fer_core.validation import Interval, StrOptions, validate_params
 
 
 def _diverging_lut() -> np.ndarray:
@@ -35,23 +37,26 @@ def colormap_names() -> list[str]:
     return sorted(_COLORMAPS)
 
 
+#: A percentile to scale maps by: in (0, 100].
+PERCENTILE = Interval(Real, 0, 100, closed="right")
+
+
 def _check_map(attribution: np.ndarray) -> np.ndarray:
     """``attribution`` as float32 ``(H, W)``; NaN marks pixels without a value (outside the
     faces of an aligned mean map), infinities are errors."""
     array = np.asarray(attribution, dtype=np.float32)
     if array.ndim != 2 or np.isinf(array).any() or np.isnan(array).all():
-        raise ConfigError(f"attribution map: expected an (H, W) array of finite values (NaN where none), "
-                          f"got shape {array.shape}")
+        raise InvalidArgument(f"attribution map: expected an (H, W) array of finite values (NaN where none), "
+                              f"got shape {array.shape}")
     return array
 
 
+@validate_params({"percentile": [PERCENTILE]})
 def normalize_map(attribution: np.ndarray, signed: bool = False, percentile: float = 99.0) -> np.ndarray:
     """``attribution`` scaled by its ``percentile``-th absolute value and clipped: to [0, 1]
     (negative values count as zero) or, when ``signed``, to [-1, 1] with zero kept at zero.
     NaN pixels stay NaN and are left out of the percentile."""
     array = _check_map(attribution)
-    if not 0 < percentile <= 100:
-        raise ConfigError(f"percentile: expected a number in (0, 100], got {percentile!r}")
     values = array if signed else np.maximum(array, 0)
     scale = float(np.nanpercentile(np.abs(values), percentile))
     if scale <= 0:
@@ -59,6 +64,8 @@ def normalize_map(attribution: np.ndarray, signed: bool = False, percentile: flo
     return np.clip(values / scale, -1.0 if signed else 0.0, 1.0)
 
 
+@validate_params({"colormap": [StrOptions(colormap_names), None], "alpha": [Interval(Real, 0, 1)],
+                  "percentile": [PERCENTILE]})
 def overlay(image: np.ndarray, attribution: np.ndarray, colormap: str | None = None, alpha: float = 0.5,
             signed: bool = False, percentile: float = 99.0) -> np.ndarray:
     """``image`` (RGB uint8 face) blended with ``attribution`` (resized to the image) drawn
@@ -66,14 +73,9 @@ def overlay(image: np.ndarray, attribution: np.ndarray, colormap: str | None = N
     ``signed`` maps use a diverging colormap (default ``bwr``: red supports the class, blue
     opposes it), others default to ``jet``. NaN pixels of the map leave the image as it is."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ConfigError(f"image: expected an (H, W, 3) RGB uint8 array, got "
-                          f"{getattr(image, 'shape', type(image).__name__)} {getattr(image, 'dtype', '')}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-        raise ConfigError(f"alpha: expected an opacity in [0, 1], got {alpha!r}")
-    name = colormap or ("bwr" if signed else "jet")
-    lut = _COLORMAPS.get(name)
-    if lut is None:
-        raise ConfigError(f"colormap: expected one of {colormap_names()}, got {name!r}")
+        raise InvalidArgument(f"image: expected an (H, W, 3) RGB uint8 array, got "
+                              f"{getattr(image, 'shape', type(image).__name__)} {getattr(image, 'dtype', '')}")
+    lut = _COLORMAPS[colormap or ("bwr" if signed else "jet")]
     scaled = normalize_map(attribution, signed, percentile)
     height, width = image.shape[:2]
     if scaled.shape != (height, width):
@@ -86,6 +88,7 @@ def overlay(image: np.ndarray, attribution: np.ndarray, colormap: str | None = N
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
+@validate_params({"percentile": [PERCENTILE, None]})
 def class_mean_maps(maps: np.ndarray, labels: Sequence[int] | np.ndarray, emotions: Sequence[str],
                     percentile: float | None = 99.0, signed: bool = False, keypoints: np.ndarray | None = None,
                     size: int | None = None) -> dict[str, np.ndarray]:
@@ -100,9 +103,10 @@ def class_mean_maps(maps: np.ndarray, labels: Sequence[int] | np.ndarray, emotio
     stack = np.asarray(maps, dtype=np.float32)
     labels = np.asarray(labels)
     if stack.ndim != 3 or labels.shape != (stack.shape[0],):
-        raise ConfigError(f"expected (N, H, W) maps and N labels, got {stack.shape} and {labels.shape}")
+        raise InvalidArgument(f"expected (N, H, W) maps and N labels, got {stack.shape} and {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= len(emotions)):
-        raise ConfigError(f"labels: expected class indices in [0, {len(emotions)}), got {sorted(set(labels.tolist()))}")
+        raise InvalidArgument(f"labels: expected class indices in [0, {len(emotions)}), "
+                              f"got {sorted(set(labels.tolist()))}")
     if percentile is not None:
         stack = np.stack([normalize_map(m, signed, percentile) for m in stack]) if len(stack) else stack
     if keypoints is not None:
@@ -127,6 +131,7 @@ def mean_face(images: Sequence[np.ndarray] | np.ndarray, keypoints: np.ndarray, 
     are black."""
     stack = np.stack([np.asarray(image) for image in images]) if len(images) else np.empty((0, size, size, 3))
     if stack.ndim != 4 or stack.shape[3] != 3 or stack.dtype != np.uint8 or not len(stack):
-        raise ConfigError(f"images: expected one or more (H, W, 3) RGB uint8 crops of one size, got {stack.shape}")
+        raise InvalidArgument(f"images: expected one or more (H, W, 3) RGB uint8 crops of one size, "
+                              f"got {stack.shape}")
     mean = _nan_mean(to_template(stack, keypoints, size))
     return np.clip(np.round(np.nan_to_num(mean, nan=0.0)), 0, 255).astype(np.uint8)

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from fer_core.config import Config
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.explain.base import Target
 from fer_core.explain.analysis.sanity import sanity_report
 from fer_core.models.factory import FerModel
@@ -35,8 +35,8 @@ def _cache_dir(config_or_cache_dir: Config | Path | str) -> Path:
 def quality_path(config_or_cache_dir: Config | Path | str, model_fingerprint: str) -> Path:
     """Where the quality results of the model with ``model_fingerprint`` are kept."""
     if not isinstance(model_fingerprint, str) or not _FINGERPRINT.match(model_fingerprint):
-        raise ConfigError(f"model fingerprint: expected FerModel.fingerprint (letters, digits, '._-'), "
-                          f"got {model_fingerprint!r}")
+        raise InvalidArgument(f"model fingerprint: expected FerModel.fingerprint (letters, digits, '._-'), "
+                              f"got {model_fingerprint!r}")
     return _cache_dir(config_or_cache_dir) / QUALITY_DIR / f"{model_fingerprint}.json"
 
 

@@ -26,16 +26,18 @@ on FER+ crops (whose faces are not aligned), so the detector is used where it fi
 from __future__ import annotations
 
 from itertools import combinations
+from numbers import Integral, Real
 from typing import Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
 from scipy import stats
 
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError
 from fer_core.explain.base import centre_prior
 from fer_core.faces.detectors import KEYPOINT_NAMES, LEFT_EYE, MOUTH, RIGHT_EYE, FaceDetector, as_rgb
 from fer_core.labels import EMOTIONS
+from fer_core.validation import Interval, StrOptions, validate_params
 
 NOSE = KEYPOINT_NAMES.index("nose_tip")
 
@@ -55,20 +57,16 @@ PRECROPPED_TEMPLATE = np.array([(0.323, 0.396), (0.678, 0.385), (0.507, 0.596),
                                 (0.512, 0.773), (0.139, 0.471), (0.868, 0.446)], dtype=np.float64)
 
 
+#: A crop side in pixels: an integer >= 2.
+SIDE = Interval(Integral, 2, None)
+
+
+@validate_params({"size": [SIDE], "margin": [Interval(Real, 0, None)]})
 def aligned_template(size: int, margin: float = TEMPLATE_MARGIN) -> np.ndarray:
     """``(6, 2)`` keypoints of a typical face in a ``size`` crop cut by ``align_face`` at
     ``margin`` (the crop is centred on the face, so other margins scale about the centre)."""
-    size = _check_size(size)
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0:
-        raise ConfigError(f"margin: expected a number >= 0, got {margin!r}")
     scale = (1 + 2 * TEMPLATE_MARGIN) / (1 + 2 * margin)
     return ((ALIGNED_TEMPLATE - 0.5) * scale + 0.5) * size
-
-
-def _check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
-        raise ConfigError(f"size: expected an integer side of at least 2 pixels, got {size!r}")
-    return int(size)
 
 
 def _check_keypoints(keypoints: np.ndarray) -> np.ndarray:
@@ -149,11 +147,12 @@ _SHAPES: tuple[tuple[str, Callable[[Frame], np.ndarray]], ...] = (
     ("eyes", _eyes), ("mouth", _mouth))
 
 
+@validate_params({"size": [SIDE]})
 def region_labels(keypoints: np.ndarray, size: int) -> np.ndarray:
     """``(N, size, size)`` uint8 region indices into :data:`REGIONS` for faces with ``(N, 6, 2)``
     keypoints (``(size, size)`` for one ``(6, 2)`` face), in a ``size`` x ``size`` crop."""
     single = np.ndim(keypoints) == 2
-    points, size = _check_keypoints(keypoints), _check_size(size)
+    points, size = _check_keypoints(keypoints), int(size)
     frame = _frame(points, size)
     labels = np.zeros((len(points), size, size), dtype=np.uint8)
     for name, shape in _SHAPES:
@@ -208,14 +207,13 @@ def region_shares(maps: np.ndarray, keypoints: np.ndarray, per_area: bool = Fals
     return shares
 
 
+@validate_params({"upscale": [Interval(Integral, 1, None)]})
 def crop_keypoints(images: Sequence[np.ndarray], detector: FaceDetector | None, upscale: int = 4
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Keypoints of pre-cropped square faces (FER2013 / FER+ crops): ``(N, 6, 2)`` float32 in
     each image's pixels, and ``(N,)`` bools saying which were detected. Each crop is upscaled
     ``upscale`` times (bicubic) for ``detector``; the largest face's keypoints are kept, and
     :data:`PRECROPPED_TEMPLATE` stands in where none is found (or without a detector)."""
-    if isinstance(upscale, bool) or not isinstance(upscale, int) or upscale < 1:
-        raise ConfigError(f"upscale: expected a positive integer, got {upscale!r}")
     points = np.empty((len(images), len(KEYPOINT_NAMES), 2), dtype=np.float32)
     detected = np.zeros(len(images), dtype=bool)
     for index, image in enumerate(images):
@@ -275,12 +273,13 @@ def to_template(arrays: np.ndarray, keypoints: np.ndarray, size: int, margin: fl
     return np.stack(warped).reshape(len(stack), size, size, *stack.shape[3:])
 
 
+@validate_params({"side": [SIDE]})
 def harmonise_faces(images: Sequence[np.ndarray], side: int, grayscale: bool = True) -> list[np.ndarray]:
     """Face crops in one format for a domain comparison: each resampled to ``side`` pixels (area
     averaging when shrinking) and, with ``grayscale``, turned grey (three equal channels). Use the
     coarser domain's format (FER crops: 48 px grey) so neither domain keeps detail or colour the
     other lacks; keypoints in a crop's pixels scale by ``side / crop side``."""
-    side = _check_size(side)
+    side = int(side)
     formatted = []
     for image in images:
         rgb = as_rgb(image)
@@ -301,10 +300,7 @@ def _null_map(null: str | np.ndarray, maps: np.ndarray) -> np.ndarray:
         if null.shape != maps.shape[1:] or not np.isfinite(null).all():
             raise DataError(f"null: expected a finite {maps.shape[1:]} map, got shape {null.shape}")
         return np.maximum(null.astype(np.float64), 0)
-    builder = _NULL_MAPS.get(null)
-    if builder is None:
-        raise ConfigError(f"null: expected one of {sorted(_NULL_MAPS)} or an (H, W) array, got {null!r}")
-    return builder(maps)
+    return _NULL_MAPS[null](maps)
 
 
 def _pooled_mean(maps: np.ndarray) -> np.ndarray:
@@ -350,6 +346,8 @@ def region_widths(size: int, support: np.ndarray | None = None) -> dict[str, flo
     return widths
 
 
+@validate_params({"size": [SIDE, None], "null": [StrOptions(_NULL_MAPS), np.ndarray],
+                  "cell_size": [Interval(Real, 0, None, closed="neither")]})
 def compare_domains(maps: np.ndarray, keypoints: np.ndarray, domains: Sequence[str] | np.ndarray,
                     labels: Sequence[int] | np.ndarray | None = None, size: int | None = None,
                     null: str | np.ndarray = "pooled", cell_size: float = 1.0, emotions: Sequence[str] = EMOTIONS,
@@ -383,9 +381,7 @@ def compare_domains(maps: np.ndarray, keypoints: np.ndarray, domains: Sequence[s
     points = _check_keypoints(keypoints)
     if len(points) != len(stack):
         raise DataError(f"expected one (6, 2) keypoint array per map, got {len(points)} for {len(stack)} maps")
-    if isinstance(cell_size, bool) or not isinstance(cell_size, (int, float)) or cell_size <= 0:
-        raise ConfigError(f"cell_size: expected a positive number of map pixels, got {cell_size!r}")
-    size = _check_size(size or stack.shape[1])
+    size = int(size or stack.shape[1])
     positive = np.maximum(stack, 0)
     fixed = _null_map(null, positive)
     warped = to_template(positive, points, size).astype(np.float64)
@@ -465,6 +461,7 @@ def _permutation_p_value(first: np.ndarray, second: np.ndarray, n_permutations: 
                                         random_state=rng).pvalue)
 
 
+@validate_params({"confidence": [Interval(Real, 0, 1, closed="neither")]})
 def region_report(shares: np.ndarray, labels: Sequence[int] | np.ndarray, domains: Sequence[str] | np.ndarray,
                   emotions: Sequence[str] = EMOTIONS, confidence: float = 0.95, n_resamples: int = 1000,
                   n_permutations: int = 9999, seed: int = 0) -> dict[str, object]:
@@ -488,8 +485,6 @@ def region_report(shares: np.ndarray, labels: Sequence[int] | np.ndarray, domain
                         f"got {labels.shape} and {domains.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= len(emotions)):
         raise DataError(f"labels: expected class indices in [0, {len(emotions)}), got {sorted(set(labels.tolist()))}")
-    if isinstance(confidence, bool) or not isinstance(confidence, float) or not 0 < confidence < 1:
-        raise ConfigError(f"confidence: expected a level in (0, 1), got {confidence!r}")
     rng = np.random.default_rng(seed)
     groups = [("all", np.ones(len(values), dtype=bool))]
     groups += [(emotion, labels == index) for index, emotion in enumerate(emotions) if np.any(labels == index)]

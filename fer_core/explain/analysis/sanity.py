@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass
+from numbers import Real
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -45,11 +46,12 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3
 from torch import nn
 
-from fer_core.errors import ConfigError
-from fer_core.explain.base import (Attribution, Target, centre_prior, check_batch, eval_mode, explain, make_baseline,
-                                   resolve_targets)
+from fer_core.errors import InvalidArgument
+from fer_core.explain.base import (BASELINE, POSITIVE_COUNT, Attribution, Target, centre_prior, check_batch, eval_mode,
+                                   explain, make_baseline, resolve_targets)
 from fer_core.explain.methods.gradcam import stages
 from fer_core.models.factory import FerModel
+from fer_core.validation import Interval, validate_params
 
 #: Standard deviation of the stability control's Gaussian noise, in [0, 1] pixel units
 #: (2.6 grey levels: invisible).
@@ -269,11 +271,16 @@ def _compare(first: np.ndarray, second: np.ndarray, absolute: bool, confidence: 
                         summarise(decision, confidence, seed=seed), abs_values, signed_values, decision)
 
 
+#: A noise level in [0, 1] pixel units: a number >= 0.
+NOISE_LEVEL = Interval(Real, 0, None)
+#: A confidence level: a number in (0, 1).
+LEVEL = Interval(Real, 0, 1, closed="neither")
+
+
+@validate_params({"sigma": [NOISE_LEVEL]})
 def noisy_faces(model: FerModel, inputs: torch.Tensor, sigma: float = NOISE_SIGMA, seed: int = 0) -> torch.Tensor:
     """``inputs`` (preprocessed) with Gaussian noise of ``sigma`` in [0, 1] pixel units added to
     the pixels (kept in [0, 1]) and normalised again; drawn from ``seed``."""
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or sigma < 0:
-        raise ConfigError(f"noise sigma: expected a number >= 0 in [0, 1] pixel units, got {sigma!r}")
     mean = torch.tensor(model.mean, dtype=inputs.dtype, device=inputs.device).view(1, 3, 1, 1)
     std = torch.tensor(model.std, dtype=inputs.dtype, device=inputs.device).view(1, 3, 1, 1)
     noise = torch.randn(inputs.shape, generator=torch.Generator().manual_seed(seed)).to(inputs.device, inputs.dtype)
@@ -286,6 +293,8 @@ def _predictions(model: FerModel, inputs: torch.Tensor) -> torch.Tensor:
         return model.logits(inputs).argmax(dim=1)
 
 
+@validate_params({"depth": [POSITIVE_COUNT, None], "noise_sigma": [NOISE_LEVEL], "confidence": [LEVEL],
+                  "max_constant_share": [Interval(Real, 0, 1, closed="left")]})
 def randomisation_check(model: FerModel, faces: torch.Tensor, method: str, target: Target = "predicted",
                         depth: int | None = None, absolute: bool = True, seed: int = 0,
                         noise_sigma: float = NOISE_SIGMA, confidence: float = CONFIDENCE,
@@ -297,11 +306,9 @@ def randomisation_check(model: FerModel, faces: torch.Tensor, method: str, targe
     is rank-correlated with the trained model's. ``absolute`` judges the pass on the maps'
     absolute values (Adebayo et al.), otherwise on ``|Spearman|`` of the signed maps. Targets
     are fixed from the trained model."""
-    if not 0 <= max_constant_share < 1:
-        raise ConfigError(f"max_constant_share: expected a fraction in [0, 1), got {max_constant_share!r}")
     inputs = check_batch(model, faces)
     if inputs.shape[0] < 2:
-        raise ConfigError("randomisation_check needs at least 2 faces (the different-faces control pairs them)")
+        raise InvalidArgument("randomisation_check needs at least 2 faces (the different-faces control pairs them)")
     targets = resolve_targets(model, inputs, target).tolist()
     reference = explain(model, inputs, method, targets, **params).maps
     repeat = explain(model, inputs, method, targets, **params).maps
@@ -311,8 +318,9 @@ def randomisation_check(model: FerModel, faces: torch.Tensor, method: str, targe
     shuffled = np.random.default_rng(seed).permutation(len(reference))  # face shuffled[k] pairs with shuffled[k + 1]
     order = randomisation_order(model)
     if depth is not None:
-        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= len(order):
-            raise ConfigError(f"depth: expected an integer in [1, {len(order)}], got {depth!r}")
+        if depth > len(order):
+            raise InvalidArgument(f"depth: expected at most the {len(order)} stages of randomisation_order, "
+                                  f"got {depth}")
         order = order[:depth]
     randomised = copy.deepcopy(model)
     cascade: list[Correlations] = []
@@ -366,6 +374,7 @@ def _probability_curves(model: FerModel, inputs: torch.Tensor, replacement: torc
     return curves
 
 
+@validate_params({"steps": [POSITIVE_COUNT], "baseline": BASELINE, "batch_size": [POSITIVE_COUNT]})
 def deletion_insertion(model: FerModel, faces: torch.Tensor, attribution: Attribution, steps: int = 20,
                        baseline: str | torch.Tensor = "blurred", seed: int = 0, mean_face: torch.Tensor | None = None,
                        blur_sigma: float | None = None, batch_size: int = 256, alpha: float = ALPHA
@@ -376,9 +385,7 @@ def deletion_insertion(model: FerModel, faces: torch.Tensor, attribution: Attrib
     prior's order (ties in every order broken at random, drawn from ``seed``)."""
     inputs = check_batch(model, faces)
     if attribution.maps.shape != (inputs.shape[0], *inputs.shape[2:]):
-        raise ConfigError(f"attribution maps {attribution.maps.shape} do not match faces {tuple(inputs.shape)}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps: expected a positive integer, got {steps!r}")
+        raise InvalidArgument(f"attribution maps {attribution.maps.shape} do not match faces {tuple(inputs.shape)}")
     targets = torch.tensor(attribution.targets, device=inputs.device)
     replacement = make_baseline(model, inputs, baseline, mean_face=mean_face, blur_sigma=blur_sigma)
     flat = torch.from_numpy(attribution.maps).to(inputs.device).flatten(1)
@@ -454,7 +461,7 @@ def most_faithful(report: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     failing that the highest margin of all, flagged. ``{"method", "passed", "note", "ranking"}``
     (``ranking``: every method, most faithful first)."""
     if not report:
-        raise ConfigError("most_faithful: no methods in the report; run sanity_report first")
+        raise InvalidArgument("most_faithful: no methods in the report; run sanity_report first")
     ranking = sorted(report, key=lambda method: report[method]["faithfulness"]["margin"], reverse=True)
     for note, eligible in (("passed both checks", lambda m: report[m]["passed"]),
                            ("passed faithfulness but not randomisation", lambda m: report[m]["faithfulness"]["passed"]),

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_core.errors import ConfigError
+from fer_core.errors import InvalidArgument
 from fer_core.explain.base import eval_mode, register_cell_size, register_method
 from fer_core.models.factory import FerModel
 
@@ -36,8 +36,8 @@ def default_layer(model: FerModel, input_size: int | None = None) -> str:
     in the deletion test), else the last spatial one."""
     sides = _map_sides(model, input_size or model.input_size)
     if not sides:
-        raise ConfigError(f"{model.architecture} has no spatial layer at {input_size or model.input_size} px "
-                          "for Grad-CAM")
+        raise InvalidArgument(f"{model.architecture} has no spatial layer at {input_size or model.input_size} px "
+                              "for Grad-CAM")
     wide_enough = [name for name, side in sides.items() if side >= MIN_CAM_SIDE]
     return (wide_enough or list(sides))[-1]
 
@@ -102,8 +102,8 @@ def resolve_layer(model: FerModel, layer: str | None, input_size: int) -> tuple[
     try:
         return layer, model.module.get_submodule(layer)
     except AttributeError as error:
-        raise ConfigError(f"layer: {model.architecture} has no module {layer!r}; "
-                          f"its stages: {layers(model, input_size)}") from error
+        raise InvalidArgument(f"layer: {model.architecture} has no module {layer!r}; "
+                              f"its stages: {layers(model, input_size)}") from error
 
 
 def activation_and_gradient(model: FerModel, inputs: torch.Tensor, targets: torch.Tensor,
@@ -115,8 +115,8 @@ def activation_and_gradient(model: FerModel, inputs: torch.Tensor, targets: torc
 
     def keep(module: nn.Module, args: tuple, output: object) -> torch.Tensor:
         if not isinstance(output, torch.Tensor) or output.ndim != 4:
-            raise ConfigError(f"layer {name!r} must output an (N, K, h, w) map; "
-                              "fer_core.explain.layers(model) lists the layers that do")
+            raise InvalidArgument(f"layer {name!r} must output an (N, K, h, w) map; "
+                                  "fer_core.explain.layers(model) lists the layers that do")
         captured.append(output)
         return output.clone()
 
@@ -165,5 +165,5 @@ def cam_cell_size(model: FerModel, layer: str | None = None, **_: object) -> flo
     name, module = resolve_layer(model, layer, model.input_size)
     side = _map_sides(model, model.input_size).get(name) or _probe_sides(model, {name: module}, model.input_size).get(name)
     if side is None:
-        raise ConfigError(f"layer {name!r} has no spatial map; fer_core.explain.layers(model) lists those that do")
+        raise InvalidArgument(f"layer {name!r} has no spatial map; fer_core.explain.layers(model) lists those that do")
     return model.input_size / side

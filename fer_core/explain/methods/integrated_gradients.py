@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 from captum.attr import IntegratedGradients
 
-from fer_core.errors import ConfigError
-from fer_core.explain.base import make_baseline, reduce_channels, register_method
+from fer_core.explain.base import (BASELINE, POSITIVE_COUNT, POSITIVE_PIXELS, REDUCTION, make_baseline,
+                                   reduce_channels, register_method)
 from fer_core.models.factory import FerModel
+from fer_core.validation import validate_params
 
 
 @register_method("integrated_gradients")
+@validate_params({"baseline": BASELINE, "n_steps": [POSITIVE_COUNT], "internal_batch_size": [POSITIVE_COUNT, None],
+                  "blur_sigma": [POSITIVE_PIXELS, None], "reduction": REDUCTION})
 def integrated_gradients(model: FerModel, inputs: torch.Tensor, targets: torch.Tensor,
                          baseline: str | torch.Tensor = "blurred", n_steps: int = 32,
                          internal_batch_size: int | None = 128, mean_face: torch.Tensor | None = None,
@@ -18,8 +21,6 @@ def integrated_gradients(model: FerModel, inputs: torch.Tensor, targets: torch.T
     """Path integral of the gradients from ``baseline`` (see :func:`make_baseline`) to each
     face over ``n_steps`` Gauss-Legendre points, ``internal_batch_size`` points per forward
     pass. With ``reduction="signed"`` a map sums to about logit(face) - logit(baseline)."""
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-        raise ConfigError(f"n_steps: expected a positive integer, got {n_steps!r}")
     baselines = make_baseline(model, inputs, baseline, mean_face=mean_face, blur_sigma=blur_sigma)
     attributions = IntegratedGradients(model.module).attribute(
         inputs, baselines=baselines, target=targets, n_steps=n_steps, internal_batch_size=internal_batch_size)

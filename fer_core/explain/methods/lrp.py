@@ -31,10 +31,10 @@ from zennit.layer import Sum
 from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, NoMod, Norm, Pass, ZPlus
 from zennit.types import Activation, AvgPool, Convolution
 
-from fer_core.errors import ConfigError
-from fer_core.explain.base import REDUCTIONS, MethodResult, reduce_channels, register_method
+from fer_core.explain.base import POSITIVE_COUNT, REDUCTION, MethodResult, reduce_channels, register_method
 from fer_core.explain.methods.lrp_canonizers import ConstantGate, canonical_copy
 from fer_core.models.factory import FerModel
+from fer_core.validation import StrOptions, validate_params
 
 RuleFactory = Callable[[], Hook]
 
@@ -180,6 +180,8 @@ def conservation_error(relevance_sums: torch.Tensor, output_relevance: torch.Ten
 
 
 @register_method("lrp")
+@validate_params({"composite": [StrOptions(COMPOSITES)], "contrast": [StrOptions(CONTRASTS)],
+                  "reduction": REDUCTION, "batch_size": [POSITIVE_COUNT]})
 def lrp(model: FerModel, inputs: torch.Tensor, targets: torch.Tensor, composite: str = "gamma_split_flat",
         contrast: str = "none", reduction: str = "signed", batch_size: int = 32) -> MethodResult:
     """LRP maps with ``composite``'s rules (see :data:`COMPOSITES`) from the ``contrast``
@@ -188,16 +190,7 @@ def lrp(model: FerModel, inputs: torch.Tensor, targets: torch.Tensor, composite:
     ``relevance_sum`` (of the signed map), ``explained_score`` (relevance put on the logits);
     for the batch: ``conserved`` (median error within :data:`CONSERVATION_TOLERANCE`) and
     ``canonical_logit_error``, the largest logit difference of the rewritten network."""
-    spec = COMPOSITES.get(composite)
-    if spec is None:
-        raise ConfigError(f"composite: expected one of {sorted(COMPOSITES)}, got {composite!r}")
-    start = CONTRASTS.get(contrast)
-    if start is None:
-        raise ConfigError(f"contrast: expected one of {sorted(CONTRASTS)}, got {contrast!r}")
-    if reduction not in REDUCTIONS:
-        raise ConfigError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    spec, start = COMPOSITES[composite], CONTRASTS[contrast]
     network = canonical_copy(model.module, inputs.shape[-1])
     rules = _RuleMap(spec, _upper_prefixes(network, spec.upper_stages))
     maps, sums, scores, errors, logit_error = [], [], [], [], 0.0

@@ -11,7 +11,7 @@ with one LRP rule and the copy computes the same logits:
 * each residual block becomes :class:`SkipSum`: the skip connection's add is a
   :class:`zennit.layer.Sum` module, which splits relevance in proportion to the two terms.
 
-Anything else (an unknown block, pooling type or normalisation) raises a ConfigError, so a
+Anything else (an unknown block, pooling type or normalisation) raises an InvalidArgument, so a
 map is never computed over operations without a rule.
 """
 
@@ -29,7 +29,7 @@ from torch import nn
 from zennit.layer import Sum
 from zennit.types import Activation
 
-from fer_core.errors import ConfigError
+from fer_core.errors import InvalidArgument
 
 #: Networks whose own forward is their stages in sequence (stem, blocks, head, pooling, classifier).
 SUPPORTED_NETWORKS = (EfficientNet, MobileNetV3)
@@ -73,7 +73,7 @@ def canonical_copy(network: nn.Module, input_size: int) -> nn.Module:
     """A rewritten deep copy of ``network`` (see the module docstring), in eval mode; the
     caller's network is not touched. ``input_size`` is the side used to trace the forward pass."""
     if not isinstance(network, SUPPORTED_NETWORKS):
-        raise ConfigError(f"LRP supports timm EfficientNet and MobileNetV3 networks, got {type(network).__name__}")
+        raise InvalidArgument(f"LRP supports timm EfficientNet and MobileNetV3 networks, got {type(network).__name__}")
     canonical = copy.deepcopy(network).eval()
     for module in canonical.modules():
         if hasattr(module, "inplace"):
@@ -117,8 +117,8 @@ def _fold_batch_norms(network: nn.Module, input_size: int) -> None:
     norms = {id(module) for module in network.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)}
     folded = {id(norm) for _, norm in pairs}
     if orphans or norms - folded:
-        raise ConfigError("LRP: a BatchNorm does not directly follow a convolution, so it cannot be folded "
-                          f"({len(orphans) + len(norms - folded)} such layers); this architecture is not supported")
+        raise InvalidArgument("LRP: a BatchNorm does not directly follow a convolution, so it cannot be folded "
+                              f"({len(orphans) + len(norms - folded)} such layers); this architecture is not supported")
     for conv, norm in pairs:
         _fold(conv, norm)
     _replace(network, lambda module: id(module) in folded, _activation_of)
@@ -164,6 +164,7 @@ def _check_supported(network: nn.Module) -> None:
 
     visit("", network, True)
     if unsupported:
-        raise ConfigError(f"LRP has no rule for {type(network).__name__} module(s) {unsupported[:5]}"
-                          f"{' ...' if len(unsupported) > 5 else ''}; supported: timm EfficientNet and MobileNetV3 "
-                          "(convolutions, BatchNorm, activations, squeeze-excite, residual blocks, average pooling)")
+        raise InvalidArgument(f"LRP has no rule for {type(network).__name__} module(s) {unsupported[:5]}"
+                              f"{' ...' if len(unsupported) > 5 else ''}; supported: timm EfficientNet and MobileNetV3 "
+                              "(convolutions, BatchNorm, activations, squeeze-excite, residual blocks, "
+                              "average pooling)")
