@@ -141,7 +141,7 @@ def face_model_file(value: Path | str | None, root: Path | None = None) -> Path:
 
 #: Keys whose value is a file that must exist when set.
 _MUST_EXIST = {"model.weights_path"}
-_POSITIVE = {"model.input_size", "data.face_size", "data.grid_layout", "inference.batch_size"}
+_POSITIVE = {"model.input_size", "data.face_size", "data.grid_layout", "inference.batch_size", "faces.max_faces"}
 #: Keys removed because nothing read them: the value that was in effect whatever the config
 #: said, and why (where the setting comes from instead).
 REMOVED_KEYS: Mapping[str, tuple[Any, str]] = MappingProxyType({
@@ -270,6 +270,8 @@ def _validate(config: Config) -> None:
                           f"BlazeFace .tflite path or one of the shipped models {sorted(SHIPPED_FACE_MODELS)}")
     if config.faces.margin < 0:
         raise ConfigError(f"config key 'faces.margin': must be >= 0, got {config.faces.margin}")
+    if not 0.0 <= config.faces.min_score <= 1.0:
+        raise ConfigError(f"config key 'faces.min_score': must be in [0, 1], got {config.faces.min_score}")
     from fer_core.backends import INFERENCE_BACKENDS, resolve_device  # the registry is the one list (imports torch)
     if config.inference.backend not in INFERENCE_BACKENDS:
         raise ConfigError(f"config key 'inference.backend': {config.inference.backend!r} is not one of "

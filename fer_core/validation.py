@@ -16,7 +16,7 @@ An argument is valid when it satisfies any one of its constraints. A constraint 
 (an instance of it). ``bool`` is never an integer or a number here (``True`` is not a batch size);
 numpy integers and floats are. Defaults are not checked (they are the function's own), nor are
 arguments without a constraint. On a class the decorator checks the arguments of its ``__init__``
-(a dataclass's fields, also through ``dataclasses.replace``).
+(a dataclass's fields, also through ``dataclasses.replace``); an ``__init__`` is named by its class.
 """
 
 from __future__ import annotations
@@ -97,9 +97,9 @@ class Options(Constraint):
 
     @property
     def options(self) -> list[Any]:
-        """The accepted values now, in the registry's order (a set's sorted)."""
+        """The accepted values now: a sequence's in its order, a registry's (mapping, set) sorted."""
         options = self._options() if callable(self._options) else self._options
-        return list(options) if isinstance(options, (Sequence, Mapping)) else sorted(options)
+        return list(options) if isinstance(options, Sequence) else sorted(options)
 
     def is_satisfied_by(self, value: Any) -> bool:
         if not isinstance(value, self.kind) or (_is_bool(value) and self.kind is not bool):
@@ -176,7 +176,8 @@ def validate_params(constraints: Mapping[str, Sequence[Constraint | type | None]
 
     def decorate(target: Decorated) -> Decorated:
         function = target.__init__ if isinstance(target, type) else target
-        caller = target.__qualname__
+        # a class by its name, a function defined in another without the outer's name
+        caller = target.__qualname__.removesuffix(".__init__").rpartition("<locals>.")[2]
         signature = inspect.signature(function)
         unknown = sorted(set(checked) - set(signature.parameters))
         if unknown:

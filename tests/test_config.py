@@ -53,6 +53,8 @@ def test_removed_keys_warn_at_the_value_in_effect_and_fail_at_any_other(tmp_path
     ("model:\n  weights_path: weights/nothing_here.safetensors\n", "model.weights_path"),
     ("faces:\n  detector: dlib\n", "faces.detector"),
     ("faces:\n  mediapipe_model: /no/such/model.tflite\n", "faces.mediapipe_model"),
+    ("faces:\n  max_faces: 0\n", "faces.max_faces"),
+    ("faces:\n  min_score: 1.5\n", "faces.min_score"),
     ("preprocessing:\n  mean: [0.5, 0.5]\n", "preprocessing.mean"),
     ("data:\n  val_fraction: 1.5\n", "data.val_fraction"),
     ("data: 12\n", "data"),

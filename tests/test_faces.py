@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fer_core.config import ENV_FACE_MODEL, SHIPPED_FACE_MODELS, config_from_dict
-from fer_core.errors import ConfigError, DataError, ModelLoadError
+from fer_core.errors import ConfigError, DataError, InvalidArgument, ModelLoadError
 from fer_core.faces import (
     CROP_PAD_VALUE,
     KEYPOINT_NAMES,
@@ -331,7 +331,7 @@ def test_model_file_errors_name_the_path(tmp_path):
 
 
 def test_bad_arguments_are_clear_errors(mediapipe):
-    with pytest.raises(ConfigError, match="haar.*mediapipe"):
+    with pytest.raises(InvalidArgument, match="create_detector.*'name'.*haar.*mediapipe.*'retinaface'"):
         create_detector("retinaface")
     with pytest.raises(DataError, match="x1 > x0"):
         Detection((10, 10, 5, 20), 0.9)
@@ -341,9 +341,11 @@ def test_bad_arguments_are_clear_errors(mediapipe):
         mediapipe.detect(np.zeros((64, 64, 3), np.float32))
     with pytest.raises(DataError, match=r"\(H, W, 3\)"):
         mediapipe.detect(np.zeros((64, 64, 4), np.uint8))
-    with pytest.raises(ConfigError, match="min_score"):
+    with pytest.raises(InvalidArgument, match=r"HaarDetector\(\) argument 'min_score': expected a number in \[0, 1\]"):
         HaarDetector(min_score=1.5)
-    with pytest.raises(ConfigError, match="crop size"):
+    with pytest.raises(InvalidArgument, match=r"align_face\(\) argument 'size': expected an integer >= 1, got 0"):
         align_face(np.zeros((8, 8, 3), np.uint8), Detection((0, 0, 4, 4), 1.0), size=0)
-    with pytest.raises(ConfigError, match="max_faces"):
+    with pytest.raises(InvalidArgument, match=r"FacePipeline\(\) argument 'max_faces'"):
         FacePipeline(None, max_faces=0)
+    with pytest.raises(InvalidArgument, match="paddings"):
+        MediaPipeDetector(paddings=(0.1, -0.2))

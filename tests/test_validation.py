@@ -64,6 +64,9 @@ def test_intervals_say_which_bounds_belong():
     assert half_open.is_satisfied_by(0) and not half_open.is_satisfied_by(1) and half_open.is_satisfied_by(0.999)
     assert Interval(Real, 0, None).is_satisfied_by(float("inf")) and not Interval(Real, 0, 1).is_satisfied_by(-1e-9)
     assert str(Options(int, {3, 1, 2})) == "one of [1, 2, 3]" and not Options(int, {1}).is_satisfied_by(True)
+    # a registry (mapping, set) is listed sorted, a tuple in its own order
+    assert str(StrOptions({"mediapipe": 1, "haar": 2})) == "one of ['haar', 'mediapipe']"
+    assert str(StrOptions(("signed", "abs"))) == "one of ['signed', 'abs']"
 
 
 def test_a_class_is_checked_on_construction_and_on_replace():
@@ -81,6 +84,10 @@ def test_a_class_is_checked_on_construction_and_on_replace():
 
 def test_methods_wrong_calls_and_declaration_mistakes():
     class Cache:
+        @validate_params({"path": [str]})
+        def __init__(self, path: str = "cache.sqlite") -> None:
+            self.path = path
+
         @validate_params({"days": [Interval(Real, 0, None), None]})
         def prune(self, days: float | None = None) -> float | None:
             return days
@@ -88,6 +95,8 @@ def test_methods_wrong_calls_and_declaration_mistakes():
     assert Cache().prune(2.5) == 2.5
     with pytest.raises(InvalidArgument, match=r"Cache.prune\(\) argument 'days'"):
         Cache().prune(-1)
+    with pytest.raises(InvalidArgument, match=r"^Cache\(\) argument 'path': expected a string, got None$"):
+        Cache(None)
     with pytest.raises(TypeError, match="unexpected keyword argument 'dayz'"):  # Python's own message
         Cache().prune(dayz=1)
     with pytest.raises(TypeError, match=r"has no parameter\(s\) \['size'\]"):

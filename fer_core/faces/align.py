@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import cv2
 import numpy as np
 
-from fer_core.errors import ConfigError
 from fer_core.faces.detectors import LEFT_EYE, MOUTH, RIGHT_EYE, Detection, as_rgb
+from fer_core.validation import Interval, validate_params
 
 #: Value of every channel of crop pixels beyond the image edge (mid grey). A constant, not the
 #: repeated edge pixels (``BORDER_REPLICATE``), which draw streaks that only faces cut by the
@@ -40,16 +41,10 @@ class Face:
         return np.asarray(points, dtype=np.float64) @ inverse[:, :2].T + inverse[:, 2]
 
 
-def check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ConfigError(f"face crop size: expected a positive integer, got {size!r}")
-    return int(size)
-
-
-def check_margin(margin: float) -> float:
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0:
-        raise ConfigError(f"face margin: expected a number >= 0, got {margin!r}")
-    return float(margin)
+#: The argument checks of a crop's geometry (see :func:`fer_core.validation.validate_params`):
+#: a side in pixels, and a border as a fraction of the face box's side.
+CROP_SIZE = Interval(Integral, 1, None)
+MARGIN = Interval(Real, 0, None)
 
 
 def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -90,6 +85,7 @@ def _warp(rgb: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
                           borderValue=(CROP_PAD_VALUE,) * 3)
 
 
+@validate_params({"size": [CROP_SIZE], "margin": [MARGIN]})
 def align_face(rgb: np.ndarray, detection: Detection, size: int, margin: float = 0.25,
                align: bool = True) -> Face:
     """A ``size`` x ``size`` crop of the face ``detection`` found in ``rgb``.
@@ -102,7 +98,7 @@ def align_face(rgb: np.ndarray, detection: Detection, size: int, margin: float =
     edge are :data:`CROP_PAD_VALUE`.
     """
     rgb = as_rgb(rgb)
-    size, margin = check_size(size), check_margin(margin)
+    size, margin = int(size), float(margin)
     side = max(detection.width, detection.height) * (1.0 + 2.0 * margin)
     keypoints = detection.keypoints
     angle = eye_angle(keypoints) if align and keypoints is not None else 0.0
@@ -116,13 +112,14 @@ def align_face(rgb: np.ndarray, detection: Detection, size: int, margin: float =
     return Face(_warp(rgb, matrix, size), detection, matrix, crop_keypoints)
 
 
+@validate_params({"size": [CROP_SIZE, None]})
 def whole_image_face(rgb: np.ndarray, size: int | None = None) -> Face:
     """The whole image as a face, for datasets of pre-cropped faces: its centre square,
     resized to ``size`` when given. The detection is the whole image, score 1.0, no keypoints."""
     rgb = as_rgb(rgb)
     height, width = rgb.shape[:2]
     side = min(height, width)
-    size = side if size is None else check_size(size)
+    size = side if size is None else int(size)
     x0, y0 = (width - side) // 2, (height - side) // 2
     crop = rgb[y0:y0 + side, x0:x0 + side]
     if size != side:

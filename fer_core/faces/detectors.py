@@ -15,6 +15,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Sequence, TypeVar
 
@@ -22,7 +23,8 @@ import cv2
 import numpy as np
 
 from fer_core.config import ENV_FACE_MODEL, SHIPPED_FACE_MODELS, FacesConfig, face_model_file
-from fer_core.errors import ConfigError, DataError, ModelLoadError
+from fer_core.errors import ConfigError, DataError, InvalidArgument, ModelLoadError
+from fer_core.validation import Interval, StrOptions, validate_params
 
 #: Keypoint order of every :class:`Detection` (BlazeFace order). "right" is the subject's
 #: right, which is on the image's left for a frontal face.
@@ -88,16 +90,15 @@ class Detection:
         return (self.box[0] + self.box[2]) / 2.0, (self.box[1] + self.box[3]) / 2.0
 
 
-def _check_score(min_score: float) -> float:
-    if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0.0 <= min_score <= 1.0:
-        raise ConfigError(f"min_score: expected a number in [0, 1], got {min_score!r}")
-    return float(min_score)
+#: The argument checks shared by the detectors: a score threshold and a padding fraction.
+SCORE = Interval(Real, 0, 1)
+PADDING = Interval(Real, 0, None)
 
 
 def _check_paddings(paddings: Sequence[float]) -> tuple[float, ...]:
     paddings = tuple(paddings)
-    if not paddings or any(isinstance(p, bool) or not isinstance(p, (int, float)) or p < 0 for p in paddings):
-        raise ConfigError(f"paddings: expected one or more numbers >= 0, got {paddings!r}")
+    if not paddings or not all(PADDING.is_satisfied_by(p) for p in paddings):
+        raise InvalidArgument(f"paddings: expected one or more numbers >= 0, got {paddings!r}")
     return tuple(float(p) for p in paddings)
 
 
@@ -167,10 +168,9 @@ def register_detector(cls: DetectorType) -> DetectorType:
     return cls
 
 
+@validate_params({"name": [StrOptions(DETECTORS)]})
 def create_detector(name: str, **kwargs) -> FaceDetector:
     """The detector registered as ``name`` (``"mediapipe"`` or ``"haar"``), built with ``kwargs``."""
-    if name not in DETECTORS:
-        raise ConfigError(f"unknown face detector {name!r}; expected one of {sorted(DETECTORS)}")
     return DETECTORS[name](**kwargs)
 
 
@@ -319,10 +319,11 @@ class MediaPipeDetector(FaceDetector):
 
     name = "mediapipe"
 
+    @validate_params({"min_score": [SCORE]})
     def __init__(self, model_path: str | Path | None = None, min_score: float = 0.5,
                  paddings: Sequence[float] = (0.15, 0.5)) -> None:
         self.model_path = face_model_file(model_path)
-        self.min_score = _check_score(min_score)
+        self.min_score = float(min_score)
         self.paddings = _check_paddings(paddings)
         if not self.model_path.is_file():
             raise ModelLoadError(
@@ -427,19 +428,15 @@ class HaarDetector(FaceDetector):
     _FACE_FILE = "haarcascade_frontalface_default.xml"
     _EYE_FILE = "haarcascade_eye.xml"
 
+    @validate_params({"min_score": [SCORE], "padding": [PADDING], "max_side": [Interval(Integral, 64, None)],
+                      "min_face": [Interval(Real, 0, 1, closed="right")],
+                      "min_neighbors": [Interval(Integral, 1, None)]})
     def __init__(self, min_score: float = 0.5, padding: float = 0.25, max_side: int = 640,
                  min_face: float = 0.1, min_neighbors: int = 5) -> None:
-        self.min_score = _check_score(min_score)
-        self.padding = _check_paddings([padding])[0]
-        if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 64:
-            raise ConfigError(f"max_side: expected an integer >= 64, got {max_side!r}")
-        if isinstance(min_neighbors, bool) or not isinstance(min_neighbors, int) or min_neighbors < 1:
-            raise ConfigError(f"min_neighbors: expected an integer >= 1, got {min_neighbors!r}")
-        if isinstance(min_face, bool) or not isinstance(min_face, (int, float)) or not 0 < min_face <= 1:
-            raise ConfigError(f"min_face: expected a fraction in (0, 1], got {min_face!r}")
-        self.max_side = max_side
+        self.min_score, self.padding = float(min_score), float(padding)
+        self.max_side = int(max_side)
         self.min_face = float(min_face)
-        self.min_neighbors = min_neighbors
+        self.min_neighbors = int(min_neighbors)
         self._faces = self._cascade(self._FACE_FILE)
         self._eyes = self._cascade(self._EYE_FILE)
         self._lock = threading.Lock()  # a CascadeClassifier is not safe to call from two threads

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from numbers import Integral
 
 import numpy as np
 
 from fer_core.config import Config, FacesConfig
-from fer_core.errors import ConfigError
-from fer_core.faces.align import CROP_PAD_VALUE, Face, align_face, check_margin, check_size, whole_image_face
+from fer_core.faces.align import CROP_PAD_VALUE, CROP_SIZE, MARGIN, Face, align_face, whole_image_face
 from fer_core.faces.detectors import Detection, FaceDetector, as_rgb, detector_from_config
+from fer_core.validation import Interval, validate_params
 
 
 class FacePipeline:
@@ -26,19 +27,15 @@ class FacePipeline:
         max_faces: at most this many faces per image (the largest ones).
     """
 
+    @validate_params({"detector": [FaceDetector, None], "crop_size": [CROP_SIZE], "margin": [MARGIN],
+                      "align": [bool], "max_faces": [Interval(Integral, 1, None)]})
     def __init__(self, detector: FaceDetector | None, crop_size: int = 224, margin: float = 0.25,
                  align: bool = True, max_faces: int = 20) -> None:
-        if detector is not None and not isinstance(detector, FaceDetector):
-            raise ConfigError(f"detector: expected a FaceDetector or None, got {type(detector).__name__}")
-        if isinstance(max_faces, bool) or not isinstance(max_faces, int) or max_faces < 1:
-            raise ConfigError(f"max_faces: expected a positive integer, got {max_faces!r}")
-        if not isinstance(align, bool):
-            raise ConfigError(f"align: expected true or false, got {align!r}")
         self.detector = detector
-        self.crop_size = check_size(crop_size)
-        self.margin = check_margin(margin)
-        self.align = align
-        self.max_faces = max_faces
+        self.crop_size = int(crop_size)
+        self.margin = float(margin)
+        self.align = bool(align)
+        self.max_faces = int(max_faces)
 
     @classmethod
     def from_config(cls, config: Config, crop_size: int) -> "FacePipeline":

@@ -25,6 +25,7 @@ import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,8 +35,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from fer_core.data.splits import sequential_group_splits, warn_empty_sides
-from fer_core.errors import ConfigError, DataError
-from fer_core.faces.align import align_face, check_margin, check_size
+from fer_core.errors import DataError
+from fer_core.faces.align import CROP_SIZE, MARGIN, align_face
 from fer_core.faces.detectors import Detection, FaceDetector, as_rgb
 from fer_core.images import load_rgb
 from fer_core.labels import folder_name
@@ -43,6 +44,7 @@ from fer_core.runs import contained_path, write_parquet_atomic
 from fer_core.synthetic.grid import GridLayout, GridSettings, Span, find_layout
 from fer_core.synthetic.ledger import COMMITTED, CreditLedger
 from fer_core.synthetic.quality import QualityThresholds, hash_distance, measure_face, perceptual_hash
+from fer_core.validation import Interval, validate_params
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,12 @@ SPLITS = ("train", "test")
 GRID_FIELDS = ("prompt_id", "emotion", "gender", "intensity", "age_range", "template", "backend", "model", "seed")
 
 
+_FRACTION = Interval(Real, 0, 1)
+
+
+@validate_params({"face_size": [CROP_SIZE], "margin": [MARGIN], "align": [bool],
+                  "layout": [Interval(Integral, 1, None)], "min_confirmed": [_FRACTION], "prior_margin": [_FRACTION],
+                  "test_fraction": [_FRACTION]})
 @dataclass(frozen=True)
 class ExtractSettings:
     """How faces are cut from grids.
@@ -84,16 +92,6 @@ class ExtractSettings:
     split_seed: int = 0
     grid: GridSettings = field(default_factory=GridSettings)
     thresholds: QualityThresholds = field(default_factory=QualityThresholds)
-
-    def __post_init__(self) -> None:
-        check_size(self.face_size)
-        check_margin(self.margin)
-        if isinstance(self.layout, bool) or not isinstance(self.layout, int) or self.layout < 1:
-            raise ConfigError(f"layout: expected a positive integer, got {self.layout!r}")
-        for key in ("min_confirmed", "prior_margin", "test_fraction"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{key}: expected a fraction in [0, 1], got {value!r}")
 
 
 @dataclass
