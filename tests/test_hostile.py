@@ -35,7 +35,8 @@ from PIL import Image
 from fer_core.cli import main
 from fer_core.config import load_config
 from fer_core.data import DataWarning, Fer2013CsvDataset, FerPlusDataset, install_archive
-from fer_core.errors import ConfigError, DataError, ImageDecodeError, ModelLoadError, UntrustedPickleError
+from fer_core.errors import (ConfigError, DataError, ImageDecodeError, InvalidArgument, ModelLoadError,
+                             UntrustedPickleError)
 from fer_core.faces import FacePipeline, HaarDetector, whole_image_face
 from fer_core.images import MAX_PIXELS, load_rgb
 from fer_core.models import EmotionRecognizer, load_model, save_model
@@ -823,7 +824,7 @@ def test_api_keys_come_only_from_the_environment():
     from fer_core.synthetic.backends import HttpBackend, create_backend
     source = (REPO / "fer_core" / "synthetic" / "backends.py").read_text()
     assert source.count("os.environ") == 1 and "os.environ.get(self.api_key_env)" in source
-    with pytest.raises(ConfigError, match="read from the environment only"):
+    with pytest.raises(InvalidArgument, match="read from the environment only"):
         create_backend("http", endpoint="https://example.invalid/v1", api_key="sk-live-123")
     backend = create_backend("http", endpoint="https://example.invalid/v1", api_key_env="FER_TEST_KEY_UNSET")
     assert isinstance(backend, HttpBackend) and "sk-" not in json.dumps(vars(backend), default=str)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from fer_core.cli import main
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import ConfigError, DataError, InvalidArgument
 from fer_core.faces import Detection, Face, MediaPipeDetector, align_face
 from fer_core.images import load_rgb
 from fer_core.synthetic import (
@@ -81,7 +81,7 @@ def test_current_template_encodes_the_plan_findings():
 @pytest.mark.parametrize("kwargs", [dict(emotion="Joy"), dict(emotion="Anger", gender="people"),
                                     dict(emotion="Anger", intensity="huge"), dict(emotion="Anger", layout=1)])
 def test_prompt_spec_rejects_bad_fields(kwargs):
-    with pytest.raises(ConfigError):
+    with pytest.raises(InvalidArgument, match=rf"PromptSpec\(\) argument '{list(kwargs)[-1]}'"):
         PromptSpec(**kwargs)
 
 
@@ -99,12 +99,12 @@ def test_mixed_and_unstated_genders():
     assert len(ids) == 4
     assert [parse_gender(t) for t in ("Mixed", " women", "unspecified", "", None)] == ["mixed", "women", None, None,
                                                                                        None]
-    with pytest.raises(ConfigError, match="gender"):
+    with pytest.raises(InvalidArgument, match="gender"):
         parse_gender("people")
 
 
 def test_unknown_template_is_a_clear_error():
-    with pytest.raises(ConfigError, match="plan-best"):
+    with pytest.raises(InvalidArgument, match="'template': expected one of .*'plan-best'.*got 'nope'"):
         build_prompt(PromptSpec("Anger"), "nope")
 
 
@@ -387,8 +387,12 @@ def test_quality_measures_and_thresholds(clean_faces, detector):
     assert "underexposed" in dark.problems(QualityThresholds())
     assert "blurry" in flat.problems(QualityThresholds()) and flat.sharpness < sharp.sharpness / 5
     assert "too small" in sharp.problems(QualityThresholds(min_face_pixels=500))
-    with pytest.raises(ConfigError, match="min_brightness"):
+    with pytest.raises(InvalidArgument, match="min_brightness"):
         QualityThresholds(min_brightness=200, max_brightness=100)
+    with pytest.raises(InvalidArgument, match=r"QualityThresholds\(\) argument 'max_roll': expected a number >= 0"):
+        QualityThresholds(max_roll=-1)
+    with pytest.raises(InvalidArgument, match=r"GridSettings\(\) argument 'jitter': expected an integer >= 0, got 1.5"):
+        GridSettings(jitter=1.5)
     with pytest.raises(ConfigError, match="unknown quality thresholds"):
         QualityThresholds.from_dict({"sharpness": 3})
 
@@ -651,7 +655,7 @@ def test_diffusers_backend_never_downloads(tmp_path):
     except ImportError:
         with pytest.raises(ModelLoadError, match="diffusers"):
             create_backend("diffusers", model_dir=tmp_path)
-    with pytest.raises(ConfigError, match="unknown grid backend"):
+    with pytest.raises(InvalidArgument, match=r"create_backend\(\) argument 'name': expected one of .*'http'"):
         create_backend("dall-e")
 
 

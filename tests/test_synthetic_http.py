@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from fer_core.cli import main
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import ConfigError, DataError, InvalidArgument
 from fer_core.images import load_rgb
 from fer_core.synthetic import (
     CreditBudgetError,
@@ -261,11 +261,11 @@ def test_missing_key_and_bad_settings_are_clear_errors(api, monkeypatch, tmp_pat
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(ConfigError, match=f"{KEY_ENV} is not set"):
         backend_for(api).generate(PROMPT, 0)
-    with pytest.raises(ConfigError, match="endpoint"):
+    with pytest.raises(InvalidArgument, match="endpoint"):
         create_backend("http", endpoint="ftp://example.org")
-    with pytest.raises(ConfigError, match="max_retries"):
+    with pytest.raises(InvalidArgument, match=r"HttpBackend\(\) argument 'max_retries': expected an integer >= 0"):
         create_backend("http", endpoint=api.url, max_retries=-1)
-    with pytest.raises(DataError, match="budget"):
+    with pytest.raises(InvalidArgument, match="budget"):
         CreditLedger(tmp_path / "ledger.json", budget=-1)
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(DataError, match="corrupt credit ledger"):

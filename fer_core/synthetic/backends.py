@@ -27,15 +27,17 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
-from fer_core.errors import ConfigError, DataError, FerCoreError, ImageDecodeError, ModelLoadError
+from fer_core.errors import ConfigError, DataError, FerCoreError, ImageDecodeError, InvalidArgument, ModelLoadError
 from fer_core.images import load_rgb
 from fer_core.synthetic.ledger import COMMITTED, CreditLedger
 from fer_core.synthetic.prompts import Prompt
+from fer_core.validation import Interval, StrOptions, validate_params
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +88,9 @@ def register_backend(cls: BackendType) -> BackendType:
     return cls
 
 
+@validate_params({"name": [StrOptions(BACKENDS)]})
 def create_backend(name: str, **kwargs: Any) -> GridBackend:
     """The backend registered as ``name`` (``"http"``, ``"diffusers"``, ``"import"``), built with ``kwargs``."""
-    if name not in BACKENDS:
-        raise ConfigError(f"unknown grid backend {name!r}; expected one of {sorted(BACKENDS)}")
     parameters = inspect.signature(BACKENDS[name]).parameters
     unknown = sorted(set(kwargs) - set(parameters))
     missing = [p for p, spec in parameters.items() if spec.default is inspect.Parameter.empty and p not in kwargs]
@@ -97,7 +98,7 @@ def create_backend(name: str, **kwargs: Any) -> GridBackend:
         secret = " (API keys are read from the environment only: name the variable with api_key_env)" \
             if any("key" in k.lower() or "token" in k.lower() for k in unknown) else ""
         problems = [f"unknown arguments {unknown}"] * bool(unknown) + [f"missing arguments {missing}"] * bool(missing)
-        raise ConfigError(f"grid backend {name!r}: {', '.join(problems)}; accepted: {list(parameters)}{secret}")
+        raise InvalidArgument(f"grid backend {name!r}: {', '.join(problems)}; accepted: {list(parameters)}{secret}")
     return BACKENDS[name](**kwargs)
 
 
@@ -115,8 +116,8 @@ def _fill(template: Any, values: dict[str, Any]) -> Any:
         try:
             return template.format(**values)
         except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(f"payload template {template!r}: unknown or bad placeholder ({exc}); "
-                              f"available: {sorted(values)}") from None
+            raise InvalidArgument(f"payload template {template!r}: unknown or bad placeholder ({exc}); "
+                                  f"available: {sorted(values)}") from None
     return template
 
 
@@ -143,6 +144,10 @@ def _json_path(value: Any, path: str) -> Any:
         else:
             raise GenerationError(f"the JSON response has no field {path!r} (stopped at {part!r})")
     return value
+
+
+#: A wait in seconds: a number >= 0.
+_SECONDS = Interval(Real, 0, None)
 
 
 @register_backend
@@ -173,22 +178,18 @@ class HttpBackend(GridBackend):
 
     name = "http"
 
+    @validate_params({"endpoint": [str], "api_key_env": [str, None], "max_retries": [Interval(Integral, 0, None)],
+                      "timeout": [Interval(Real, 0, None, closed="neither")], "backoff": [_SECONDS],
+                      "max_delay": [_SECONDS], "min_interval": [_SECONDS]})
     def __init__(self, endpoint: str, payload: dict[str, Any] | None = None, api_key_env: str | None = None,
                  image_field: str = "data.0.b64_json", model_name: str = "http", size: int = 1024,
                  auth_header: str = "Authorization", auth_scheme: str = "Bearer", timeout: float = 120.0,
                  max_retries: int = 4, backoff: float = 2.0, max_delay: float = 60.0, min_interval: float = 0.0,
                  credits_per_grid: int = 1, sleep: Callable[[float], None] = time.sleep) -> None:
-        if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
-            raise ConfigError(f"endpoint: expected an http:// or https:// URL, got {endpoint!r}")
-        for key, value in (("timeout", timeout), ("backoff", backoff), ("max_delay", max_delay),
-                           ("min_interval", min_interval)):
-            too_small = value < 0 or (key == "timeout" and value == 0)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or too_small:
-                raise ConfigError(f"{key}: expected a number >= 0 (timeout > 0), got {value!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ConfigError(f"max_retries: expected an integer >= 0, got {max_retries!r}")
-        if api_key_env is not None and (not isinstance(api_key_env, str) or not api_key_env):
-            raise ConfigError(f"api_key_env: expected the name of an environment variable, got {api_key_env!r}")
+        if not endpoint.startswith(("http://", "https://")):
+            raise InvalidArgument(f"endpoint: expected an http:// or https:// URL, got {endpoint!r}")
+        if api_key_env == "":
+            raise InvalidArgument("api_key_env: expected the name of an environment variable, got ''")
         self.endpoint = endpoint
         self.payload = copy.deepcopy(payload if payload is not None else {"prompt": "{prompt}", "seed": "{seed}"})
         self.api_key_env = api_key_env

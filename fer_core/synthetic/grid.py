@@ -16,17 +16,25 @@ then confirm the layout (see :mod:`fer_core.synthetic.extract`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import cv2
 import numpy as np
 
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError
 from fer_core.faces.detectors import as_rgb
+from fer_core.validation import Interval, validate_params
 
 #: Profiles are computed on the image shrunk to at most this side.
 PROFILE_SIDE = 1024
 
 
+_POSITIVE = [Interval(Real, 0, None, closed="neither")]
+
+
+@validate_params({"flat_tolerance": _POSITIVE, "gutter_fraction": _POSITIVE, "edge_ratio": _POSITIVE,
+                  "seam_fraction": _POSITIVE, "min_cell_ratio": _POSITIVE, "jitter": [Interval(Integral, 0, None)],
+                  "max_cells": [Interval(Integral, 1, None)]})
 @dataclass(frozen=True)
 class GridSettings:
     """How separators are found.
@@ -50,15 +58,6 @@ class GridSettings:
     min_cell_ratio: float = 0.55
     max_cells: int = 12
 
-    def __post_init__(self) -> None:
-        for key in ("flat_tolerance", "gutter_fraction", "edge_ratio", "seam_fraction", "min_cell_ratio"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"grid setting {key}: expected a number > 0, got {value!r}")
-        for key in ("jitter", "max_cells"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "jitter" else 1):
-                raise ConfigError(f"grid setting {key}: expected a non-negative integer, got {value!r}")
 
 
 Span = tuple[int, int]

@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,10 @@ import numpy as np
 
 from fer_core.errors import DataError, FerCoreError
 from fer_core.runs import utc_now, write_json_atomic
+from fer_core.validation import Interval, validate_params
+
+#: A number of credits: an integer >= 0.
+CREDITS = Interval(Integral, 0, None)
 
 LEDGER_VERSION = 1
 #: The backend name of imported grids (the only entries a revert removes).
@@ -47,17 +52,12 @@ class CreditLedger:
         budget: set or change the budget (credits); None keeps the stored one (0 for a new ledger).
     """
 
+    @validate_params({"budget": [CREDITS, None]})
     def __init__(self, path: str | Path, budget: int | None = None) -> None:
         self.path = Path(path)
         if budget is not None:
-            self._check_budget(budget)
             with self._locked() as state:
-                state["budget"] = budget
-
-    @staticmethod
-    def _check_budget(budget: int) -> None:
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
-            raise DataError(f"credit budget: expected an integer >= 0, got {budget!r}")
+                state["budget"] = int(budget)
 
     def _read(self) -> dict[str, Any]:
         if not self.path.is_file():
@@ -101,11 +101,11 @@ class CreditLedger:
         """Reservations never committed or released (an interrupted generation)."""
         return self.entries(RESERVED)
 
+    @validate_params({"credits": [CREDITS]})
     def reserve(self, credits: int, **record: Any) -> str:
         """Hold ``credits`` for one grid and return the entry id; :class:`CreditBudgetError`
         when the budget cannot cover it. ``record``: prompt, prompt_id, seed, backend, model, ..."""
-        if isinstance(credits, bool) or not isinstance(credits, int) or credits < 0:
-            raise DataError(f"credits: expected an integer >= 0, got {credits!r}")
+        credits = int(credits)
         with self._locked() as state:
             spent = sum(e["credits"] for e in state["entries"] if e["status"] in CHARGED)
             if spent + credits > state["budget"]:

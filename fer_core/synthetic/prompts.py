@@ -15,9 +15,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from numbers import Integral
 
-from fer_core.errors import ConfigError
+from fer_core.errors import InvalidArgument
 from fer_core.labels import EMOTIONS
+from fer_core.validation import Interval, StrOptions, validate_params
 
 #: Genders a prompt can ask for ("mixed": women and men in one grid); None leaves it unstated.
 GENDERS = ("women", "men", "mixed")
@@ -36,6 +38,9 @@ EMOTION_WORDS = {
 INTENSITY_ADVERBS = {"slight": "slightly", "moderate": "moderately", "extreme": "extremely"}
 
 
+@validate_params({"emotion": [StrOptions(EMOTIONS)], "gender": [StrOptions(GENDERS), None],
+                  "intensity": [StrOptions(INTENSITIES), None], "age_range": [str, None],
+                  "layout": [Interval(Integral, 2, 10)]})
 @dataclass(frozen=True)
 class PromptSpec:
     """What a grid should show.
@@ -56,16 +61,9 @@ class PromptSpec:
     layout: int = 6
 
     def __post_init__(self) -> None:
-        if self.emotion not in EMOTIONS:
-            raise ConfigError(f"emotion: expected one of {list(EMOTIONS)}, got {self.emotion!r}")
-        if self.gender is not None and self.gender not in GENDERS:
-            raise ConfigError(f"gender: expected one of {list(GENDERS)} or None (unstated), got {self.gender!r}")
-        if self.intensity is not None and self.intensity not in INTENSITIES:
-            raise ConfigError(f"intensity: expected one of {list(INTENSITIES)} or None, got {self.intensity!r}")
-        if self.age_range is not None and (not isinstance(self.age_range, str) or not self.age_range.strip()):
-            raise ConfigError(f"age_range: expected text such as '20-35' or None, got {self.age_range!r}")
-        if isinstance(self.layout, bool) or not isinstance(self.layout, int) or not 2 <= self.layout <= 10:
-            raise ConfigError(f"layout: expected an integer from 2 to 10, got {self.layout!r}")
+        if self.age_range is not None and not self.age_range.strip():
+            raise InvalidArgument(f"age_range: expected text such as '20-35' or None, got {self.age_range!r}")
+        object.__setattr__(self, "layout", int(self.layout))  # a numpy integer would not go into the JSON ledger
 
 
 @dataclass(frozen=True)
@@ -107,12 +105,12 @@ def _expression(spec: PromptSpec) -> str:
 
 
 def parse_gender(text: str | None) -> str | None:
-    """A gender field as typed (any case; blank or ``"unspecified"``: None); a :class:`ConfigError` otherwise."""
+    """A gender field as typed (any case; blank or ``"unspecified"``: None); an :class:`InvalidArgument` otherwise."""
     value = (text or "").strip().lower()
     if value in ("", UNSPECIFIED):
         return None
     if value not in GENDERS:
-        raise ConfigError(f"gender: expected one of {[*GENDERS, UNSPECIFIED]}, got {text!r}")
+        raise InvalidArgument(f"gender: expected one of {[*GENDERS, UNSPECIFIED]}, got {text!r}")
     return value
 
 
@@ -175,10 +173,9 @@ def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
+@validate_params({"template": [StrOptions(TEMPLATES)]})
 def build_prompt(spec: PromptSpec, template: str = "current") -> Prompt:
     """The prompt ``template`` renders for ``spec`` (deterministic: same inputs, same text and id)."""
-    if template not in TEMPLATES:
-        raise ConfigError(f"unknown prompt template {template!r}; expected one of {sorted(TEMPLATES)}")
     version, render = TEMPLATES[template]
     return Prompt(render(spec), spec, template, version)
 
@@ -194,5 +191,5 @@ def prompt_matrix(emotions: tuple[str, ...] = EMOTIONS, genders: tuple[str | Non
 def custom_prompt(text: str, spec: PromptSpec) -> Prompt:
     """A prompt written by hand (e.g. the one typed into a web UI for an imported grid)."""
     if not isinstance(text, str) or not text.strip():
-        raise ConfigError("prompt text: expected a non-empty string")
+        raise InvalidArgument("prompt text: expected a non-empty string")
     return Prompt(text.strip(), spec, "custom", "custom")

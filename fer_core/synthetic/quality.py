@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from numbers import Integral, Real
 
 import cv2
 import numpy as np
 
-from fer_core.errors import ConfigError
+from fer_core.errors import ConfigError, InvalidArgument
 from fer_core.faces.align import eye_angle
 from fer_core.faces.detectors import LEFT_EYE, RIGHT_EYE, Detection
+from fer_core.validation import Interval, validate_params
 
 NOSE = 2
 
@@ -53,13 +55,9 @@ class QualityThresholds:
     duplicate_distance: int = 6
 
     def __post_init__(self) -> None:
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"quality threshold {field.name}: expected a number >= 0, got {value!r}")
         if self.min_brightness >= self.max_brightness:
-            raise ConfigError(f"quality thresholds: min_brightness {self.min_brightness} must be below "
-                              f"max_brightness {self.max_brightness}")
+            raise InvalidArgument(f"quality thresholds: min_brightness {self.min_brightness} must be below "
+                                  f"max_brightness {self.max_brightness}")
 
     @classmethod
     def from_dict(cls, values: dict) -> QualityThresholds:
@@ -71,6 +69,11 @@ class QualityThresholds:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Every threshold is a number >= 0; the duplicate distance a whole number of bits.
+validate_params({field.name: [Interval(Integral if field.name == "duplicate_distance" else Real, 0, None)]
+                 for field in fields(QualityThresholds)})(QualityThresholds)
 
 
 @dataclass(frozen=True)
