@@ -7,14 +7,20 @@ were drawn (``fer2013:test[stratified 500, seed 0]``). :func:`fer_core.precomput
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any, Sequence
 
 import numpy as np
 
 from fer_core.data import FaceDataset, SubsetDataset
-from fer_core.errors import ConfigError
+from fer_core.errors import InvalidArgument
+from fer_core.validation import Interval, validate_params
+
+#: A number of faces: an integer >= 1, or None for no limit.
+_FACES = [Interval(Integral, 1, None), None]
 
 
+@validate_params({"limit": _FACES, "per_class": _FACES, "seed": [Interval(Integral, None, None)]})
 @dataclass(frozen=True)
 class Sampling:
     """Which faces of a dataset a run uses: a seeded sample stratified by class, either
@@ -26,14 +32,11 @@ class Sampling:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("limit", "per_class"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name}: expected a positive number of faces, got {value!r}")
         if self.limit is not None and self.per_class is not None:
-            raise ConfigError("limit and per_class both choose the faces; give one of them")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"sample seed: expected an integer, got {self.seed!r}")
+            raise InvalidArgument("limit and per_class both choose the faces; give one of them")
+        for name in ("limit", "per_class", "seed"):  # plain ints for run.json (a numpy integer is not JSON)
+            value = getattr(self, name)
+            object.__setattr__(self, name, None if value is None else int(value))
 
     @property
     def active(self) -> bool:
