@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from numbers import Integral, Real
 
 import numpy as np
 
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.labels import EMOTIONS
+from fer_core.validation import Interval, StrOptions, validate_params
 
 Projection = Callable[..., np.ndarray]
 
@@ -74,19 +76,18 @@ def _umap(features: np.ndarray, seed: int, **params) -> np.ndarray:
     return UMAP(n_components=2, random_state=seed, **params).fit_transform(features)
 
 
+@validate_params({"method": [StrOptions(PROJECTIONS)]})
 def project(features: np.ndarray, method: str = "pca", seed: int = 0, **params) -> np.ndarray:
     """Project ``(N, D)`` features to ``(N, 2)`` with a method of :data:`PROJECTIONS`.
 
     ``seed`` makes the result deterministic; ``params`` go to the method (PCA, t-SNE or
     UMAP keyword arguments, e.g. ``perplexity`` or ``n_neighbors``).
     """
-    if method not in PROJECTIONS:
-        raise ConfigError(f"unknown projection {method!r}; expected one of {sorted(PROJECTIONS)}")
     array = check_features(features, min_rows=4)
     try:
         return np.asarray(PROJECTIONS[method](array, seed, **params), dtype=np.float64)
     except TypeError as exc:
-        raise ConfigError(f"invalid parameters {sorted(params)} for projection {method!r}: {exc}") from exc
+        raise InvalidArgument(f"invalid parameters {sorted(params)} for projection {method!r}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class DomainClassifierScore:
     folds: int
 
 
+@validate_params({"folds": [Interval(Integral, 2, None)]})
 def domain_classifier_accuracy(real: np.ndarray, synthetic: np.ndarray, folds: int = 5,
                                seed: int = 0) -> DomainClassifierScore:
     """Logistic regression on standardized features, stratified ``folds``-fold CV, telling
@@ -109,8 +111,6 @@ def domain_classifier_accuracy(real: np.ndarray, synthetic: np.ndarray, folds: i
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if folds < 2:
-        raise ConfigError(f"folds must be at least 2, got {folds}")
     real, synthetic = _check_pair(real, synthetic, min_rows=folds)
     features = np.concatenate([real, synthetic])
     domain = np.r_[np.zeros(len(real), dtype=np.int64), np.ones(len(synthetic), dtype=np.int64)]
@@ -146,18 +146,16 @@ def median_gamma(features: np.ndarray) -> float:
     return 1.0 / median
 
 
+@validate_params({"gamma": [Interval(Real, 0, None, closed="neither"), None],
+                  "permutations": [Interval(Integral, 1, None)]})
 def mmd_rbf(real: np.ndarray, synthetic: np.ndarray, gamma: float | None = None, permutations: int = 200,
             seed: int = 0) -> tuple[float, float]:
     """Unbiased MMD² with the RBF kernel ``exp(-gamma ||x - y||²)`` and its permutation-test
     p-value ``(1 + #{permuted >= observed}) / (1 + permutations)``. ``gamma`` None uses
     :func:`median_gamma` on the pooled features."""
     real, synthetic = _check_pair(real, synthetic)
-    if permutations < 1:
-        raise ConfigError(f"permutations must be at least 1, got {permutations}")
     pooled = np.concatenate([real, synthetic])
     gamma = median_gamma(pooled) if gamma is None else float(gamma)
-    if gamma <= 0.0:
-        raise ConfigError(f"gamma must be positive, got {gamma}")
     kernel = np.exp(-gamma * _squared_distances(pooled))
     first = np.arange(len(pooled)) < len(real)
     observed = _unbiased_mmd2(kernel, first)
@@ -166,14 +164,13 @@ def mmd_rbf(real: np.ndarray, synthetic: np.ndarray, gamma: float | None = None,
     return observed, (1.0 + exceed) / (1.0 + permutations)
 
 
+@validate_params({"subsets": [Interval(Integral, 1, None)], "subset_size": [Interval(Integral, 2, None)]})
 def kid(real: np.ndarray, synthetic: np.ndarray, subsets: int = 100, subset_size: int = 1000,
         seed: int = 0) -> tuple[float, float]:
     """Kernel Inception Distance (Binkowski et al. 2018) on these features: the mean and
     standard deviation over ``subsets`` random subsets of the unbiased MMD² with the kernel
     ``(x·y / D + 1)³``. ``subset_size`` is capped at the smaller set's size."""
     real, synthetic = _check_pair(real, synthetic)
-    if subsets < 1 or subset_size < 2:
-        raise ConfigError(f"need subsets >= 1 and subset_size >= 2, got {subsets} and {subset_size}")
     size = min(subset_size, len(real), len(synthetic))
     rng = np.random.default_rng(seed)
     first = np.arange(2 * size) < size
@@ -257,11 +254,10 @@ def domain_gap_report(real: np.ndarray, synthetic: np.ndarray, real_labels: np.n
     return report
 
 
+@validate_params({"k": [Interval(Integral, 1, None)]})
 def nearest_rows(query: np.ndarray, pool: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` rows of ``pool`` nearest to the feature vector ``query`` by cosine distance
     (``1 - cos``), nearest first: their indices and distances."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ConfigError(f"k: expected a positive number of neighbours, got {k!r}")
     query_row, pool = _check_pair(np.asarray(query).reshape(1, -1), pool, min_rows=1)
     distances = 1.0 - (_unit_rows(pool, "pool features") @ _unit_rows(query_row, "query features")[0])
     order = np.argsort(distances, kind="stable")[:k]

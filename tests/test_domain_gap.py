@@ -22,7 +22,7 @@ from fer_core.domain_gap import (
     nearest_real,
     project,
 )
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.faces import FacePipeline, create_detector
 from fer_core.inference import embed_dataset
 from fer_core.labels import EMOTIONS
@@ -166,10 +166,12 @@ def test_report_is_json_ready_and_agrees_with_the_metrics(domains):
 
 
 def test_bad_input_gets_clear_errors(domains):
-    with pytest.raises(ConfigError, match="unknown projection"):
+    with pytest.raises(InvalidArgument, match=r"project\(\) argument 'method': expected one of \['pca', .*'isomap'"):
         project(domains.real, "isomap")
-    with pytest.raises(ConfigError, match="invalid parameters"):
+    with pytest.raises(InvalidArgument, match="invalid parameters"):
         project(domains.real, "pca", not_a_parameter=1)
+    with pytest.raises(InvalidArgument, match=r"kid\(\) argument 'subset_size': expected an integer >= 2, got 1"):
+        kid(domains.real, domains.synthetic, subset_size=1)
     with pytest.raises(DataError, match="same width"):
         mmd_rbf(domains.real, domains.synthetic[:, :10])
     broken = domains.synthetic.copy()
