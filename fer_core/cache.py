@@ -18,6 +18,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
 from types import MappingProxyType
 from typing import Iterable, Iterator, Mapping
@@ -25,7 +26,8 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 
 from fer_core.config import Config
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument
+from fer_core.validation import Interval, StrOptions, validate_params
 
 #: The file under ``paths.cache_dir`` that :meth:`ResultCache.from_config` opens.
 RESULTS_FILE = "results.sqlite"
@@ -75,7 +77,7 @@ CREATE INDEX IF NOT EXISTS results_accessed ON results (accessed);
 
 def _check_text(name: str, value: object) -> str:
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"CacheKey.{name}: expected a non-empty string, got {value!r}")
+        raise InvalidArgument(f"CacheKey.{name}: expected a non-empty string, got {value!r}")
     return value
 
 
@@ -100,14 +102,15 @@ class CacheKey:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ConfigError(f"CacheKey.kind: expected one of {list(KINDS)}, got {self.kind!r}")
+            raise InvalidArgument(f"CacheKey.kind: expected one of {list(KINDS)}, got {self.kind!r}")
         for name in ("model", "preparation", "content"):
             _check_text(name, getattr(self, name))
         pairs = self.params.items() if isinstance(self.params, Mapping) else self.params
         try:
             params = tuple(sorted((_check_text("params name", str(k)), str(v)) for k, v in pairs))
         except (TypeError, ValueError):
-            raise ConfigError(f"CacheKey.params: expected a mapping of names to values, got {self.params!r}") from None
+            raise InvalidArgument(f"CacheKey.params: expected a mapping of names to values, "
+                                  f"got {self.params!r}") from None
         object.__setattr__(self, "params", params)
 
     def digest(self) -> str:
@@ -138,7 +141,7 @@ def content_hash(data: bytes | np.ndarray) -> str:
 
 def _encode(key: CacheKey, array: np.ndarray) -> tuple[str, bytes]:
     if not isinstance(key, CacheKey):
-        raise ConfigError(f"cache keys must be CacheKey objects, got {type(key).__name__}")
+        raise InvalidArgument(f"cache keys must be CacheKey objects, got {type(key).__name__}")
     values = np.asarray(array)
     if values.dtype.kind not in "fiub":
         raise DataError(f"only numeric arrays can be cached, got dtype {values.dtype} for {key.kind}")
@@ -164,8 +167,8 @@ class ResultCache:
     def __init__(self, path: Path | str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.path = Path(path)
         if self.path.is_dir():
-            raise ConfigError(f"cache path {self.path} is a folder; expected a database file such as "
-                              f"{self.path / RESULTS_FILE}")
+            raise InvalidArgument(f"cache path {self.path} is a folder; expected a database file such as "
+                                  f"{self.path / RESULTS_FILE}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._timeout_ms = int(timeout_s * 1000)
         self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
@@ -276,6 +279,8 @@ class ResultCache:
                 "bytes": sum(k["bytes"] for k in kinds.values()),
                 "file_bytes": sum(f.stat().st_size for f in files if f.exists()), "kinds": kinds, "models": models}
 
+    @validate_params({"kind": [StrOptions(KINDS), None], "older_than_days": [Interval(Real, 0, None), None],
+                      "keep_models": [Interval(Integral, 0, None), None]})
     def prune(self, model_fingerprint: str | None = None, kind: str | None = None,
               older_than_days: float | None = None, keep_models: int | None = None) -> int:
         """Remove the entries that match every criterion given; returns how many were removed.
@@ -292,24 +297,17 @@ class ResultCache:
             conditions.append("model = ?")
             values.append(_check_text("model", model_fingerprint))
         if kind is not None:
-            if kind not in KINDS:
-                raise ConfigError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
             conditions.append("kind = ?")
             values.append(kind)
-        if older_than_days is not None:
-            if isinstance(older_than_days, bool) or not isinstance(older_than_days, (int, float)) \
-                    or older_than_days < 0:
-                raise ConfigError(f"older_than_days: expected a number >= 0, got {older_than_days!r}")
+        if older_than_days is not None:  # plain numbers: sqlite3 binds no numpy scalar
             conditions.append("accessed < ?")
-            values.append(time.time() - older_than_days * 86400)
+            values.append(time.time() - float(older_than_days) * 86400)
         if keep_models is not None:
-            if isinstance(keep_models, bool) or not isinstance(keep_models, int) or keep_models < 0:
-                raise ConfigError(f"keep_models: expected an integer >= 0, got {keep_models!r}")
             conditions.append("model NOT IN (SELECT model FROM results GROUP BY model "
                               "ORDER BY MAX(accessed) DESC LIMIT ?)")
-            values.append(keep_models)
+            values.append(int(keep_models))
         if not conditions:
-            raise ConfigError("prune needs at least one of model_fingerprint, kind, older_than_days, keep_models")
+            raise InvalidArgument("prune needs at least one of model_fingerprint, kind, older_than_days, keep_models")
         with self._write():
             return self._db.execute(f"DELETE FROM results WHERE {' AND '.join(conditions)}", values).rowcount
 

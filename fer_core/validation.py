@@ -154,18 +154,19 @@ def _shown(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit - 3]}... ({type(value).__name__})"
 
 
+def _check(name: str, value: Any, accepted: Sequence[Constraint], caller: str) -> None:
+    if not any(constraint.is_satisfied_by(value) for constraint in accepted):
+        expected = " or ".join(str(constraint) for constraint in accepted)
+        raise InvalidArgument(f"{caller}() argument {name!r}: expected {expected}, got {_shown(value)}")
+
+
 def check_params(constraints: Mapping[str, Sequence[Constraint | type | None]], values: Mapping[str, Any],
                  caller: str) -> None:
     """Check each of ``values`` that has ``constraints``; the first that satisfies none is an
     :class:`InvalidArgument` naming ``caller``, the argument, what was expected and what was given."""
     for name, value in values.items():
-        declared = constraints.get(name)
-        if declared is None:
-            continue
-        accepted = [_constraint(item) for item in declared]
-        if not any(item.is_satisfied_by(value) for item in accepted):
-            expected = " or ".join(str(item) for item in accepted)
-            raise InvalidArgument(f"{caller}() argument {name!r}: expected {expected}, got {_shown(value)}")
+        if name in constraints:
+            _check(name, value, [_constraint(item) for item in constraints[name]], caller)
 
 
 def validate_params(constraints: Mapping[str, Sequence[Constraint | type | None]]) -> Callable[[Decorated], Decorated]:
@@ -178,19 +179,24 @@ def validate_params(constraints: Mapping[str, Sequence[Constraint | type | None]
         function = target.__init__ if isinstance(target, type) else target
         # a class by its name, a function defined in another without the outer's name
         caller = target.__qualname__.removesuffix(".__init__").rpartition("<locals>.")[2]
-        signature = inspect.signature(function)
-        unknown = sorted(set(checked) - set(signature.parameters))
+        parameters = inspect.signature(function).parameters
+        unknown = sorted(set(checked) - set(parameters))
         if unknown:
             raise TypeError(f"validate_params: {caller} has no parameter(s) {unknown}")
+        positional = [name for name, p in parameters.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        # (name, its position when it can be given by position, constraints): found without
+        # Signature.bind, which would cost more than the checks on a hot path
+        located = [(name, positional.index(name) if name in positional else None, accepted)
+                   for name, accepted in checked.items()]
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                given = signature.bind(*args, **kwargs).arguments
-            except TypeError:
-                return function(*args, **kwargs)  # Python's own message for a wrong call
-            check_params(checked, given, caller)
-            return function(*args, **kwargs)
+            for name, position, accepted in located:
+                if position is not None and position < len(args):
+                    _check(name, args[position], accepted, caller)
+                elif name in kwargs:
+                    _check(name, kwargs[name], accepted, caller)
+            return function(*args, **kwargs)  # a wrong call gets Python's own TypeError here
 
         if isinstance(target, type):
             target.__init__ = wrapper  # type: ignore[misc]

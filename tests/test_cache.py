@@ -15,7 +15,7 @@ import torch
 from fer_core.cache import CacheKey, ResultCache, content_hash
 from fer_core.cli import main
 from fer_core.data import FerPlusDataset, open_dataset
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.inference import FORWARD_KINDS, FacePreparer, cached_forward, embed_dataset, predict_dataset
 from fer_core.models import TINY_ARCHITECTURE, FerModel, load_model, save_model
 
@@ -98,9 +98,9 @@ def test_key_digest_is_stable_and_covers_every_field():
                 CacheKey("attribution", "m1", "p1", "c2", key.params),
                 CacheKey("attribution", "m1", "p1", "c1", {"method": "ig", "target": "3"})]
     assert len({key.digest(), *(v.digest() for v in variants)}) == 6
-    with pytest.raises(ConfigError, match="expected one of"):
+    with pytest.raises(InvalidArgument, match="expected one of"):
         CacheKey("logit", "m1", "p1", "c1")
-    with pytest.raises(ConfigError, match="non-empty string"):
+    with pytest.raises(InvalidArgument, match="non-empty string"):
         CacheKey("logits", "", "p1", "c1")
 
 
@@ -241,10 +241,11 @@ def test_prune_by_model_kind_and_age(tmp_path):
     assert cache.prune(model_fingerprint="mid", kind="embedding") == 10
     assert cache.prune(keep_models=2) == 10  # 'mid' (its logits) goes; 'old' (just read) and 'new' stay
     assert set(cache.info()["models"]) == {"old", "new"} and len(cache) == 21
-    with pytest.raises(ConfigError, match="at least one"):
+    with pytest.raises(InvalidArgument, match="at least one"):
         cache.prune()
-    with pytest.raises(ConfigError, match="kind"):
+    with pytest.raises(InvalidArgument, match=r"ResultCache.prune\(\) argument 'kind': expected one of .* or None"):
         cache.prune(kind="pixels")
+    assert cache.prune(keep_models=np.int64(2)) == 0  # numpy numbers are bound as plain ones
     assert cache.vacuum() >= 0
 
 
