@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from fer_core import __version__
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument
 
 if TYPE_CHECKING:
     from fer_core.data import FaceDataset
@@ -86,10 +86,10 @@ def run_id(*parts: str) -> str:
 
 def run_path(runs_dir: Path | str, name: str) -> Path:
     """``runs_dir/name`` for a user-given run name; a name that is empty, ``.``/``..`` or holds a
-    path separator (so that it would leave ``runs_dir``) is a :class:`ConfigError`."""
+    path separator (so that it would leave ``runs_dir``) is an :class:`InvalidArgument`."""
     if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise ConfigError(f"run name {name!r}: expected a plain folder name (no '/', '\\' or '..'), "
-                          f"created under {runs_dir}")
+        raise InvalidArgument(f"run name {name!r}: expected a plain folder name (no '/', '\\' or '..'), "
+                              f"created under {runs_dir}")
     return Path(runs_dir) / name
 
 

@@ -30,8 +30,9 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from fer_core.errors import ConfigError
+from fer_core.errors import InvalidArgument
 from fer_core.labels import EMOTIONS, class_indices
+from fer_core.validation import StrOptions, validate_params
 
 #: Fewer true classes than this in a test set draw a warning: its accuracy says little.
 MIN_TEST_CLASSES = 3
@@ -106,19 +107,18 @@ class Scoring:
         return canonical_probabilities(logits, self.model_emotions), self.predict(logits)
 
 
+@validate_params({"protocol": [StrOptions(PROTOCOLS)]})
 def scoring_for(protocol: str, model_emotions: Sequence[str], dataset_emotions: Sequence[str] = EMOTIONS,
                 labels: np.ndarray | None = None) -> Scoring:
     """``protocol`` (a name of :data:`PROTOCOLS`) for a model whose outputs are
     ``model_emotions`` on a test set of ``dataset_emotions`` (its faces' canonical ``labels``,
     -1 unknown, when known: the warnings then count the classes that have faces)."""
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"score over: expected one of {list(PROTOCOLS)}, got {protocol!r}")
     model_emotions = tuple(model_emotions)
     chosen = set(PROTOCOLS[protocol].choose(model_emotions, dataset_emotions))
     classes = tuple(e for e in EMOTIONS if e in chosen)
     if not classes:
-        raise ConfigError(f"score over {protocol}: the model's classes {list(model_emotions)} and the test set's "
-                          f"{list(dataset_emotions)} leave nothing to predict")
+        raise InvalidArgument(f"score over {protocol}: the model's classes {list(model_emotions)} and the test set's "
+                              f"{list(dataset_emotions)} leave nothing to predict")
     if labels is None:
         present = [e for e in EMOTIONS if e in set(dataset_emotions)]
     else:

@@ -26,7 +26,7 @@ import pytest
 import torch
 from torch import nn
 
-from fer_core.errors import ConfigError, DataError, ModelLoadError, UntrustedPickleError
+from fer_core.errors import DataError, InvalidArgument, ModelLoadError, UntrustedPickleError
 from fer_core.images import load_rgb
 from fer_core.labels import CLASS_FOLDERS, EMOTIONS
 from fer_core.models import (ARCHITECTURES, HSEMOTION_CLASS_ORDERS, TINY_ARCHITECTURE, EmotionRecognizer, FerModel,
@@ -122,7 +122,7 @@ def test_create_model_passes_timm_arguments_and_rejects_unknown_names() -> None:
     assert create_model(TINY_ARCHITECTURE, num_classes=5, drop_rate=0.3).drop_rate == 0.3
     with pytest.raises(ModelLoadError, match=r"unknown architecture 'resnet9'.*tf_efficientnet_b0_ns"):
         create_model("resnet9")
-    with pytest.raises(ConfigError, match="num_classes"):
+    with pytest.raises(InvalidArgument, match=r"create_model\(\) argument 'num_classes': expected an integer >= 1"):
         create_model(TINY_ARCHITECTURE, num_classes=0)
 
 

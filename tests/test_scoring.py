@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 
 from fer_core.config import load_config
 from fer_core.data import open_dataset
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.evaluation import classification_report
 from fer_core.inference import PROB_COLUMNS, predict_dataset
 from fer_core.labels import EMOTIONS
@@ -34,9 +34,9 @@ def test_protocols_choose_the_classes_a_prediction_may_be():
     logits[0, HAPPY], logits[1, SAD] = 2.0, 1.0
     assert list(scoring_for("model", EMOTIONS, two).predict(logits)) == [NEUTRAL, NEUTRAL]
     assert list(scoring_for("dataset", EMOTIONS, two).predict(logits)) == [HAPPY, SAD]
-    with pytest.raises(ConfigError, match="expected one of"):
+    with pytest.raises(InvalidArgument, match=r"scoring_for\(\) argument 'protocol': expected one of \['dataset', "):
         scoring_for("dataset-only", EMOTIONS, two)
-    with pytest.raises(ConfigError, match="nothing to predict"):
+    with pytest.raises(InvalidArgument, match="nothing to predict"):
         scoring_for("dataset", ("Anger",), two)
     assert set(PROTOCOLS) == {"model", "dataset", "seven"}
 

@@ -35,11 +35,12 @@ import safetensors.torch
 import torch
 
 from fer_core import __version__
-from fer_core.errors import ConfigError, ModelLoadError, UntrustedPickleError
+from fer_core.errors import ModelLoadError, UntrustedPickleError
 from fer_core.labels import EMOTION_INDEX, EMOTIONS
 from fer_core.models import legacy
 from fer_core.models.factory import (ARCHITECTURES, FerModel, architecture_spec, classifier_name, create_model,
                                      expected_shapes)
+from fer_core.validation import Options, validate_params
 
 FORMAT_VERSION = 1
 #: Class order of HSEmotion heads by their number of outputs (the 7-class models drop Contempt).
@@ -357,6 +358,7 @@ def load_model(path: str | os.PathLike[str], architecture: str | None = None, tr
     raise ModelLoadError(f"{path} is not a weights file in a known format; accepted formats: {_accepted_formats()}")
 
 
+@validate_params({"dtype": [Options(torch.dtype, SAVE_DTYPES)]})
 def save_model(model: FerModel, path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> Path:
     """Write ``<stem>.safetensors`` and ``<stem>.json`` and return the first. Both are written in
     full to temporary names before either replaces the old pair, so a failed save (a full disk)
@@ -365,8 +367,6 @@ def save_model(model: FerModel, path: str | os.PathLike[str], dtype: torch.dtype
     ``path`` may name either file or the bare stem. ``dtype=torch.float16`` halves the file;
     floating tensors are stored in ``dtype`` and read back as float32.
     """
-    if dtype not in SAVE_DTYPES:
-        raise ConfigError(f"dtype must be one of {[str(d) for d in SAVE_DTYPES]}, got {dtype}")
     path = Path(path)
     stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
     weights, sidecar = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")

@@ -11,6 +11,7 @@ import copy
 import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
+from numbers import Integral
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
@@ -18,9 +19,10 @@ import timm
 import torch
 from torch import nn
 
-from fer_core.errors import ConfigError, ModelLoadError
+from fer_core.errors import ModelLoadError
 from fer_core.labels import EMOTION_INDEX, EMOTIONS
 from fer_core.preprocess import Preprocessing
+from fer_core.validation import Interval, validate_params
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -63,6 +65,7 @@ def architecture_spec(architecture: str) -> ArchitectureSpec:
     return spec
 
 
+@validate_params({"num_classes": [Interval(Integral, 1, None)]})
 def create_model(architecture: str, num_classes: int = 8, **timm_kwargs: Any) -> nn.Module:
     """A randomly initialised ``architecture`` whose ``num_classes``-way classifier is at chance.
 
@@ -71,9 +74,7 @@ def create_model(architecture: str, num_classes: int = 8, **timm_kwargs: Any) ->
     ``drop_path_rate``, ...) go to ``timm.create_model``.
     """
     spec = architecture_spec(architecture)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
-    module = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, **timm_kwargs)
+    module = timm.create_model(spec.timm_name, pretrained=False, num_classes=int(num_classes), **timm_kwargs)
     head = module.get_classifier()
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)

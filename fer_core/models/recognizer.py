@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Callable, Sequence
 
 import numpy as np
@@ -12,6 +13,7 @@ from fer_core.errors import DataError, InvalidArgument
 from fer_core.labels import EMOTIONS
 from fer_core.models.factory import FerModel
 from fer_core.scoring import DEFAULT_PROTOCOL, scoring_for
+from fer_core.validation import Interval, validate_params
 
 
 class EmotionRecognizer:
@@ -25,15 +27,14 @@ class EmotionRecognizer:
     (``auto`` resolved as :func:`fer_core.backends.resolve_device` does).
     """
 
+    @validate_params({"batch_size": [Interval(Integral, 1, None)]})
     def __init__(self, model: FerModel, device: str | torch.device | None = None, batch_size: int = 32,
                  backend: str = DEFAULT_BACKEND, score_over: str = DEFAULT_PROTOCOL) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidArgument(f"batch_size must be a positive integer, got {batch_size!r}")
         if device is not None and not _same_device(resolve_device(device), model.device):
             raise InvalidArgument(f"device: the model is on {model.device}, not {device}; move it first "
                                   f"(fer_core.backends.on_device(model, {str(device)!r})) or leave device out")
         self.model = model
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)
         self.backend_name = check_backend_name(backend)
         self.scoring = scoring_for(score_over, model.emotions, ())
 
