@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from fer_core.config import Config
-from fer_core.errors import ConfigError
+from fer_core.errors import InvalidArgument
 from fer_core.report.base import Artifact, Missing, Report, Section
 from fer_core.report.context import QUESTIONS, ReportContext, ReportOptions, register_question
 from fer_core.report import rq1, rq2, rq3, rq4  # noqa: F401  (registers the questions)
@@ -30,7 +30,7 @@ def question_codes(names: Sequence[str]) -> list[str]:
     """The question codes ``names`` stand for, in report order (``all``: every one)."""
     unknown = sorted(set(names) - set(QUESTIONS) - {"all"})
     if unknown or not names:
-        raise ConfigError(f"report: expected some of {[*QUESTIONS, 'all']}, got {list(names)}")
+        raise InvalidArgument(f"report: expected some of {[*QUESTIONS, 'all']}, got {list(names)}")
     return [code for code in QUESTIONS if code in names or "all" in names]
 
 

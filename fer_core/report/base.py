@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.report.figures import FORMATS, save_figure
 from fer_core.report.tables import markdown_table, write_table
 from fer_core.runs import utc_now, write_json_atomic
@@ -125,8 +125,8 @@ def _clear_folder(folder: Path) -> None:
         for name in [*names, REPORT_FILE, RECORD_FILE]:
             (folder / Path(name).name).unlink(missing_ok=True)  # a name only: never a path out of the folder
     elif folder.is_dir() and any(folder.iterdir()):
-        raise ConfigError(f"{folder} holds other files: write the report into a new or empty folder (or into one "
-                          "an earlier report wrote, which is replaced)")
+        raise InvalidArgument(f"{folder} holds other files: write the report into a new or empty folder (or into "
+                              "one an earlier report wrote, which is replaced)")
     folder.mkdir(parents=True, exist_ok=True)
 
 
