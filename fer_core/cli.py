@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 from fer_core import __version__
 from fer_core.config import Config, load_config, parse_override
-from fer_core.errors import ConfigError, DataError, FerCoreError
+from fer_core.errors import ConfigError, DataError, FerCoreError, InvalidArgument
 
 Handler = Callable[[argparse.Namespace, Config], int]
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
@@ -108,15 +108,20 @@ def _info(args: argparse.Namespace, config: Config) -> int:
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("install", "list"), help="install an archive, or list the datasets present")
+    parser.add_argument("action", choices=("install", "list", "pack", "unpack"),
+                        help="install archives, list the datasets present, pack FER+ splits into one file "
+                             "(for a GPU machine), or unpack such a file into the data folder")
     parser.add_argument("archives", type=Path, nargs="*", metavar="archive",
-                        help="fer2013.zip, ferplus.zip or synthetic_sd_faces.zip (several at once)")
+                        help="install: fer2013.zip, ferplus.zip or synthetic_sd_faces.zip (several at once); "
+                             "unpack: the pack file")
+    parser.add_argument("--splits", default="train,valid", help="pack: the FER+ splits (default train,valid)")
+    parser.add_argument("--out", type=Path, help="pack: the file to write")
 
 
 @command("data", "install known dataset archives into the data folder, or list the datasets present with their "
          "faces per class", _data_arguments)
 def _data(args: argparse.Namespace, config: Config) -> int:
-    from fer_core.data import available_datasets, install_archive, open_dataset
+    from fer_core.data import available_datasets, dataset_folder, install_archive, open_dataset
     data_root = config.resolve(config.data.root)
     if args.action == "list":
         names = available_datasets(data_root)
@@ -126,8 +131,21 @@ def _data(args: argparse.Namespace, config: Config) -> int:
         if not names:
             print(f"no datasets under {data_root}")
         return 0
+    if args.action == "pack":
+        from fer_core.data.packing import pack_ferplus
+        if args.out is None:
+            raise InvalidArgument("fer-core data pack needs --out FILE")
+        counts = pack_ferplus(dataset_folder("ferplus", data_root), args.splits.split(","), args.out)
+        print(f"packed FER+ {counts} -> {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
+        return 0
     if not args.archives:
-        raise ConfigError("fer-core data install needs the archives' paths")
+        raise InvalidArgument(f"fer-core data {args.action} needs the archives' paths")
+    if args.action == "unpack":
+        from fer_core.data.packing import unpack_ferplus
+        for pack in args.archives:
+            folder = dataset_folder("ferplus", data_root)
+            print(f"unpacked FER+ {unpack_ferplus(pack, folder)} from {pack} into {folder}")
+        return 0
     missing = [str(a) for a in args.archives if not a.is_file()]
     if missing:
         raise ConfigError(f"no such archive(s): {missing}; nothing installed")
@@ -270,6 +288,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--drop-rate", type=float, default=0.2, help="dropout before the classifier")
     parser.add_argument("--max-steps", type=int, help="at most N batches per epoch (quick trials)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="data-loading processes for the training batches (0: none; on a GPU use several)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -286,7 +306,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
         weight_decay=args.weight_decay, sam_rho=args.sam_rho, label_smoothing=args.label_smoothing,
         soft_targets=args.soft_labels, class_weights=args.class_weights, logit_adjustment=args.logit_adjustment,
         drop_rate=args.drop_rate, select_metric=args.select, seed=args.seed, max_steps_per_epoch=args.max_steps,
-        mixed_precision=options.device.startswith("cuda"))
+        loader_workers=args.workers, mixed_precision=options.device.startswith("cuda"))
     data = TrainingData(args.train, args.val, args.synthetic, args.synthetic_fraction, args.size)
     result = train_model(config, settings, data, start, name=args.name, resume=args.resume)
     best = result["best"]

@@ -138,6 +138,11 @@ def dataset_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def dataset_folder(name: str, data_root: str | Path) -> Path:
+    """Where the registered dataset ``name`` lives under ``data_root``."""
+    return Path(data_root) / _entry(name).location
+
+
 def _entry(name: str) -> DatasetEntry:
     if name not in _REGISTRY:
         raise DataError(f"unknown dataset {name!r}; known datasets: {dataset_names()}, or give an existing folder")

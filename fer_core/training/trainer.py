@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from fer_core import __version__
 from fer_core.data import FaceDataset, TorchFaceDataset, collate_skip_bad
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import ConfigError, DataError, InvalidArgument
 from fer_core.faces import FacePipeline
 from fer_core.extraction import find_face
 from fer_core.labels import EMOTIONS, NUM_CLASSES
@@ -96,6 +96,11 @@ class TrainSettings:
     select_metric: Literal["accuracy", "macro_f1"] = "accuracy"
     seed: int = 0
     max_steps_per_epoch: int | None = None  # for quick trials and tests
+    #: Data-loading processes for the training batches (0: in the training process). On a GPU the
+    #: decoding and augmentation of one process (~500-800 faces/s measured here) starve the model.
+    #: Each worker draws its augmentation from its own seeded stream, so a run is reproducible for
+    #: a given count, but not equal across counts.
+    loader_workers: int = 0
     device: str = "cpu"
     #: NHWC module and batches: the fastest layout measured for a CPU training step (B0 at 64 and 112 px
     #: 1.3-1.6x NCHW, bf16 autocast slower; ``benchmarks/train_speed.py``, docs/benchmarks.md).
@@ -105,6 +110,8 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if not self.stages or any(s.epochs <= 0 or s.lr <= 0 for s in self.stages):
             raise ConfigError("train stages: each needs epochs > 0 and lr > 0")
+        if self.loader_workers < 0:
+            raise InvalidArgument(f"loader_workers: expected 0 or more, got {self.loader_workers}")
         for stage in self.stages:
             _trainable_filter(stage.trainable)
 
@@ -259,8 +266,10 @@ class Trainer:
             return DataLoader(wrapped, batch_size=self.settings.batch_size // distributed.world_size(), sampler=sampler,
                               drop_last=True, collate_fn=collate_skip_bad, num_workers=0), wrapped
         generator = torch.Generator().manual_seed(self.settings.seed * 100_003 + epoch)
+        workers = self.settings.loader_workers
         loader = DataLoader(wrapped, batch_size=self.settings.batch_size, shuffle=train, drop_last=train,
-                            generator=generator, collate_fn=collate_skip_bad, num_workers=0)
+                            generator=generator, collate_fn=collate_skip_bad, num_workers=workers,
+                            pin_memory=workers > 0 and self.settings.device.startswith("cuda"))
         return loader, wrapped
 
     def _optimizer(self, stage: Stage) -> torch.optim.Optimizer:
@@ -371,7 +380,8 @@ class Trainer:
         if not path.is_file():
             return None
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["settings"] != _plain(self.settings):
+        defaults = _plain(TrainSettings())  # a setting added since the checkpoint was written: its default
+        if {**defaults, **state["settings"]} != {**defaults, **_plain(self.settings)}:
             raise ConfigError(f"{path} was written with other training settings; use a new run directory")
         self.module.load_state_dict(state["model"])
         return state
