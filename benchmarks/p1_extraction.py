@@ -39,7 +39,7 @@ import torch
 
 from common import (Timing, add_model_argument, benchmark_model, interleaved_timings, machine_note,
                     max_abs_difference, parse_with_smoke, table)
-from fer_core.backends import INFERENCE_BACKENDS, load_backend
+from fer_core.backends import INFERENCE_BACKENDS, InferenceOptions, load_backend
 from fer_core.cache import CacheKey, ResultCache
 from fer_core.data import FaceDataset, open_dataset
 from fer_core.extraction import FORWARD_KINDS, FacePreparer, read_content
@@ -104,17 +104,21 @@ def stage_timings(model: FerModel, faces: FaceDataset, folder: Path, args: argpa
     return interleaved_timings(dict(zip(STAGES, (read, prepare, forward, keys, cache))), args.rounds)
 
 
+def pass_options(args: argparse.Namespace) -> InferenceOptions:
+    """The dataset passes' settings: the benchmark's batch size and backend, no progress bars."""
+    return InferenceOptions(batch_size=args.batch_size, backend=args.backend, progress=False)
+
+
 def output_checks(model: FerModel, faces: FaceDataset, bare_logits: np.ndarray, bare_features: np.ndarray,
                   folder: Path, args: argparse.Namespace) -> dict[str, float]:
     """Max |difference| of the end-to-end outputs from the bare forward's, and the cache's
     entries per face."""
+    options = pass_options(args)
     with ResultCache(folder / "check.sqlite") as cache:
-        _, computed = embed_dataset(model, faces, cache, batch_size=args.batch_size, progress=False,
-                                    backend=args.backend)
+        _, computed = embed_dataset(model, faces, cache, options=options)
         entries = len(cache)
-        _, stored = embed_dataset(model, faces, cache, batch_size=args.batch_size, progress=False, backend=args.backend)
-        table = predict_dataset(model, faces, folder / "check", batch_size=args.batch_size, progress=False,
-                                cache=cache, backend=args.backend)
+        _, stored = embed_dataset(model, faces, cache, options=options)
+        table = predict_dataset(model, faces, folder / "check", cache=cache, options=options)
     probabilities = torch.from_numpy(bare_logits).double().softmax(dim=1).numpy()
     return {"embed features": max_abs_difference(computed, bare_features),
             "embed features read back from the cache": max_abs_difference(stored, computed),
@@ -133,6 +137,7 @@ def measure(args: argparse.Namespace) -> dict:
     size = args.batch_size
     prepared = [model.preprocessing.batch(images[i:i + size]) for i in range(0, len(images), size)]
     fresh = itertools.count()
+    options = pass_options(args)
     with tempfile.TemporaryDirectory() as tmp:
         def bare() -> None:
             for batch in prepared:
@@ -140,13 +145,12 @@ def measure(args: argparse.Namespace) -> dict:
 
         def embed() -> None:
             with ResultCache(Path(tmp) / f"embed-{next(fresh)}.sqlite") as cache:
-                embed_dataset(model, faces, cache, batch_size=args.batch_size, progress=False, backend=args.backend)
+                embed_dataset(model, faces, cache, options=options)
 
         def predict() -> None:
             run = next(fresh)
             with ResultCache(Path(tmp) / f"predict-{run}.sqlite") as cache:
-                predict_dataset(model, faces, Path(tmp) / f"predict-{run}", batch_size=args.batch_size,
-                                progress=False, cache=cache, backend=args.backend)
+                predict_dataset(model, faces, Path(tmp) / f"predict-{run}", cache=cache, options=options)
 
         paths = {"bare forward": bare, "embed (end to end)": embed, "predict (end to end)": predict}
         load_at_start = machine_note()

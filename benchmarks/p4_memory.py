@@ -56,6 +56,7 @@ def worker(args: argparse.Namespace, task: str, count: int) -> dict:
     the outputs of the first :data:`COMPARED_FACES` faces."""
     import torch
 
+    from fer_core.backends import InferenceOptions
     from fer_core.cache import ResultCache
     from fer_core.data import FaceDataset, Sample, open_dataset
     from fer_core.inference import PROB_COLUMNS, embed_dataset, predict_dataset
@@ -85,14 +86,14 @@ def worker(args: argparse.Namespace, task: str, count: int) -> dict:
     torch.manual_seed(0)
     model = load_model(args.model) if args.model else FerModel.from_architecture(args.architecture)
     model = FerModel(model.module, model.architecture, model.emotions, args.input_size)
+    options = InferenceOptions(backend=args.backend, progress=False)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, ResultCache(Path(tmp) / "cache.sqlite") as cache:
         if task == "predict":
-            table = predict_dataset(model, faces, Path(tmp) / "out", limit=count, progress=False, cache=cache,
-                                    backend=args.backend)
+            table = predict_dataset(model, faces, Path(tmp) / "out", limit=count, cache=cache, options=options)
             done, first = len(table), table[list(PROB_COLUMNS)].to_numpy()[:COMPARED_FACES]
         else:
-            keys, features = embed_dataset(model, faces, cache, limit=count, progress=False, backend=args.backend)
+            keys, features = embed_dataset(model, faces, cache, limit=count, options=options)
             done, first = len(keys), features[:COMPARED_FACES, :COMPARED_FEATURES]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"faces": done, "peak_rss_mib": peak, "seconds": time.perf_counter() - start,

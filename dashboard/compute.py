@@ -1,8 +1,11 @@
 """Memoised calls into ``fer_core`` for the pages: a rerun (a widget change, a page switch)
-reads the memo instead of computing again. Heavy results come from ``fer_core``'s result cache."""
+reads the memo instead of computing again. Heavy results come from ``fer_core``'s result cache.
+The config is resolved once as the jobs resolve it (:func:`job_options`: ``model.device: auto``,
+batch size, backend), and dataset-level work that a job does is the job's call."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Sequence
 
@@ -12,6 +15,7 @@ import streamlit as st
 import torch
 
 from dashboard import ui
+from fer_core.backends import InferenceOptions
 from fer_core.cache import ResultCache, content_hash
 from fer_core.config import Config
 from fer_core.data import FaceDataset
@@ -20,13 +24,27 @@ from fer_core.errors import DataError
 from fer_core.explain import explain, overlay
 from fer_core.explain.regions import compare_domains, region_report
 from fer_core.face_detail import FaceMap, FaceView, explain_face, view_face
+from fer_core.jobs import precompute as jobs
+from fer_core.jobs.options import JobOptions
+from fer_core.jobs.workflows import dataset_for
 from fer_core.labels import EMOTIONS
 from fer_core.models import EmotionRecognizer, FerModel
-from fer_core.precompute import (AttributionSet, Embeddings, embed_datasets, explain_dataset, gap_report,
-                                 gap_report_folders)
+from fer_core.precompute import EXPLAIN_BATCH_SIZE, AttributionSet, Embeddings, embed_datasets, explain_dataset
 from fer_core.runs import Run
 from fer_core.views import class_counts, class_gallery, class_rows, faces_of, rows_for_keys, thumbnail_uri
-from fer_core.workflows import dataset_for
+
+
+@st.cache_resource(show_spinner=False)
+def job_options(config: Config) -> JobOptions:
+    """The config resolved once, as the jobs resolve it (:meth:`JobOptions.from_config`: the device
+    ``model.device`` names, ``auto`` included), without progress bars."""
+    return JobOptions.from_config(config, progress=False)
+
+
+def _explain_options(config: Config) -> InferenceOptions:
+    """:func:`job_options`' inference settings, :data:`~fer_core.precompute.EXPLAIN_BATCH_SIZE`
+    faces per attribution batch."""
+    return dataclasses.replace(job_options(config).inference, batch_size=EXPLAIN_BATCH_SIZE)
 
 
 @st.cache_resource(show_spinner="Opening the dataset...")
@@ -109,7 +127,7 @@ def attribution_chunk(_model: FerModel, fingerprint: str, config: Config, spec: 
     with _cache(config) as cache:
         return explain_dataset(_model, dataset(config, spec).subset(list(rows)), cache, method, target=target,
                                layer=layer, face_pipeline=ui.get_face_pipeline(config, _model.input_size),
-                               progress=False, backend=config.inference.backend)
+                               options=_explain_options(config))
 
 
 def join_attributions(parts: Sequence[AttributionSet]) -> AttributionSet:
@@ -135,8 +153,8 @@ def class_predictions(_model: FerModel, fingerprint: str, config: Config, spec: 
         raise DataError(f"{spec} has no {emotion} faces")
     with _cache(config) as cache:
         table = embed_datasets(_model, {spec: data.subset(rows)}, cache,
-                               ui.get_face_pipeline(config, _model.input_size), projections=(), progress=False,
-                               backend=config.inference.backend).table
+                               ui.get_face_pipeline(config, _model.input_size), projections=(),
+                               options=job_options(config).inference).table
     position = dict(zip((data[int(row)].key for row in rows), rows))
     return table[["key", "content", "label", "emotion", "pred", "pred_emotion", "confidence"]].assign(
         row=[int(position[key]) for key in table["key"]])
@@ -155,7 +173,7 @@ def face_map(_model: FerModel, fingerprint: str, config: Config, spec: str, key:
     """:func:`fer_core.face_detail.explain_face` of one face (maps from the result cache where stored)."""
     with _cache(config) as cache:
         return explain_face(_model, dataset(config, spec), key, cache, method, target,
-                            ui.get_face_pipeline(config, _model.input_size), config.inference.backend)
+                            ui.get_face_pipeline(config, _model.input_size), _explain_options(config))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -211,17 +229,14 @@ def embeddings(_model: FerModel, fingerprint: str, config: Config, specs: tuple[
     with _cache(config) as cache:
         return embed_datasets(_model, {spec: dataset(config, spec) for spec in specs}, cache,
                               ui.get_face_pipeline(config, _model.input_size), projections=(projection,),
-                              limit=limit, progress=False, backend=config.inference.backend)
+                              limit=limit, options=job_options(config).inference)
 
 
 @st.cache_data(show_spinner="Measuring the domain gap...", max_entries=16)
 def gap(_model: FerModel, fingerprint: str, config: Config, real: str, synthetic: str, limit: int | None) -> dict:
-    """The domain-gap report between two datasets on the model's cached features (also stored
-    under ``runs_dir/gap/``, where ``fer-core gap`` puts it)."""
-    with _cache(config) as cache:
-        return gap_report(_model, dataset(config, real), dataset(config, synthetic), cache,
-                          ui.get_face_pipeline(config, _model.input_size), limit=limit, progress=False,
-                          out_dir=gap_report_folders(config)[0], backend=config.inference.backend)
+    """The domain-gap report between two datasets on the model's cached features: the job
+    ``fer-core gap`` runs (:func:`fer_core.jobs.precompute.gap`; stored under ``runs_dir/gap/``)."""
+    return jobs.gap(config, real, synthetic, limit=limit, model=_model, options=job_options(config))
 
 
 @st.cache_data(show_spinner="Bootstrapping region shares...", max_entries=32)

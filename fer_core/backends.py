@@ -16,7 +16,8 @@ chosen by name from :data:`INFERENCE_BACKENDS` (config key ``inference.backend``
 while the model lives (an ONNX export takes a while). :func:`set_inference_threads`
 applies the config key ``inference.threads`` (done where a configured model is loaded);
 :func:`resolve_device` turns ``model.device`` (``auto``, ``cpu``, ``cuda:N``) into a device and
-:func:`on_device` puts a model there.
+:func:`on_device` puts a model there; :class:`InferenceOptions` carries batch size, device,
+backend and progress to the dataset passes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import tempfile
 import warnings
 import weakref
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
@@ -326,6 +328,20 @@ def on_device(model: "FerModel", device: str | torch.device | None) -> "FerModel
         model.to(resolve_device(device))
     model.module.eval()
     return model
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How the library's dataset passes (:func:`fer_core.inference.predict_dataset` and its kin)
+    run a model: ``batch_size`` faces at a time, on ``device`` (None: where the model is;
+    :func:`on_device`), through ``backend`` (:data:`INFERENCE_BACKENDS`), with progress bars
+    when ``progress``. None of them enters a cache key or a job's resume signature. The job
+    level resolves them from the config once (:class:`fer_core.jobs.options.JobOptions`)."""
+
+    batch_size: int = 32
+    device: str | None = None
+    backend: str = DEFAULT_BACKEND
+    progress: bool = True
 
 
 def set_inference_threads(threads: int) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from fer_core.backends import InferenceOptions
 from fer_core.cache import ResultCache
 from fer_core.data import FaceDataset
 from fer_core.domain_gap import nearest_rows
@@ -77,15 +78,17 @@ class FaceMap:
 
 
 def explain_face(model: FerModel, dataset: FaceDataset, key: str, cache: ResultCache, method: str, target: str,
-                 face_pipeline: FacePipeline | None, backend: str) -> FaceMap | None:
+                 face_pipeline: FacePipeline | None,
+                 options: InferenceOptions = InferenceOptions(progress=False)) -> FaceMap | None:
     """``method``'s map of face ``key`` for its ``target`` (``"predicted"``, ``"true"`` or an
     emotion), read from ``cache`` where stored and computed and stored otherwise (through
     :func:`fer_core.precompute.explain_dataset`, with the method's default settings: the maps
-    the Saliency browser and ``fer-core explain`` store); None when the face has nothing to
-    explain for ``target`` (no label for ``"true"``, or an unreadable image)."""
+    the Saliency browser and ``fer-core explain`` store; ``options``: how the model runs, by
+    default without a progress bar); None when the face has nothing to explain for ``target``
+    (no label for ``"true"``, or an unreadable image)."""
     rows = rows_for_keys(dataset, [key])
     found = explain_dataset(model, dataset.subset(rows), cache, method, target=target, face_pipeline=face_pipeline,
-                            progress=False, backend=backend)
+                            options=options)
     if not len(found.maps):
         return None
     points, _ = map_keypoints(found.keypoints, found.maps.shape[-1], dataset.pre_cropped)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fer_core.backends import DEFAULT_BACKEND, on_device
+from fer_core.backends import InferenceOptions, on_device
 from fer_core.cache import ResultCache
 from fer_core.data import FaceDataset
 from fer_core.errors import DataError, ImageDecodeError, InvalidArgument
@@ -74,12 +74,11 @@ def _rows(prepared: list[PreparedFace], logits: np.ndarray | None, scoring: Scor
 
 
 def _predicted_chunk(model: FerModel, dataset: FaceDataset, preparer: FacePreparer, chunk: Sequence[int],
-                     batch_size: int, cache: ResultCache | None, bar: tqdm, backend: str, scoring: Scoring,
-                     dataset_label: str) -> pd.DataFrame:
-    results = cached_forward(model, dataset, preparer, chunk, cache, batch_size, on_progress=bar.update,
-                             backend=backend)
+                     cache: ResultCache | None, bar: tqdm, options: InferenceOptions, scoring: Scoring) -> pd.DataFrame:
+    results = cached_forward(model, dataset, preparer, chunk, cache, options.batch_size, on_progress=bar.update,
+                             backend=options.backend)
     usable = results.usable
-    return _rows(results.faces, results.logits[usable] if usable else None, scoring, dataset_label)
+    return _rows(results.faces, results.logits[usable] if usable else None, scoring, dataset.label)
 
 
 def _job_signature(model: FerModel, dataset: FaceDataset, preparer: FacePreparer, indices: Sequence[int],
@@ -91,10 +90,9 @@ def _job_signature(model: FerModel, dataset: FaceDataset, preparer: FacePreparer
 
 
 def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
-                    face_pipeline: FacePipeline | None = None, batch_size: int = 32, chunk_size: int = 1024,
-                    limit: int | None = None, device: str | None = None, progress: bool = True,
-                    cache: ResultCache | None = None, backend: str = DEFAULT_BACKEND,
-                    score_over: str = DEFAULT_PROTOCOL) -> pd.DataFrame:
+                    face_pipeline: FacePipeline | None = None, chunk_size: int = 1024, limit: int | None = None,
+                    cache: ResultCache | None = None, score_over: str = DEFAULT_PROTOCOL,
+                    options: InferenceOptions = InferenceOptions()) -> pd.DataFrame:
     """Predict every face of ``dataset`` into ``out_dir/predictions.parquet`` and return the table.
 
     ``pred`` is the class chosen under ``score_over`` (:data:`fer_core.scoring.PROTOCOLS`),
@@ -107,8 +105,8 @@ def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
     and settings after an interruption continues where it stopped. Different settings in
     the same folder are an error rather than a silent mix. With a ``cache``, faces whose
     logits and features are stored are not run again, and the new ones are stored. The
-    model runs through ``backend`` (:data:`fer_core.backends.INFERENCE_BACKENDS`) on ``device``
-    (None: where the model is; :func:`fer_core.backends.on_device`).
+    model runs as ``options`` say (batch size, device, backend, progress bar:
+    :class:`~fer_core.backends.InferenceOptions`).
     """
     out_dir = Path(out_dir)
     indices = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
@@ -116,7 +114,6 @@ def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
         raise DataError(f"dataset {dataset.name} has no images")
     preparer = FacePreparer(model, face_pipeline)
     scoring = scoring_for(score_over, model.emotions, dataset.emotions)
-    dataset_label = dataset.label
     signature = _job_signature(model, dataset, preparer, indices, chunk_size, scoring)
     progress_file = out_dir / PROGRESS_FILE
     if progress_file.is_file():
@@ -126,16 +123,15 @@ def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
                             "choose a new output folder or delete it")
     write_json_atomic(progress_file, signature)
     parts_dir = out_dir / PARTS_DIR
-    on_device(model, device)
+    on_device(model, options.device)
     chunks = [indices[i:i + chunk_size] for i in range(0, len(indices), chunk_size)]
-    bar = tqdm(total=len(indices), desc=f"predict {dataset.name}", unit="face", disable=not progress)
+    bar = tqdm(total=len(indices), desc=f"predict {dataset.name}", unit="face", disable=not options.progress)
     for number, chunk in enumerate(chunks):
         part = parts_dir / f"part-{number:05d}.parquet"
         if part.is_file():
             bar.update(len(chunk))
             continue
-        write_parquet_atomic(_predicted_chunk(model, dataset, preparer, chunk, batch_size, cache, bar, backend,
-                                              scoring, dataset_label), part)
+        write_parquet_atomic(_predicted_chunk(model, dataset, preparer, chunk, cache, bar, options, scoring), part)
     bar.close()
     table = pd.concat([pd.read_parquet(parts_dir / f"part-{n:05d}.parquet") for n in range(len(chunks))],
                       ignore_index=True)
@@ -147,23 +143,22 @@ def predict_dataset(model: FerModel, dataset: FaceDataset, out_dir: Path | str,
 
 
 def embed_dataset(model: FerModel, dataset: FaceDataset, cache: ResultCache | None,
-                  face_pipeline: FacePipeline | None = None, batch_size: int = 32, chunk_size: int = 1024,
-                  limit: int | None = None, device: str | None = None, progress: bool = True,
-                  backend: str = DEFAULT_BACKEND) -> tuple[list[str], np.ndarray]:
+                  face_pipeline: FacePipeline | None = None, chunk_size: int = 1024, limit: int | None = None,
+                  options: InferenceOptions = InferenceOptions()) -> tuple[list[str], np.ndarray]:
     """The pooled penultimate features of every readable face of ``dataset``: the sample keys
     and a ``(N, feature_dim)`` float32 array, row for row. Stored features are read from
-    ``cache``; the others are computed by ``backend`` on ``device`` (None: where the model is;
-    with their logits, in the same pass) and stored."""
+    ``cache``; the others are computed as ``options`` say (with their logits, in the same
+    pass; :class:`~fer_core.backends.InferenceOptions`) and stored."""
     indices = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
     if not indices:
         raise DataError(f"dataset {dataset.name} has no images")
-    on_device(model, device)
+    on_device(model, options.device)
     keys: list[str] = []
     features = np.empty((len(indices), model.feature_dim), np.float32)  # filled in place: no second copy
     failed: list[str] = []
-    with tqdm(total=len(indices), desc=f"embed {dataset.name}", unit="face", disable=not progress) as bar:
+    with tqdm(total=len(indices), desc=f"embed {dataset.name}", unit="face", disable=not options.progress) as bar:
         for results in forward_chunks(model, dataset, FacePreparer(model, face_pipeline), indices, cache,
-                                      batch_size, chunk_size, bar.update, backend):
+                                      options.batch_size, chunk_size, bar.update, options.backend):
             usable = results.usable
             features[len(keys):len(keys) + len(usable)] = results.features[usable]
             keys.extend(results.faces[row].sample.key for row in usable)
@@ -185,15 +180,15 @@ def photo_files(folder: Path | str) -> list[Path] | None:
 
 
 def predict_photos(model: FerModel, folder: Path | str, out_dir: Path | str, face_pipeline: FacePipeline,
-                   batch_size: int = 32, device: str | None = None, progress: bool = True,
-                   backend: str = DEFAULT_BACKEND, score_over: str = DEFAULT_PROTOCOL,
-                   limit: int | None = None, seed: int = 0) -> pd.DataFrame:
+                   score_over: str = DEFAULT_PROTOCOL, limit: int | None = None, seed: int = 0,
+                   options: InferenceOptions = InferenceOptions()) -> pd.DataFrame:
     """Every face in every photo of a plain folder (:func:`photo_files`), written to
     ``out_dir/predictions.parquet`` and returned: one row per detected face (``face`` numbers the
     faces of a photo from 0, largest first), with ``pred``, ``pred_all`` and ``prob_*`` as in
     :func:`predict_dataset`. A photo without a face gives one row with ``face`` -1,
     ``face_found`` False, ``pred`` -1 and NaN probabilities (it is not classified); an
-    unreadable one a row with its ``error``. ``limit`` keeps a seeded random sample of photos."""
+    unreadable one a row with its ``error``. ``limit`` keeps a seeded random sample of photos;
+    ``options``: how the model runs (:class:`~fer_core.backends.InferenceOptions`)."""
     files = photo_files(folder)
     if files is None:
         raise DataError(f"{folder} is not a folder of photos (image files and no sub-folders)")
@@ -202,7 +197,8 @@ def predict_photos(model: FerModel, folder: Path | str, out_dir: Path | str, fac
     if limit is not None:
         files = [files[i] for i in Sampling(limit, seed=seed).indices(np.full(len(files), -1))]
     scoring = scoring_for(score_over, model.emotions, ())
-    recognizer = EmotionRecognizer(on_device(model, device), batch_size=batch_size, backend=backend)
+    recognizer = EmotionRecognizer(on_device(model, options.device), batch_size=options.batch_size,
+                                   backend=options.backend)
     rows: dict[str, list] = {name: [] for name in ("key", "source", "face", "face_found", "face_score", "box", "error")}
     classified: list[int] = []   # rows with a face, in the order of ``logits``
     logits: list[np.ndarray] = []
@@ -214,7 +210,7 @@ def predict_photos(model: FerModel, folder: Path | str, out_dir: Path | str, fac
                             ("box", (np.nan,) * 4 if detection is None else detection.box), ("error", error)):
             rows[name].append(value)
 
-    for path in tqdm(files, desc=f"predict {Path(folder).name}", unit="photo", disable=not progress):
+    for path in tqdm(files, desc=f"predict {Path(folder).name}", unit="photo", disable=not options.progress):
         try:
             faces = face_pipeline.extract(load_rgb(path))
         except ImageDecodeError as exc:

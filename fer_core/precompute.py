@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fer_core.backends import DEFAULT_BACKEND, on_device
+from fer_core.backends import InferenceOptions, on_device
 from fer_core.cache import CacheKey, ResultCache
 from fer_core.config import Config
 from fer_core.data import FaceDataset
@@ -45,6 +45,9 @@ from fer_core.runs import PREDICTIONS_FILE, provenance_record, utc_now, write_js
 TARGET_MODES = ("predicted", "true")
 #: Side of the stored attribution maps unless asked otherwise (never above the model's input).
 DEFAULT_MAP_SIZE = 56
+#: Faces per batch of attribution maps unless asked otherwise (their gradients take more memory
+#: than a forward pass).
+EXPLAIN_BATCH_SIZE = 16
 #: Faces per dataset the domain-gap report draws at most (its kernels are quadratic in size).
 DEFAULT_GAP_SAMPLE = 2000
 _NO_KEYPOINTS = np.full((6, 2), np.nan, dtype=np.float32)
@@ -324,10 +327,10 @@ def _fixed_targets(model: FerModel, dataset: FaceDataset, target: str) -> np.nda
 
 def explain_dataset(model: FerModel, dataset: FaceDataset, cache: ResultCache, method: str,
                     target: str = "predicted", layer: str | None = None, map_size: int = DEFAULT_MAP_SIZE,
-                    face_pipeline: FacePipeline | None = None, batch_size: int = 16, limit: int | None = None,
-                    shard: Shard | None = None, device: str | None = None, progress: bool = True,
-                    on_batch: Callable[[int], object] = lambda n: None, backend: str = DEFAULT_BACKEND,
-                    compute: bool = True, **params: Any) -> AttributionSet:
+                    face_pipeline: FacePipeline | None = None, limit: int | None = None, shard: Shard | None = None,
+                    on_batch: Callable[[int], object] = lambda n: None, compute: bool = True,
+                    options: InferenceOptions = InferenceOptions(batch_size=EXPLAIN_BATCH_SIZE),
+                    **params: Any) -> AttributionSet:
     """Attribution maps of ``method`` (any name of :func:`fer_core.explain.method_names`) for
     every face of ``dataset``, read from ``cache`` where stored and computed otherwise.
 
@@ -339,12 +342,12 @@ def explain_dataset(model: FerModel, dataset: FaceDataset, cache: ResultCache, m
         face_pipeline: finds and aligns faces in images that are not pre-cropped; its
             detector also places keypoints on pre-cropped faces.
         limit, shard: a stratified sample of ``limit`` faces (:func:`select`), then this shard's block.
-        device: where the model runs (None: where it is; :func:`fer_core.backends.on_device`).
         on_batch: called with the number of faces after each stored batch of maps.
-        backend: what computes the logits that ``target="predicted"`` needs (the maps always
-            come from the torch model: they need its gradients).
         compute: False reads stored maps only: a face without its map (or, for
             ``target="predicted"``, its logits) raises :class:`~fer_core.errors.MissingResultsError`.
+        options: faces per batch (default :data:`EXPLAIN_BATCH_SIZE`), device, progress bar, and
+            the backend that computes the logits ``target="predicted"`` needs (the maps always
+            come from the torch model: they need its gradients); :class:`~fer_core.backends.InferenceOptions`.
         params: the method's settings (:func:`fer_core.explain.method_defaults`).
 
     One pass of the extraction engine (:func:`fer_core.extraction.extract`) reads, hashes and
@@ -369,14 +372,15 @@ def explain_dataset(model: FerModel, dataset: FaceDataset, cache: ResultCache, m
     side = stored_map_size(model, map_size)
     dataset = select(dataset, limit, shard)
     fixed = _fixed_targets(model, dataset, target)
-    on_device(model, device)
+    on_device(model, options.device)
     preparer = FacePreparer(model, face_pipeline)
     locator = face_pipeline.detector if face_pipeline is not None else None
     attributions = _Attributions(model, cache, method, settings, side, preparer.fingerprint(dataset.pre_cropped),
                                  locator, target, fixed, on_batch)
-    with tqdm(total=len(dataset), desc=f"{method} {dataset.name}", unit="face", disable=not progress) as bar:
-        results = extract(model, dataset, preparer, range(len(dataset)), cache, batch_size, on_progress=bar.update,
-                          backend=backend, consumer=attributions, forward=fixed is None, compute=compute)
+    with tqdm(total=len(dataset), desc=f"{method} {dataset.name}", unit="face", disable=not options.progress) as bar:
+        results = extract(model, dataset, preparer, range(len(dataset)), cache, options.batch_size,
+                          on_progress=bar.update, backend=options.backend, consumer=attributions,
+                          forward=fixed is None, compute=compute)
     return attributions.attribution_set(dataset, results.contents)
 
 
@@ -408,15 +412,14 @@ class Embeddings:
 
 
 def _dataset_rows(model: FerModel, name: str, dataset: FaceDataset, cache: ResultCache | None,
-                  face_pipeline: FacePipeline | None, batch_size: int, chunk_size: int,
-                  bar: tqdm, backend: str, score_over: str, compute: bool = True
-                  ) -> tuple[pd.DataFrame, np.ndarray, int]:
+                  face_pipeline: FacePipeline | None, chunk_size: int, bar: tqdm, options: InferenceOptions,
+                  score_over: str, compute: bool = True) -> tuple[pd.DataFrame, np.ndarray, int]:
     preparer = FacePreparer(model, face_pipeline)
     preparation = preparer.fingerprint(dataset.pre_cropped)
     scoring = scoring_for(score_over, model.emotions, dataset.emotions)
     frames, blocks, computed = [], [], 0
-    for results in forward_chunks(model, dataset, preparer, range(len(dataset)), cache, batch_size, chunk_size,
-                                  bar.update, backend, compute):
+    for results in forward_chunks(model, dataset, preparer, range(len(dataset)), cache, options.batch_size,
+                                  chunk_size, bar.update, options.backend, compute):
         usable = results.usable
         computed += results.computed
         probabilities, predicted = scoring.score(results.logits[usable])
@@ -475,10 +478,9 @@ def cached_projection(model: FerModel, table: pd.DataFrame, features: np.ndarray
 def embed_datasets(model: FerModel, datasets: Mapping[str, FaceDataset], cache: ResultCache | None,
                    face_pipeline: FacePipeline | None = None, projections: Sequence[str] = ("pca",),
                    projection_params: Mapping[str, Mapping[str, Any]] | None = None, seed: int = 0,
-                   batch_size: int = 32, chunk_size: int = 1024, limit: int | None = None,
-                   shard: Shard | None = None, device: str | None = None, progress: bool = True,
-                   backend: str = DEFAULT_BACKEND, per_class: int | None = None, sample_seed: int = 0,
-                   score_over: str = DEFAULT_PROTOCOL, compute: bool = True) -> Embeddings:
+                   chunk_size: int = 1024, limit: int | None = None, shard: Shard | None = None,
+                   per_class: int | None = None, sample_seed: int = 0, score_over: str = DEFAULT_PROTOCOL,
+                   compute: bool = True, options: InferenceOptions = InferenceOptions()) -> Embeddings:
     """Features of every readable face of ``datasets`` (``{name: dataset}``) and their 2-D
     ``projections`` (``pca``, ``tsne``, ``umap``) computed over all datasets together.
 
@@ -487,8 +489,8 @@ def embed_datasets(model: FerModel, datasets: Mapping[str, FaceDataset], cache: 
     each dataset (seeded by ``sample_seed``; :func:`select`), then ``shard`` takes its block; a
     shard only stores features (projections need every face: run again without a shard).
     ``score_over`` is the protocol of the ``pred`` column (:data:`fer_core.scoring.PROTOCOLS`);
-    ``device`` where the model runs (None: where it is). ``compute=False`` reads stored results only (:class:`~fer_core.errors.MissingResultsError`
-    for any that are not).
+    ``options`` how the model runs (:class:`~fer_core.backends.InferenceOptions`). ``compute=False``
+    reads stored results only (:class:`~fer_core.errors.MissingResultsError` for any that are not).
     """
     unknown = [p for p in projections if p not in PROJECTIONS]
     if unknown:
@@ -496,13 +498,13 @@ def embed_datasets(model: FerModel, datasets: Mapping[str, FaceDataset], cache: 
     if not datasets:
         raise InvalidArgument("embed_datasets needs at least one dataset")
     chosen = {name: select(dataset, limit, shard, per_class, sample_seed) for name, dataset in datasets.items()}
-    on_device(model, device)
+    on_device(model, options.device)
     frames, blocks, computed = [], [], 0
     with tqdm(total=sum(len(d) for d in chosen.values()), desc="embed " + ", ".join(chosen), unit="face",
-              disable=not progress) as bar:
+              disable=not options.progress) as bar:
         for name, dataset in chosen.items():
-            frame, block, count = _dataset_rows(model, name, dataset, cache, face_pipeline, batch_size,
-                                                chunk_size, bar, backend, score_over, compute)
+            frame, block, count = _dataset_rows(model, name, dataset, cache, face_pipeline, chunk_size, bar,
+                                                options, score_over, compute)
             frames.append(frame)
             blocks.append(block)
             computed += count
@@ -545,8 +547,7 @@ def gap_report_name(fingerprint: str, real: str, synthetic: str, limit: int | No
 def gap_report(model: FerModel, real: FaceDataset, synthetic: FaceDataset, cache: ResultCache | None,
                face_pipeline: FacePipeline | None = None, sample: int | None = DEFAULT_GAP_SAMPLE,
                limit: int | None = None, seed: int = 0, out_dir: Path | str | None = None,
-               batch_size: int = 32, device: str | None = None, progress: bool = True,
-               backend: str = DEFAULT_BACKEND, per_class: int | None = None) -> dict[str, Any]:
+               per_class: int | None = None, options: InferenceOptions = InferenceOptions()) -> dict[str, Any]:
     """:func:`fer_core.domain_gap.domain_gap_report` between ``real`` and ``synthetic`` faces on
     the model's cached penultimate features, with what it was computed on.
 
@@ -555,14 +556,14 @@ def gap_report(model: FerModel, real: FaceDataset, synthetic: FaceDataset, cache
     seeded random draw; None: all);
     the per-class centroid distances use the labelled faces. With ``out_dir`` (normally the first
     of :func:`gap_report_folders`) the report is also written to ``out_dir/``:func:`gap_report_name`.
+    ``options``: how the model runs for the features not stored (:class:`~fer_core.backends.InferenceOptions`).
     """
     if real.label == synthetic.label:
         raise InvalidArgument(f"real and synthetic are the same dataset ({real.label}); compare two different ones")
     if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 5):
         raise InvalidArgument(f"sample: expected at least 5 faces per domain (or None for all), got {sample!r}")
     chosen = {dataset.label: select(dataset, limit, per_class=per_class, seed=seed) for dataset in (real, synthetic)}
-    embeddings = embed_datasets(model, chosen, cache, face_pipeline, projections=(), batch_size=batch_size,
-                                device=device, progress=progress, backend=backend)
+    embeddings = embed_datasets(model, chosen, cache, face_pipeline, projections=(), options=options)
     rng = np.random.default_rng(seed)
     names = {label: sampled_name(label, dataset) for label, dataset in chosen.items()}
     parts = {}

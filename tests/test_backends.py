@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fer_core.backends import INFERENCE_BACKENDS, fold_pads_into_convs, load_backend, onnx_bytes
+from fer_core.backends import INFERENCE_BACKENDS, InferenceOptions, fold_pads_into_convs, load_backend, onnx_bytes
 from fer_core.cache import ResultCache
 from fer_core.cli import main
 from fer_core.config import config_from_dict
@@ -58,14 +58,16 @@ def test_onnx_export_moves_the_same_pads_into_the_convolutions(model):
 
 
 def test_predict_and_embed_through_onnx_match_eager(model, faces, tmp_path):
-    eager = predict_dataset(model, faces, tmp_path / "torch", batch_size=16, progress=False)
-    fast = predict_dataset(model, faces, tmp_path / "onnx", batch_size=16, progress=False, backend="onnx")
+    eager_options = InferenceOptions(batch_size=16, progress=False)
+    onnx_options = InferenceOptions(batch_size=16, backend="onnx", progress=False)
+    eager = predict_dataset(model, faces, tmp_path / "torch", options=eager_options)
+    fast = predict_dataset(model, faces, tmp_path / "onnx", options=onnx_options)
     probs = [c for c in eager.columns if c.startswith("prob_")]
     assert (fast["pred"] == eager["pred"]).all()
     assert np.abs(fast[probs].to_numpy() - eager[probs].to_numpy()).max() <= TOLERANCE
     with ResultCache(tmp_path / "cache.sqlite") as cache:
-        keys, features = embed_dataset(model, faces, cache, batch_size=16, progress=False, backend="onnx")
-    eager_keys, eager_features = embed_dataset(model, faces, None, batch_size=16, progress=False)
+        keys, features = embed_dataset(model, faces, cache, options=onnx_options)
+    eager_keys, eager_features = embed_dataset(model, faces, None, options=eager_options)
     assert keys == eager_keys and np.abs(features - eager_features).max() <= TOLERANCE
 
 

@@ -12,12 +12,16 @@ import pandas as pd
 import pytest
 import torch
 
+from fer_core.backends import InferenceOptions
 from fer_core.cache import CacheKey, ResultCache, content_hash
 from fer_core.cli import main
 from fer_core.data import FerPlusDataset, open_dataset
 from fer_core.errors import DataError, InvalidArgument
 from fer_core.inference import FORWARD_KINDS, FacePreparer, cached_forward, embed_dataset, predict_dataset
 from fer_core.models import TINY_ARCHITECTURE, FerModel, load_model, save_model
+
+#: The dataset passes without progress bars.
+QUIET = InferenceOptions(progress=False)
 
 WRITER = textwrap.dedent("""
     import sys, time
@@ -127,16 +131,17 @@ def test_arrays_round_trip_in_their_kind_dtype(tmp_path):
 
 def test_second_prediction_is_served_from_the_cache(model, faces, tmp_path):
     calls = count_forwards(model)
-    plain = predict_dataset(model, faces, tmp_path / "plain", batch_size=64, progress=False)
+    options = InferenceOptions(batch_size=64, progress=False)
+    plain = predict_dataset(model, faces, tmp_path / "plain", options=options)
     cache = ResultCache(tmp_path / "results.sqlite")
-    first = predict_dataset(model, faces, tmp_path / "first", batch_size=64, progress=False, cache=cache)
+    first = predict_dataset(model, faces, tmp_path / "first", cache=cache, options=options)
     computed = sum(calls)
-    second = predict_dataset(model, faces, tmp_path / "second", batch_size=64, progress=False, cache=cache)
+    second = predict_dataset(model, faces, tmp_path / "second", cache=cache, options=options)
     assert computed == 2 * len(faces) and sum(calls) == computed  # the second run did no forward pass
     pd.testing.assert_frame_equal(first, plain)
     pd.testing.assert_frame_equal(second, plain)
     assert second["pred_all"].nunique() > 1  # real, face-dependent outputs
-    names, features = embed_dataset(model, faces, cache, progress=False)
+    names, features = embed_dataset(model, faces, cache, options=QUIET)
     assert sum(calls) == computed and names == [faces[i].key for i in range(len(faces))]
     fresh_logits, fresh_features = fresh_outputs(model, faces)
     np.testing.assert_allclose(features, fresh_features, rtol=1e-5, atol=1e-6)
@@ -180,7 +185,7 @@ def test_other_weights_or_input_size_miss_and_renamed_files_hit(model, model_fil
     fresh_logits, _ = fresh_outputs(changed, subset)
     np.testing.assert_allclose(result.logits[readable], fresh_logits[order], rtol=1e-5, atol=1e-6)
     with pytest.warns(UserWarning, match="broken.png"):
-        names, features = embed_dataset(changed, renamed, cache, progress=False)
+        names, features = embed_dataset(changed, renamed, cache, options=QUIET)
     assert len(names) == 40 and features.shape == (40, changed.feature_dim) and not np.isnan(features).any()
 
 

@@ -14,18 +14,24 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from fer_core.backends import InferenceOptions
 from fer_core.config import load_config
 from fer_core.data import open_dataset
 from fer_core.explain import method_names
 from fer_core.explain.regions import REGIONS
 from fer_core.labels import EMOTIONS
 from fer_core.models import load_model
+from fer_core.precompute import EXPLAIN_BATCH_SIZE
 from fer_core.runs import Run
 from fer_core.workflows import evaluate_model, face_pipeline_for
 
 REPO = Path(__file__).resolve().parent.parent
 HOME = str(REPO / "dashboard" / "Home.py")
 PAGES = REPO / "pages"
+#: The dataset passes without progress bars.
+QUIET = InferenceOptions(progress=False)
+#: Attribution passes without progress bars, at their default batch size.
+QUIET_EXPLAIN = InferenceOptions(batch_size=EXPLAIN_BATCH_SIZE, progress=False)
 
 
 def write_config(project: Path, name: str, **keys: str) -> Path:
@@ -323,7 +329,7 @@ def test_saliency_browser_puts_real_and_synthetic_maps_side_by_side(monkeypatch,
     sd_faces = open_dataset("sd_faces", root)
     with ResultCache.from_config(config) as cache:
         explain_dataset(model, sd_faces.subset(class_rows(sd_faces, "Sadness", 4)), cache, "gradcam",
-                        face_pipeline=face_pipeline_for(config, model), progress=False)
+                        face_pipeline=face_pipeline_for(config, model), options=QUIET_EXPLAIN)
     app = open_page(monkeypatch, app_config, "saliency.py", **{"sal-count": 4, "sal-shown": 4, "sal-per-area": False})
     assert not app.exception, [e.value for e in app.exception]
     assert [s.value for s in app.subheader][:2] == ["real: fer2013:test", "synthetic: sd_faces"]
@@ -334,7 +340,7 @@ def test_saliency_browser_puts_real_and_synthetic_maps_side_by_side(monkeypatch,
     with ResultCache.from_config(config) as cache:
         scored = embed_datasets(model, {"fer2013:test": open_dataset("fer2013:test", root).subset(
             class_rows(open_dataset("fer2013:test", root), "Happiness", 32))}, cache, face_pipeline_for(config, model),
-            projections=(), progress=False).table
+            projections=(), options=QUIET).table
     first = scored.iloc[0]
     assert images(app)[0].caption.startswith(f"true Happiness · pred {first['pred_emotion']} "
                                               f"{first['confidence']:.0%}")
@@ -440,6 +446,8 @@ def decode_uri(uri: str) -> np.ndarray:
 
 
 def test_embeddings_plot_both_domains_and_measure_the_gap(monkeypatch, app_config, project):
+    import fer_core.precompute
+    from fer_core.backends import resolve_device
     from fer_core.cache import ResultCache
     from fer_core.domain_gap import project as projection
     from fer_core.precompute import embed_datasets
@@ -453,7 +461,7 @@ def test_embeddings_plot_both_domains_and_measure_the_gap(monkeypatch, app_confi
     datasets = {s: open_dataset(s, config.resolve(config.data.root)) for s in ("fer2013:test", "sd_faces")}
     with ResultCache.from_config(config) as cache:
         found = embed_datasets(model, datasets, cache, face_pipeline_for(config, model), projections=(), limit=40,
-                               progress=False)
+                               options=QUIET)
     assert found.computed == 0  # the page stored every face's features
     xy = projection(found.features, "pca")
     real_rows = np.flatnonzero(found.table["domain"] == "real")
@@ -504,8 +512,14 @@ def test_embeddings_plot_both_domains_and_measure_the_gap(monkeypatch, app_confi
     counts = found.table["emotion"].value_counts()
     assert {t["name"] for t in traces} == {f"{e} ({n})" for e, n in counts.items()}
     app.toggle(key="emb-matched").set_value(True)
+    devices = []
+    run_on = fer_core.precompute.on_device
+    monkeypatch.setattr(fer_core.precompute, "on_device", lambda model, device: devices.append(device)
+                        or run_on(model, device))
     app.button(key="gap-button").click().run()
     assert not app.exception, [e.value for e in app.exception]
+    # the page ran the gap job on the device the config names (``auto`` resolved as the CLI resolves it)
+    assert devices and set(devices) == {str(resolve_device(config.model.device))}
     metrics = {m.label: m for m in app.metric}
     # Chance is 50%; the stratified sample now gives 72.5% (deterministic, seeded): a wide margin above chance.
     assert float(metrics["Domain classifier (balanced acc.)"].value.rstrip("%")) > 60  # 48 px FER vs SD photos

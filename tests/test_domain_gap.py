@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fer_core import labels as label_space
+from fer_core.backends import InferenceOptions
 from fer_core.data import FaceDataset, FolderDataset, stratified_split
 from fer_core.domain_gap import (
     PROJECTIONS,
@@ -29,6 +30,8 @@ from fer_core.labels import EMOTIONS
 from fer_core.models import load_model
 
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "fer_b0_ferplus.safetensors"
+#: The dataset passes without progress bars.
+QUIET = InferenceOptions(progress=False)
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,8 @@ def domains(fer2013_root, synthetic_root, face_model_path) -> Domains:
                                      label_map=label_space.FER2013_FOLDERS), 200)
     synthetic = _stratified(FolderDataset(synthetic_root, None, name="sd_faces", domain="synthetic"), 150)
     faces = FacePipeline(create_detector("mediapipe", model_path=face_model_path), crop_size=64)
-    real_keys, real_features = embed_dataset(model, real, None, progress=False)
-    synthetic_keys, synthetic_features = embed_dataset(model, synthetic, None, face_pipeline=faces, progress=False)
+    real_keys, real_features = embed_dataset(model, real, None, options=QUIET)
+    synthetic_keys, synthetic_features = embed_dataset(model, synthetic, None, face_pipeline=faces, options=QUIET)
     assert len(real_keys) == len(real) and len(synthetic_keys) == len(synthetic)
     return Domains(real_features, real.labels, synthetic_features, synthetic.labels)
 

@@ -14,7 +14,7 @@ import torch
 
 import fer_core.data.datasets
 import fer_core.extraction
-from fer_core.backends import on_device, resolve_device
+from fer_core.backends import InferenceOptions, on_device, resolve_device
 from fer_core.cache import CacheKey, ResultCache
 from fer_core.config import config_from_dict
 from fer_core.data import FerPlusDataset, open_dataset
@@ -26,7 +26,7 @@ from fer_core.faces import FacePipeline, create_detector
 from fer_core.images import load_rgb
 from fer_core.jobs.options import JobOptions
 from fer_core.models import TINY_ARCHITECTURE, EmotionRecognizer, FerModel, save_model
-from fer_core.precompute import downsample_maps, explain_dataset
+from fer_core.precompute import EXPLAIN_BATCH_SIZE, downsample_maps, explain_dataset
 from fer_core.preprocess import (AugmentSettings, Preprocessing, create_transform, pixel_augmentation,
                                  tensor_augmentation)
 from fer_core.training import FaceTransform
@@ -34,6 +34,8 @@ from fer_core.workflows import load_configured_model
 
 FER_ROWS = [0, 140, 280, 420]
 SD_ROWS = [0, 60, 120, 180]
+#: Attribution passes without progress bars, at their default batch size.
+QUIET_EXPLAIN = InferenceOptions(batch_size=EXPLAIN_BATCH_SIZE, progress=False)
 #: Recorded with the code before the engine (commit 2562731) on these faces: the preparation
 #: part of every cache key, the first three content hashes, and sha256 of each FER+ input tensor
 #: (48 px faces at 48 px: no resize, so only IEEE float arithmetic, the same on every machine).
@@ -123,13 +125,15 @@ def test_explaining_decodes_and_detects_each_face_once(model, datasets, pipeline
     monkeypatch.setattr(Preprocessing, "to_image", lambda *args: pytest.fail("keypoints undo the normalisation"))
     dataset = datasets["sd"]
     with ResultCache(tmp_path / "results.sqlite") as cache:
-        first = explain_dataset(model, dataset, cache, "gradcam", map_size=24, face_pipeline=pipeline, progress=False)
+        first = explain_dataset(model, dataset, cache, "gradcam", map_size=24, face_pipeline=pipeline,
+                                options=QUIET_EXPLAIN)
         assert (len(decoded), len(detected)) == (4, 4)   # the code before the engine: 8 and 8
         assert first.computed == 4
         # the prediction pass is the same pass: its logits are stored beside the maps
         forward = cached_forward(model, dataset, FacePreparer(model, pipeline), range(4), cache)
         assert forward.computed == 0 and (len(decoded), len(detected)) == (4, 4)
-        again = explain_dataset(model, dataset, cache, "gradcam", map_size=24, face_pipeline=pipeline, progress=False)
+        again = explain_dataset(model, dataset, cache, "gradcam", map_size=24, face_pipeline=pipeline,
+                                options=QUIET_EXPLAIN)
     assert again.computed == 0 and (len(decoded), len(detected)) == (4, 4)
     assert np.array_equal(again.maps, first.maps) and np.array_equal(again.keypoints, first.keypoints)
     monkeypatch.undo()
@@ -149,7 +153,7 @@ def test_keypoints_of_pre_cropped_faces_come_from_the_crop_the_model_saw(model, 
     dataset = datasets["ferplus"]
     with ResultCache(tmp_path / "results.sqlite") as cache:
         result = explain_dataset(model, dataset, cache, "saliency", target="true", map_size=24,
-                                 face_pipeline=pipeline, progress=False)
+                                 face_pipeline=pipeline, options=QUIET_EXPLAIN)
         assert cache.info()["kinds"].keys() == {"attribution", "diagnostics", "keypoints"}  # no forward pass
     explained = [row for row, sample in enumerate(dataset) if sample.label >= 0]
     crops = [Preprocessing(48).resize(dataset.read(dataset[row])) for row in explained]
@@ -200,7 +204,7 @@ def test_job_options_are_the_config_resolved_once(tmp_path, face_model_path):
     config = config_from_dict({"model": {"device": "auto"}, "inference": {"backend": "onnx", "batch_size": 7},
                                "faces": {"mediapipe_model": str(face_model_path), "align": False}}, root=tmp_path)
     options = JobOptions.from_config(config, progress=False)
-    assert (options.device, options.backend, options.batch_size) == (str(resolve_device("auto")), "onnx", 7)
-    assert options.inference() == {"batch_size": 7, "device": options.device, "backend": "onnx", "progress": False}
+    assert options.device == str(resolve_device("auto"))
+    assert options.inference == InferenceOptions(batch_size=7, device=options.device, backend="onnx", progress=False)
     assert options.face_pipeline(64).fingerprint() == FacePipeline.from_config(config, 64).fingerprint()
     assert options.face_pipeline(64).fingerprint() != FacePipeline.from_config(config, 96).fingerprint()

@@ -402,6 +402,7 @@ def test_a_failed_archive_install_leaves_no_half_dataset(tmp_path, synthetic_roo
 SESSION = textwrap.dedent("""
     import sys
     import numpy as np
+    from fer_core.backends import InferenceOptions
     from fer_core.cache import ResultCache
     from fer_core.data import FerPlusDataset
     from fer_core.inference import embed_dataset
@@ -411,7 +412,7 @@ SESSION = textwrap.dedent("""
     faces = FerPlusDataset(root, "test").subset(np.arange(int(start), int(stop)))
     for _ in range(2):  # a session asks twice: the second time everything is read back
         with ResultCache(cache_path) as cache:  # one connection per request, as the dashboard does
-            keys, features = embed_dataset(model, faces, cache, batch_size=16, progress=False)
+            keys, features = embed_dataset(model, faces, cache, options=InferenceOptions(batch_size=16, progress=False))
     assert len(keys) == len(faces) and np.isfinite(features).all()
     print("ok", len(keys))
 """)

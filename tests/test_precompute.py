@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fer_core.backends import InferenceOptions
 from fer_core.cache import ResultCache
 from fer_core.cli import main
 from fer_core.data import FerPlusDataset, open_dataset
@@ -26,13 +27,18 @@ from fer_core.faces import FacePipeline, create_detector
 from fer_core.inference import FacePreparer
 from fer_core.labels import EMOTIONS
 from fer_core.models import load_model
-from fer_core.precompute import Shard, embed_datasets, explain_dataset, gap_report
+from fer_core.precompute import EXPLAIN_BATCH_SIZE, Shard, embed_datasets, explain_dataset, gap_report
 
 REPO = Path(__file__).resolve().parent.parent
+#: The dataset passes without progress bars.
+QUIET = InferenceOptions(progress=False)
+#: Attribution passes without progress bars, at their default batch size.
+QUIET_EXPLAIN = InferenceOptions(batch_size=EXPLAIN_BATCH_SIZE, progress=False)
 
 KILLED_JOB = textwrap.dedent("""
     import sys, time
     import numpy as np
+    from fer_core.backends import InferenceOptions
     from fer_core.cache import ResultCache
     from fer_core.data import FerPlusDataset
     from fer_core.models import load_model
@@ -43,8 +49,8 @@ KILLED_JOB = textwrap.dedent("""
         print(done, flush=True)
         time.sleep(1.0)
     with ResultCache(cache_path) as cache:
-        explain_dataset(load_model(model_path), dataset, cache, "gradcam", batch_size=8, map_size=24,
-                        progress=False, on_batch=slowly)
+        explain_dataset(load_model(model_path), dataset, cache, "gradcam", map_size=24, on_batch=slowly,
+                        options=InferenceOptions(batch_size=8, progress=False))
     print("finished", flush=True)
 """)
 
@@ -90,7 +96,7 @@ def assert_close_maps(stored, expected):
 def test_explain_hit_miss_maps_and_keypoints(model, faces, pipeline, tmp_path):
     cache = ResultCache(tmp_path / "results.sqlite")
     first = explain_dataset(model, faces.subset(np.arange(24)), cache, "gradcam", map_size=24,
-                            face_pipeline=pipeline, progress=False)
+                            face_pipeline=pipeline, options=QUIET_EXPLAIN)
     assert first.computed == 24 and len(first.table) == 24 and first.maps.shape == (24, 24, 24)
     expected, targets = direct_maps(model, faces.subset(np.arange(24)), pipeline, 24)
     assert first.table["target"].tolist() == targets.tolist()
@@ -107,20 +113,20 @@ def test_explain_hit_miss_maps_and_keypoints(model, faces, pipeline, tmp_path):
     calls = []
     handle = model.module.register_forward_hook(lambda module, args, out: calls.append(len(out)))
     again = explain_dataset(model, faces.subset(np.arange(24)), cache, "gradcam", map_size=24,
-                            face_pipeline=pipeline, progress=False)
+                            face_pipeline=pipeline, options=QUIET_EXPLAIN)
     handle.remove()
     assert again.computed == 0 and calls == []
     assert np.array_equal(again.maps, first.maps) and np.array_equal(again.keypoints, first.keypoints, equal_nan=True)
     # the default layer named explicitly (the dashboard names it) is the same stored result
     named = explain_dataset(model, faces.subset(np.arange(24)), cache, "gradcam", map_size=24,
-                            layer=default_layer(model), face_pipeline=pipeline, progress=False)
+                            layer=default_layer(model), face_pipeline=pipeline, options=QUIET_EXPLAIN)
     assert named.computed == 0 and np.array_equal(named.maps, first.maps)
     more = explain_dataset(model, faces.subset(np.arange(32)), cache, "gradcam", map_size=24,
-                           face_pipeline=pipeline, progress=False)
+                           face_pipeline=pipeline, options=QUIET_EXPLAIN)
     assert more.computed == 8 and np.array_equal(more.maps[:24], first.maps)
     # maps are keyed by the class explained: the true class reuses the predicted one's map where they agree
     true = explain_dataset(model, faces.subset(np.arange(24)), cache, "gradcam", target="true", map_size=24,
-                           face_pipeline=pipeline, progress=False)
+                           face_pipeline=pipeline, options=QUIET_EXPLAIN)
     differ = (true.table["target"] != first.table["target"]).to_numpy()
     assert true.computed == int(differ.sum()) > 0
     assert np.array_equal(true.maps[~differ], first.maps[~differ])
@@ -137,7 +143,7 @@ def test_detected_faces_keep_their_keypoints_and_the_face_entry_is_unchanged(mod
                                                                              tmp_path):
     dataset = open_dataset("sd_faces", project / "data").subset(np.arange(0, 476, 60))
     cache = ResultCache(tmp_path / "results.sqlite")
-    result = explain_dataset(model, dataset, cache, "saliency", face_pipeline=pipeline, progress=False)
+    result = explain_dataset(model, dataset, cache, "saliency", face_pipeline=pipeline, options=QUIET_EXPLAIN)
     assert result.computed == len(dataset) == 8
     assert np.isfinite(result.keypoints).all()
     assert np.all(result.keypoints[:, [0, 1], 1].max(axis=1) < result.keypoints[:, 3, 1])
@@ -152,12 +158,12 @@ def test_other_model_preprocessing_or_settings_are_recomputed(model, tiny_model,
     cache = ResultCache(tmp_path / "results.sqlite")
     subset = faces.subset(np.arange(16))
     base = explain_dataset(model, subset, cache, "integrated_gradients", target="Happiness", map_size=24,
-                           progress=False, n_steps=8)
+                           options=QUIET_EXPLAIN, n_steps=8)
     other = load_model(tiny_model)
     with torch.no_grad():
         other.module.get_classifier().weight.mul_(-1.0)
     changed = explain_dataset(other, subset, cache, "integrated_gradients", target="Happiness", map_size=24,
-                              progress=False, n_steps=8)
+                              options=QUIET_EXPLAIN, n_steps=8)
     assert changed.computed == 16
     assert_close_maps(changed.maps, direct_maps(other, subset, None, 24, "integrated_gradients", "Happiness",
                                                   n_steps=8)[0])
@@ -165,12 +171,12 @@ def test_other_model_preprocessing_or_settings_are_recomputed(model, tiny_model,
     shifted = load_model(tiny_model)
     shifted.mean = (0.5, 0.5, 0.5)
     assert explain_dataset(shifted, subset, cache, "integrated_gradients", target="Happiness", map_size=24,
-                           progress=False, n_steps=8).computed == 16
+                           options=QUIET_EXPLAIN, n_steps=8).computed == 16
     steps = explain_dataset(model, subset, cache, "integrated_gradients", target="Happiness", map_size=24,
-                            progress=False, n_steps=16)
+                            options=QUIET_EXPLAIN, n_steps=16)
     assert steps.computed == 16 and steps.params["n_steps"] == 16
     assert explain_dataset(model, subset, cache, "integrated_gradients", target="Happiness", map_size=24,
-                           progress=False, n_steps=8).computed == 0
+                           options=QUIET_EXPLAIN, n_steps=8).computed == 0
 
 
 @pytest.mark.slow
@@ -194,10 +200,12 @@ def test_killed_job_resumes_to_the_uninterrupted_result(model, tiny_model, ferpl
     with ResultCache(cache_path) as cache:
         stored = cache.info()["kinds"]["attribution"]["entries"]
         assert 16 <= stored < len(dataset)          # whole batches of 8, the job did not finish
-        resumed = explain_dataset(model, dataset, cache, "gradcam", batch_size=8, map_size=24, progress=False)
+        resumed = explain_dataset(model, dataset, cache, "gradcam", map_size=24,
+                                  options=InferenceOptions(batch_size=8, progress=False))
     assert resumed.computed == len(dataset) - stored
     with ResultCache(tmp_path / "whole.sqlite") as cache:
-        whole = explain_dataset(model, dataset, cache, "gradcam", batch_size=8, map_size=24, progress=False)
+        whole = explain_dataset(model, dataset, cache, "gradcam", map_size=24,
+                                options=InferenceOptions(batch_size=8, progress=False))
     assert whole.computed == len(dataset)
     assert_close_maps(resumed.maps, whole.maps)
     assert resumed.table.equals(whole.table)
@@ -270,7 +278,7 @@ def test_embeddings_and_projections_are_cached_by_the_set_of_faces(model, faces,
     cache = ResultCache(tmp_path / "results.sqlite")
     synthetic = open_dataset("sd_faces", project / "data").subset(np.arange(0, 476, 40))
     first = embed_datasets(model, {"real": faces, "synthetic": synthetic}, cache, pipeline,
-                           projections=("pca", "tsne"), progress=False)
+                           projections=("pca", "tsne"), options=QUIET)
     assert first.computed == len(faces) + len(synthetic) and first.projections_computed == ("pca", "tsne")
     assert first.table["domain"].tolist() == ["real"] * len(faces) + ["synthetic"] * len(synthetic)
     preparer = FacePreparer(model, None)
@@ -281,7 +289,7 @@ def test_embeddings_and_projections_are_cached_by_the_set_of_faces(model, faces,
     assert first.table["pred"][:len(faces)].tolist() == logits.argmax(1).tolist()
     assert first.table["emotion"][:len(faces)].tolist() == [EMOTIONS[faces[i].label] for i in range(len(faces))]
     swapped = embed_datasets(model, {"synthetic": synthetic, "real": faces}, cache, pipeline,
-                             projections=("pca", "tsne"), progress=False)
+                             projections=("pca", "tsne"), options=QUIET)
     assert swapped.computed == 0 and swapped.projections_computed == ()
     merged = first.table.merge(swapped.table, on="content", suffixes=("", "_swapped"))
     assert len(merged) == len(first.table)
@@ -291,7 +299,7 @@ def test_embeddings_and_projections_are_cached_by_the_set_of_faces(model, faces,
     centred = first.features - first.features.mean(0)
     components = np.linalg.svd(centred, full_matrices=False)[2][:2]
     assert np.allclose(np.abs(centred @ components.T), np.abs(first.table[["pca_x", "pca_y"]].to_numpy()), atol=1e-3)
-    fewer = embed_datasets(model, {"real": faces}, cache, pipeline, projections=("pca",), progress=False)
+    fewer = embed_datasets(model, {"real": faces}, cache, pipeline, projections=("pca",), options=QUIET)
     assert fewer.computed == 0 and fewer.projections_computed == ("pca",)   # another set of faces
 
 
@@ -299,13 +307,13 @@ def test_gap_report_separates_real_from_synthetic(model, ferplus_root, project, 
     real = FerPlusDataset(ferplus_root, "test").subset(np.arange(0, 3375, 28))
     synthetic = open_dataset("sd_faces", project / "data").subset(np.arange(0, 476, 4))
     cache = ResultCache(tmp_path / "results.sqlite")
-    report = gap_report(model, real, synthetic, cache, pipeline, sample=100, out_dir=tmp_path / "gap", progress=False)
+    report = gap_report(model, real, synthetic, cache, pipeline, sample=100, out_dir=tmp_path / "gap", options=QUIET)
     assert report["domain_classifier"]["balanced_accuracy"] > 0.7   # chance: 0.5
     assert report["mmd_rbf"]["p_value"] < 0.05
     assert report["real"]["faces"] == 121 and report["synthetic"]["faces"] == 119
     assert report["n_real"] == report["n_synthetic"] == 100
     assert json.loads(Path(report["path"]).read_text())["mmd_rbf"] == report["mmd_rbf"]
-    again = gap_report(model, real, synthetic, cache, pipeline, sample=100, progress=False)
+    again = gap_report(model, real, synthetic, cache, pipeline, sample=100, options=QUIET)
     assert again["computed_features"] == 0 and again["mmd_rbf"] == report["mmd_rbf"]
 
 

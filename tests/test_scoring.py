@@ -9,6 +9,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
+from fer_core.backends import InferenceOptions
 from fer_core.config import load_config
 from fer_core.data import open_dataset
 from fer_core.errors import DataError, InvalidArgument
@@ -21,6 +22,8 @@ from fer_core.scoring import PROTOCOLS, ScoringWarning, canonical_probabilities,
 from fer_core.workflows import evaluate_model
 
 HAPPY, SAD, NEUTRAL, CONTEMPT = (EMOTIONS.index(e) for e in ("Happiness", "Sadness", "Neutral", "Contempt"))
+#: The dataset passes without progress bars.
+QUIET = InferenceOptions(progress=False)
 
 
 def test_protocols_choose_the_classes_a_prediction_may_be():
@@ -128,7 +131,7 @@ def faces(project):
 
 def test_prob_columns_and_predictions_do_not_depend_on_the_head_order(heads, faces, tmp_path):
     model, reordered, seven = heads
-    tables = [predict_dataset(m, faces, tmp_path / name, progress=False) for m, name in
+    tables = [predict_dataset(m, faces, tmp_path / name, options=QUIET) for m, name in
               zip(heads, ("canonical", "reordered", "seven"))]
     canonical, shuffled, dropped = tables
     probabilities = canonical[list(PROB_COLUMNS)].to_numpy()
@@ -147,7 +150,7 @@ def test_prob_columns_and_predictions_do_not_depend_on_the_head_order(heads, fac
     for head, table in zip(heads, tables):
         labels, _ = EmotionRecognizer(head).predict_emotions(crops)
         assert labels == [EMOTIONS[p] for p in table["pred"]]
-        embedded = embed_datasets(head, {"ferplus:test": faces}, None, projections=(), progress=False).table
+        embedded = embed_datasets(head, {"ferplus:test": faces}, None, projections=(), options=QUIET).table
         assert list(embedded["pred"]) == list(table["pred"])
         assert np.allclose(embedded["confidence"], table[list(PROB_COLUMNS)].to_numpy()[
             np.arange(len(table)), table["pred"]], atol=1e-6)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from fer_core.backends import InferenceOptions
 from fer_core.config import load_config
 from fer_core.data import FerPlusDataset, stratified_split
 from fer_core.inference import predict_dataset
@@ -14,6 +15,8 @@ from fer_core.workflows import SHIPPED_WEIGHTS, resolve_weights
 from tests.conftest import REPO
 
 WEIGHTS = REPO / SHIPPED_WEIGHTS
+#: The dataset passes without progress bars.
+QUIET = InferenceOptions(progress=False)
 
 
 def test_shipped_model_is_the_default_and_small():
@@ -29,7 +32,7 @@ def test_shipped_model_accuracy_on_real_ferplus_test_faces(ferplus_root, tmp_pat
     model = load_model(WEIGHTS)
     test = FerPlusDataset(ferplus_root, "test")
     keep = stratified_split(test.labels, {"use": 600 / len(test), "rest": 1 - 600 / len(test)}, seed=1)["use"]
-    table = predict_dataset(model, test.subset(np.sort(keep)), tmp_path, progress=False)
+    table = predict_dataset(model, test.subset(np.sort(keep)), tmp_path, options=QUIET)
     accuracy = float((table["pred"] == table["label"]).mean())
     # The model card reports 76.5% on all 3,375 test faces; 600 faces give about +-3.5 points.
     assert accuracy == pytest.approx(0.765, abs=0.05)
@@ -44,7 +47,7 @@ def test_shipped_model_reads_more_than_the_common_classes(ferplus_root, tmp_path
     model = load_model(WEIGHTS)
     test = FerPlusDataset(ferplus_root, "test")
     keep = stratified_split(test.labels, {"use": 1200 / len(test), "rest": 1 - 1200 / len(test)}, seed=2)["use"]
-    table = predict_dataset(model, test.subset(np.sort(keep)), tmp_path, progress=False)
+    table = predict_dataset(model, test.subset(np.sort(keep)), tmp_path, options=QUIET)
     recall = {e: float((table["pred"][table["label"] == i] == i).mean()) for i, e in enumerate(EMOTIONS)}
     floors = {"Anger": 0.5, "Fear": 0.15, "Happiness": 0.8, "Neutral": 0.7, "Sadness": 0.4, "Surprise": 0.7}
     assert all(recall[e] >= floor for e, floor in floors.items()), recall

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
+from fer_core.backends import InferenceOptions
 from fer_core.cli import main
 from fer_core.config import load_config
 from fer_core.data import open_dataset
@@ -18,6 +19,9 @@ from fer_core.labels import EMOTIONS
 from fer_core.models import load_model
 from fer_core.runs import Run, list_runs
 from fer_core.workflows import compare_runs, evaluate_model
+
+#: The dataset passes without progress bars.
+QUIET = InferenceOptions(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +81,16 @@ def test_seven_protocol_drops_contempt_and_names_itself(tiny_model, config, fer2
 
 def test_prediction_resumes_after_an_interruption(tiny_model, config, fer2013_test_subset, tmp_path):
     model = load_model(tiny_model)
-    full = predict_dataset(model, fer2013_test_subset, tmp_path / "full", chunk_size=100, progress=False)
+    full = predict_dataset(model, fer2013_test_subset, tmp_path / "full", chunk_size=100, options=QUIET)
     # An interrupted run: only the first two parts were written.
     out = tmp_path / "resumed"
-    predict_dataset(model, fer2013_test_subset, out, chunk_size=100, limit=200, progress=False)
+    predict_dataset(model, fer2013_test_subset, out, chunk_size=100, limit=200, options=QUIET)
     with pytest.raises(Exception, match="another model, dataset or setting"):
-        predict_dataset(model, fer2013_test_subset, out, chunk_size=100, progress=False)
+        predict_dataset(model, fer2013_test_subset, out, chunk_size=100, options=QUIET)
     (out / "progress.json").unlink()
     parts = sorted((out / "parts").glob("part-*.parquet"))
     assert len(parts) == 2
-    resumed = predict_dataset(model, fer2013_test_subset, out, chunk_size=100, progress=False)
+    resumed = predict_dataset(model, fer2013_test_subset, out, chunk_size=100, options=QUIET)
     pd.testing.assert_frame_equal(resumed, full)
 
 
@@ -99,7 +103,7 @@ def test_unreadable_images_are_reported_not_fatal(tiny_model, config, fer2013_ro
     (folder / "sad" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     dataset = open_dataset(str(folder), config.resolve(config.data.root))
     with pytest.warns(UserWarning, match="broken.jpg"):
-        table = predict_dataset(load_model(tiny_model), dataset, tmp_path / "out", progress=False)
+        table = predict_dataset(load_model(tiny_model), dataset, tmp_path / "out", options=QUIET)
     assert table["error"].notna().sum() == 1 and (table["pred"] >= 0).sum() == 10
 
 

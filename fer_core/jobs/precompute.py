@@ -5,6 +5,7 @@ the summary the CLI prints."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fer_core.backends import InferenceOptions
 from fer_core.cache import ResultCache
 from fer_core.config import Config
 from fer_core.data import FaceDataset
@@ -27,23 +29,24 @@ from fer_core.inference import FacePreparer, predict_dataset, predict_photos
 from fer_core.jobs.options import JobOptions
 from fer_core.jobs.workflows import dataset_for, load_configured_model
 from fer_core.models import FerModel
-from fer_core.precompute import Shard, embed_datasets, explain_dataset, gap_report, gap_report_folders, shard_folder
+from fer_core.precompute import (DEFAULT_GAP_SAMPLE, EXPLAIN_BATCH_SIZE, Shard, embed_datasets, explain_dataset,
+                                 gap_report, gap_report_folders, shard_folder)
 from fer_core.scoring import DEFAULT_PROTOCOL
 from fer_core.training import distributed
 
 
 @contextmanager
-def shard_group(options: JobOptions, shard: Shard | None) -> Iterator[str]:
+def shard_group(options: JobOptions, shard: Shard | None) -> Iterator[InferenceOptions]:
     """Under torchrun: join its process group (so ranks can wait for each other) and use this
-    rank's GPU; yields the device to run on."""
-    device = options.device
+    rank's GPU; yields the options' inference settings on the device to run on."""
+    inference = options.inference
     if not distributed.launched_by_torchrun():
-        yield device
+        yield inference
         return
-    if device.startswith("cuda"):
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-    with distributed.process_group(device):
-        yield device
+    if options.device.startswith("cuda"):
+        inference = dataclasses.replace(inference, device=f"cuda:{os.environ['LOCAL_RANK']}")
+    with distributed.process_group(inference.device):
+        yield inference
 
 
 def wait_for_every_shard(shard: Shard | None) -> None:
@@ -62,10 +65,9 @@ def predict(config: Config, model: FerModel, dataset: FaceDataset, out: Path, us
     out = out if shard is None else shard_folder(out, shard)
     cache = ResultCache.from_config(config) if use_cache else None
     try:
-        with shard_group(options, shard) as device:
+        with shard_group(options, shard) as inference:
             table = predict_dataset(model, dataset, out, face_pipeline=options.face_pipeline(model.input_size),
-                                    batch_size=options.batch_size, device=device, cache=cache,
-                                    backend=options.backend, score_over=score_over)
+                                    cache=cache, score_over=score_over, options=inference)
             wait_for_every_shard(shard)
     finally:
         if cache is not None:
@@ -78,9 +80,8 @@ def predict_folder(config: Config, model: FerModel, folder: Path, out: Path, sco
     """Every face of every photo in ``folder`` (at most ``limit`` photos, drawn with ``seed``)
     into ``out/predictions.parquet``: one row per detected face, no labels."""
     options = JobOptions.from_config(config)
-    return predict_photos(model, folder, out, options.face_pipeline(model.input_size), batch_size=options.batch_size,
-                          device=options.device, backend=options.backend, score_over=score_over, limit=limit,
-                          seed=seed)
+    return predict_photos(model, folder, out, options.face_pipeline(model.input_size), score_over=score_over,
+                          limit=limit, seed=seed, options=options.inference)
 
 
 def embed(config: Config, specs: Sequence[str], weights: Path | None = None, projections: Sequence[str] = ("pca",),
@@ -93,15 +94,16 @@ def embed(config: Config, specs: Sequence[str], weights: Path | None = None, pro
     datasets = {spec: dataset_for(config, spec) for spec in dict.fromkeys(specs)}
     model = load_configured_model(config, weights)
     started = time.perf_counter()
-    with ResultCache.from_config(config) as cache, shard_group(options, shard) as device:
+    with ResultCache.from_config(config) as cache, shard_group(options, shard) as inference:
         passes = dict(face_pipeline=options.face_pipeline(model.input_size), seed=seed, limit=limit,
-                      per_class=per_class, sample_seed=sample_seed, score_over=score_over,
-                      batch_size=options.batch_size, device=device, backend=options.backend)
-        result = embed_datasets(model, datasets, cache, projections=projections, shard=shard, **passes)
+                      per_class=per_class, sample_seed=sample_seed, score_over=score_over)
+        result = embed_datasets(model, datasets, cache, projections=projections, shard=shard, options=inference,
+                                **passes)
         summary = {"shard": None if shard is None else str(shard), **result.summary()}
         wait_for_every_shard(shard)
         if shard is not None and distributed.is_active() and distributed.is_main() and projections:
-            whole = embed_datasets(model, datasets, cache, projections=projections, progress=False, **passes)
+            whole = embed_datasets(model, datasets, cache, projections=projections,
+                                   options=dataclasses.replace(inference, progress=False), **passes)
             summary.update(projections=list(whole.projections), projections_computed=list(whole.projections_computed))
         elif shard is not None and projections:
             summary["note"] = "projections need every face: run fer-core embed again without --shard"
@@ -109,8 +111,9 @@ def embed(config: Config, specs: Sequence[str], weights: Path | None = None, pro
 
 
 def explain(config: Config, dataset: FaceDataset, method: str, weights: Path | None = None,
-            target: str = "predicted", layer: str | None = None, map_size: int = 56, batch_size: int = 16,
-            params: Mapping[str, Any] | None = None, shard: Shard | None = None) -> dict[str, Any]:
+            target: str = "predicted", layer: str | None = None, map_size: int = 56,
+            batch_size: int = EXPLAIN_BATCH_SIZE, params: Mapping[str, Any] | None = None,
+            shard: Shard | None = None) -> dict[str, Any]:
     """Attribution maps of ``method`` (its settings ``params``) for ``target`` on every face of
     ``dataset`` into the result cache, ``batch_size`` faces at a time."""
     if method not in method_names():
@@ -118,10 +121,10 @@ def explain(config: Config, dataset: FaceDataset, method: str, weights: Path | N
     options = JobOptions.from_config(config)
     model = load_configured_model(config, weights)
     started = time.perf_counter()
-    with ResultCache.from_config(config) as cache, shard_group(options, shard) as device:
+    with ResultCache.from_config(config) as cache, shard_group(options, shard) as inference:
         result = explain_dataset(model, dataset, cache, method, target=target, layer=layer, map_size=map_size,
-                                 face_pipeline=options.face_pipeline(model.input_size), batch_size=batch_size,
-                                 shard=shard, device=device, backend=options.backend, **(params or {}))
+                                 face_pipeline=options.face_pipeline(model.input_size), shard=shard,
+                                 options=dataclasses.replace(inference, batch_size=batch_size), **(params or {}))
         wait_for_every_shard(shard)
     summary = {"dataset": dataset.label, "target": target, "shard": None if shard is None else str(shard),
                **result.summary()}
@@ -132,17 +135,19 @@ def explain(config: Config, dataset: FaceDataset, method: str, weights: Path | N
 
 
 def gap(config: Config, real_spec: str, synthetic_spec: str, weights: Path | None = None,
-        sample: int | None = 2000, limit: int | None = None, per_class: int | None = None,
-        seed: int = 0) -> dict[str, Any]:
+        sample: int | None = DEFAULT_GAP_SAMPLE, limit: int | None = None, per_class: int | None = None,
+        seed: int = 0, *, model: FerModel | None = None, options: JobOptions | None = None) -> dict[str, Any]:
     """The domain-gap report of ``real_spec`` vs ``synthetic_spec`` on cached features (at most
-    ``sample`` faces per domain enter the metrics; None: all)."""
-    options = JobOptions.from_config(config)
+    ``sample`` faces per domain enter the metrics; None: all), written under ``runs_dir/gap/``.
+    ``model``: one already loaded (else the one ``weights`` or the config names); ``options``:
+    the config's, already resolved (:meth:`JobOptions.from_config`; e.g. without progress bars)."""
+    options = options if options is not None else JobOptions.from_config(config)
     real, synthetic = dataset_for(config, real_spec), dataset_for(config, synthetic_spec)
-    model = load_configured_model(config, weights)
+    model = model if model is not None else load_configured_model(config, weights)
     with ResultCache.from_config(config) as cache:
         return gap_report(model, real, synthetic, cache, options.face_pipeline(model.input_size), sample=sample,
                           limit=limit, per_class=per_class, seed=seed, out_dir=gap_report_folders(config)[0],
-                          batch_size=options.batch_size, device=options.device, backend=options.backend)
+                          options=options.inference)
 
 
 def sanity(config: Config, dataset: FaceDataset, methods: Sequence[str] = (), weights: Path | None = None,

@@ -95,7 +95,8 @@ def evaluate_model(config: Config, model: FerModel, dataset: FaceDataset, weight
     write_json_atomic(path / RUN_FILE, info)
     for warning in scoring.warnings:
         warnings.warn(f"{dataset.label}: {warning}", ScoringWarning, stacklevel=2)
-    table = predict_dataset(model, dataset, path, face_pipeline=pipeline, score_over=score_over, **options.inference())
+    table = predict_dataset(model, dataset, path, face_pipeline=pipeline, score_over=score_over,
+                            options=options.inference)
     scored = scored_rows(table)
     if scored.empty:
         raise DataError(f"{dataset.name}: no readable labelled faces to evaluate")
@@ -237,8 +238,3 @@ def train_model(config: Config, settings: TrainSettings, data: TrainingData, sta
         trainer = Trainer(run_dir, settings, train, val, init=start.init, face_pipeline=pipeline,
                           extra_info={"recipe": start.recipe, "command": "fer-core train", **mix})
         return {"run_dir": run_dir, **trainer.fit()}
-
-
-def device_for(config: Config) -> str:
-    """``model.device`` with ``auto`` resolved (:func:`fer_core.backends.resolve_device`)."""
-    return JobOptions.from_config(config).device

@@ -7,6 +7,7 @@ the control. A report reads stored maps only (``fer-core explain`` makes them);
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Mapping
@@ -21,7 +22,7 @@ from fer_core.explain.regions import aligned_template, compare_domains, region_l
 from fer_core.explain.sanity import faithfulness_rows, randomisation_rows
 from fer_core.labels import EMOTIONS
 from fer_core.models import FerModel
-from fer_core.precompute import DEFAULT_MAP_SIZE, AttributionSet, explain_dataset
+from fer_core.precompute import DEFAULT_MAP_SIZE, EXPLAIN_BATCH_SIZE, AttributionSet, explain_dataset
 from fer_core.report.base import Section
 from fer_core.report.context import ReportContext, register_question
 from fer_core.report.figures import interval_bars, map_grid_figure
@@ -164,12 +165,13 @@ def _domain_maps(context: ReportContext, section: Section, model: FerModel, meth
 
 def _explain(context: ReportContext, model: FerModel, dataset, cache, method: str, settings: Mapping[str, object],
              compute: bool) -> AttributionSet:
-    from fer_core.jobs.workflows import device_for
+    from fer_core.jobs.options import JobOptions
     settings = dict(settings)
+    inference = JobOptions.from_config(context.config, progress=compute).inference
     return explain_dataset(model, dataset, cache, method, target=context.options.target, layer=settings.pop("layer", None),
                            map_size=context.options.map_size, face_pipeline=context.face_pipeline(model),
-                           progress=compute, device=device_for(context.config), backend=context.config.inference.backend,
-                           compute=compute, **settings)
+                           compute=compute, options=dataclasses.replace(inference, batch_size=EXPLAIN_BATCH_SIZE),
+                           **settings)
 
 
 def regions_section(context: ReportContext, section: Section, model: FerModel, compute: bool = False) -> dict | None:

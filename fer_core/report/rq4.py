@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from fer_core.backends import InferenceOptions
 from fer_core.domain_gap import MIN_CLASS_FACES, per_class_gap
 from fer_core.errors import MissingResultsError
 from fer_core.models import FerModel
@@ -120,8 +121,8 @@ def build(context: ReportContext, section: Section) -> None:
         if cache is None:
             raise MissingResultsError("features (no result cache yet)", 1, 1)
         pipeline = context.face_pipeline(model)
-        embeddings = embed_datasets(model, datasets, cache, pipeline, projections=options.projections,
-                                    progress=False, backend=context.config.inference.backend, compute=False)
+        embeddings = embed_datasets(model, datasets, cache, pipeline, projections=options.projections, compute=False,
+                                    options=InferenceOptions(backend=context.config.inference.backend, progress=False))
     except MissingResultsError as exc:
         section.lack(f"features or projections of {', '.join(d.label for d in datasets.values())}: {exc}", embed)
     else:
