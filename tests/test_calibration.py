@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fer_core.data import FerPlusDataset, stratified_split
-from fer_core.errors import ConfigError
+from fer_core.errors import InvalidArgument
 from fer_core.models import load_model
 from fer_core.training.calibration import F1_TIE, adjusted_model, choose_tau, dataset_logits, model_log_prior
 
@@ -55,5 +55,5 @@ def test_the_chosen_strength_follows_the_rule_and_helps_rare_classes(tiny_model,
 
 def test_bad_strengths_are_refused(tiny_model):
     model = load_model(tiny_model)
-    with pytest.raises(ConfigError, match="taus"):
+    with pytest.raises(InvalidArgument, match="taus"):
         choose_tau(model, np.zeros((2, 8)), np.array([0, 1]), np.zeros(8), "x", taus=(-3.0,))

@@ -24,7 +24,7 @@ from fer_core.cli import main
 from fer_core.data import (FolderDataset, SplitWarning, grid_groups, open_dataset, per_class_split,
                            sequential_group_splits, stratified_group_kfold, stratified_group_split)
 from fer_core.data.splits import warn_empty_sides
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.evaluation import cochran_q, holm, mcnemar, seed_spread
 from fer_core.labels import EMOTIONS
 from fer_core.models import load_model
@@ -111,14 +111,16 @@ def test_recipe_flags_are_an_error_unless_they_set_the_scratch_stage():
     assert recipe_stages("scratch", 4, 1e-3, True, default_epochs=30, default_lr=2e-3)[1] == (Stage(4, 1e-3, "all"),)
     assert recipe_stages("gradual", None, None, True, default_epochs=30, default_lr=2e-3) == \
         ("gradual", GRADUAL_UNFREEZING_STAGES)
-    with pytest.raises(ConfigError, match=r"--epochs sets the scratch recipe only; recipe gradual trains head 2"):
+    with pytest.raises(InvalidArgument, match=r"--epochs sets the scratch recipe only; recipe gradual trains head 2"):
         recipe_stages("gradual", 3, None, True, default_epochs=30, default_lr=2e-3)
-    with pytest.raises(ConfigError, match=r"--lr sets .* recipe hsemotion \(the default with --init\)"):
+    with pytest.raises(InvalidArgument, match=r"--lr sets .* recipe hsemotion \(the default with --init\)"):
         recipe_stages(None, None, 1e-3, True, default_epochs=30, default_lr=2e-3)
     assert parse_stages("head:1:1e-3, top:2:3:3e-4,all:2:1e-4") == (Stage(1, 1e-3, "head"), Stage(3, 3e-4, "top:2"),
                                                                   Stage(2, 1e-4, "all"))
-    with pytest.raises(ConfigError, match="is neither"):
+    with pytest.raises(InvalidArgument, match="is neither"):
         parse_stages("fast")
+    with pytest.raises(InvalidArgument, match=r"Stage\(\) argument 'epochs': expected an integer >= 1, got 0"):
+        parse_stages("head:0:1e-3")
 
 
 def test_train_refuses_ignored_flags_and_trains_a_mix_printing_its_settings(rq2_project, tiny_model, capsys):

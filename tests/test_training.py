@@ -26,7 +26,7 @@ from PIL import Image
 
 from fer_core.cli import main
 from fer_core.data import FaceDataset, FerPlusDataset, FolderDataset, TorchFaceDataset, collate_skip_bad, stratified_split
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.faces import FacePipeline
 from fer_core.faces.detectors import create_detector
 from fer_core.images import load_rgb
@@ -372,11 +372,13 @@ def test_logit_adjustment_keeps_a_new_model_off_the_majority_classes(ferplus, tm
 
 def test_bad_training_input_gets_clear_errors(ferplus, fer2013_root, tmp_path):
     train, val = ferplus
-    with pytest.raises(ConfigError, match="epochs > 0"):
+    with pytest.raises(InvalidArgument, match=r"Stage\(\) argument 'epochs': expected an integer >= 1, got 0"):
         TrainSettings(stages=(Stage(0, 1e-3),))
-    with pytest.raises(ConfigError, match="epochs > 0"):
+    with pytest.raises(InvalidArgument, match=r"Stage\(\) argument 'lr': expected a number > 0, got -0.1"):
+        Stage(1, -0.1)
+    with pytest.raises(InvalidArgument, match="one or more Stage"):
         TrainSettings(stages=())
-    with pytest.raises(ConfigError, match="'head', 'all' or 'top:N'"):
+    with pytest.raises(InvalidArgument, match="'head', 'all' or 'top:N'"):
         TrainSettings(stages=(Stage(1, 1e-3, "top:two"),))
     faces = tmp_path / "faces"
     for emotion, count in (("happy", 3), ("sad", 0)):
@@ -391,14 +393,14 @@ def test_bad_training_input_gets_clear_errors(ferplus, fer2013_root, tmp_path):
     with pytest.raises(DataError, match="needs synthetic faces"):
         mixed_training_set(train, None, 0.25)
     other = FerModel.from_architecture("tf_efficientnet_b0_ns")
-    with pytest.raises(ConfigError, match="tf_efficientnet_b0_ns.*mobilenetv3_small_050"):
+    with pytest.raises(InvalidArgument, match="tf_efficientnet_b0_ns.*mobilenetv3_small_050"):
         Trainer(tmp_path / "init", SETTINGS, train, val, init=other)
     run_dir = tmp_path / "short"
     one_epoch = dataclasses.replace(SETTINGS, stages=(Stage(1, 1e-3),), max_steps_per_epoch=1)
     Trainer(run_dir, one_epoch, train, val).fit(progress=False)
     run_json = (run_dir / "run.json").read_text()
     other_architecture = dataclasses.replace(one_epoch, architecture="tf_efficientnet_b0_ns")
-    with pytest.raises(ConfigError, match="other training settings"):
+    with pytest.raises(InvalidArgument, match="other training settings"):
         Trainer(run_dir, other_architecture, train, val).fit(progress=False)
     assert (run_dir / "run.json").read_text() == run_json  # the refused run left the old one as it was
 
@@ -478,7 +480,7 @@ def test_mixed_training_set_keeps_shares_domains_and_pixels(toy_project):
     assert len(mixed_training_set(real, synthetic, 0.5)) == 2 * len(synthetic)  # the largest 50/50 mix
     with pytest.raises(DataError, match="at most"):
         mixed_training_set(real, synthetic, 0.5, size=10_000)
-    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+    with pytest.raises(InvalidArgument, match=r"check_fraction\(\) argument 'synthetic_fraction': .*\[0, 1\], got 1.5"):
         mixed_training_set(real, synthetic, 1.5)
 
 

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fer_core.data import FaceDataset, TorchFaceDataset, collate_skip_bad
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.faces import FacePipeline
 from fer_core.labels import EMOTION_INDEX, NUM_CLASSES
 from fer_core.models import FerModel
@@ -74,7 +74,7 @@ def choose_tau(model: FerModel, logits: np.ndarray, labels: np.ndarray, log_prio
     """The strength with the best validation macro-F1 (over the validation set's classes,
     argmax over all of the model's classes); ties within :data:`F1_TIE` go to accuracy."""
     if not taus or any(not -2.0 <= t <= 2.0 for t in taus):
-        raise ConfigError(f"taus: expected strengths in [-2, 2], got {list(taus)}")
+        raise InvalidArgument(f"taus: expected strengths in [-2, 2], got {list(taus)}")
     scoring = scoring_for("model", model.emotions)
     present = np.unique(labels)
     table = []
@@ -95,7 +95,7 @@ def adjusted_model(model: FerModel, log_prior: np.ndarray, calibration: Calibrat
     adjusted = copy.deepcopy(model)
     head = adjusted.module.get_classifier()
     if getattr(head, "bias", None) is None:
-        raise ConfigError(f"{model.architecture}: the classifier has no bias to adjust")
+        raise InvalidArgument(f"{model.architecture}: the classifier has no bias to adjust")
     with torch.no_grad():
         head.bias -= torch.as_tensor(calibration.tau * log_prior, dtype=head.bias.dtype)
     adjusted.forget_fingerprint()

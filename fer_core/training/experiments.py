@@ -10,14 +10,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from fer_core.data import FaceDataset, Sample
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.faces import FacePipeline
 from fer_core.inference import find_face
+from fer_core.validation import Interval, validate_params
 
 #: The synthetic shares of the plan's sweep.
 DEFAULT_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -137,15 +139,15 @@ def _stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
     return positions[np.argsort(ranks, kind="stable")]
 
 
-def _check_fraction(synthetic_fraction: float) -> float:
-    if not 0.0 <= float(synthetic_fraction) <= 1.0:
-        raise ConfigError(f"synthetic_fraction must lie in [0, 1], got {synthetic_fraction}")
+@validate_params({"synthetic_fraction": [Interval(Real, 0, 1)]})
+def check_fraction(synthetic_fraction: float) -> float:
+    """``synthetic_fraction`` as a float: a share of synthetic faces in [0, 1]."""
     return float(synthetic_fraction)
 
 
 def largest_mix(real_size: int, synthetic_size: int, synthetic_fraction: float) -> int:
     """The most faces a mix with ``synthetic_fraction`` can hold without repeating a face."""
-    fraction = _check_fraction(synthetic_fraction)
+    fraction = check_fraction(synthetic_fraction)
     limits = [real_size / (1 - fraction) if fraction < 1 else np.inf,
               synthetic_size / fraction if fraction > 0 else np.inf]
     return int(np.floor(min(limits) + 1e-9))
@@ -159,7 +161,7 @@ def mixed_training_set(real: FaceDataset | None, synthetic: FaceDataset | None, 
     allow it, the same for the same ``seed``. Fraction 0 is real only, 1 synthetic only.
     ``size=None`` takes the largest mix the data allows.
     """
-    fraction = _check_fraction(synthetic_fraction)
+    fraction = check_fraction(synthetic_fraction)
     real_size = len(real) if real is not None else 0
     synthetic_size = len(synthetic) if synthetic is not None else 0
     if fraction > 0 and synthetic_size == 0:
@@ -190,7 +192,8 @@ def added_training_set(real: FaceDataset, synthetic: FaceDataset | None, n_synth
     ``n_synthetic`` synthetic faces: the first ``n_synthetic`` of a seeded order whose prefixes
     keep the class shares, so the 100 added faces are among the 200 added ones."""
     if isinstance(n_synthetic, bool) or int(n_synthetic) != n_synthetic or n_synthetic < 0:
-        raise ConfigError(f"the number of synthetic faces to add must be a whole number >= 0, got {n_synthetic}")
+        raise InvalidArgument(f"the number of synthetic faces to add must be a whole number >= 0, "
+                              f"got {n_synthetic}")
     n_synthetic = int(n_synthetic)
     synthetic_size = len(synthetic) if synthetic is not None else 0
     if n_synthetic > synthetic_size:
@@ -224,7 +227,7 @@ class MixDesign:
 
 def _check_count(count: float) -> int:
     if int(count) != count or count < 0:
-        raise ConfigError(f"synthetic faces to add must be whole numbers >= 0, got {count:g}")
+        raise InvalidArgument(f"synthetic faces to add must be whole numbers >= 0, got {count:g}")
     return int(count)
 
 
@@ -232,7 +235,7 @@ def _check_count(count: float) -> int:
 #: ``added`` (the real faces fixed, N synthetic faces added).
 DESIGNS: dict[str, MixDesign] = {design.name: design for design in (
     MixDesign("share", "fraction", "training faces in every run (default: the most every fraction allows)",
-              _check_fraction,
+              check_fraction,
               lambda n_real, n_synthetic, levels: min(largest_mix(n_real, n_synthetic, f) for f in levels),
               lambda real, synthetic, level, size, seed: mixed_training_set(real, synthetic, level, size, seed),
               lambda level: f"synthetic-{round(level * 100):03d}"),

@@ -10,7 +10,7 @@ error (it used to be ignored without a word); to change them, write the stages o
 
 from __future__ import annotations
 
-from fer_core.errors import ConfigError
+from fer_core.errors import InvalidArgument
 from fer_core.training.trainer import GRADUAL_UNFREEZING_STAGES, HSEMOTION_STAGES, Stage, describe_stages
 
 #: Named recipes: their stages (``scratch``: one stage over all layers, from ``--epochs``/``--lr``).
@@ -31,10 +31,11 @@ def parse_stages(text: str) -> tuple[Stage, ...]:
         trainable, _, rest = part.strip().rpartition(":")
         trainable, _, epochs = trainable.rpartition(":")
         try:
-            stages.append(Stage(int(epochs), float(rest), trainable))
+            numbers = int(epochs), float(rest)
         except ValueError:
-            raise ConfigError(f"--recipe {text!r}: expected one of {list(RECIPES)} or stages "
-                              f"TRAINABLE:EPOCHS:LR,... such as head:1:1e-3,all:2:1e-4; {part!r} is neither") from None
+            raise InvalidArgument(f"--recipe {text!r}: expected one of {list(RECIPES)} or stages TRAINABLE:EPOCHS:LR,"
+                                  f"... such as head:1:1e-3,all:2:1e-4; {part!r} is neither") from None
+        stages.append(Stage(*numbers, trainable))
     return tuple(stages)
 
 
@@ -42,7 +43,7 @@ def recipe_stages(recipe: str | None, epochs: int | None, lr: float | None, has_
                   default_epochs: int, default_lr: float) -> tuple[str, tuple[Stage, ...]]:
     """The recipe's name and stages. ``epochs`` / ``lr`` (None when not given) set the ``scratch``
     stage (default ``default_epochs`` at ``default_lr``); given with any other recipe they are a
-    :class:`ConfigError` that says how to change that recipe's stages instead."""
+    :class:`InvalidArgument` that says how to change that recipe's stages instead."""
     name = recipe or (DEFAULT_WITH_INIT if has_init else DEFAULT_WITHOUT_INIT)
     if name == "scratch":
         return name, (Stage(default_epochs if epochs is None else epochs, default_lr if lr is None else lr, "all"),)
@@ -51,7 +52,7 @@ def recipe_stages(recipe: str | None, epochs: int | None, lr: float | None, has_
     if given:
         implied = "" if recipe else " (the default with --init)"
         verb = "set" if len(given) > 1 else "sets"
-        raise ConfigError(f"{' and '.join(given)} {verb} the scratch recipe only; recipe {name}{implied} trains "
-                          f"{describe_stages(stages)}. Leave {' and '.join(given)} out, or write the stages you "
-                          f"want: --recipe TRAINABLE:EPOCHS:LR,... (e.g. head:1:1e-3,all:2:1e-4)")
+        raise InvalidArgument(f"{' and '.join(given)} {verb} the scratch recipe only; recipe {name}{implied} "
+                              f"trains {describe_stages(stages)}. Leave {' and '.join(given)} out, or write the stages "
+                              f"you want: --recipe TRAINABLE:EPOCHS:LR,... (e.g. head:1:1e-3,all:2:1e-4)")
     return name, stages

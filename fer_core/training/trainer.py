@@ -22,6 +22,7 @@ import itertools
 import math
 import os
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 
 from fer_core import __version__
 from fer_core.data import FaceDataset, TorchFaceDataset, collate_skip_bad
-from fer_core.errors import ConfigError, DataError, InvalidArgument
+from fer_core.errors import DataError, InvalidArgument, InvalidArgument
 from fer_core.faces import FacePipeline
 from fer_core.extraction import find_face
 from fer_core.labels import EMOTIONS, NUM_CLASSES
@@ -44,12 +45,15 @@ from fer_core.runs import provenance_record, utc_now, write_json_atomic
 from fer_core.scoring import DEFAULT_PROTOCOL, score, scoring_for
 from fer_core.training import distributed
 from fer_core.training.sam import SAM, FrozenBatchNormStats
+from fer_core.validation import Interval, validate_params
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
 BEST = "best"
 
 
+@validate_params({"epochs": [Interval(Integral, 1, None)], "lr": [Interval(Real, 0, None, closed="neither")],
+                  "trainable": [str]})
 @dataclass(frozen=True)
 class Stage:
     """A training stage: ``epochs`` at peak ``lr`` with ``trainable`` parameters:
@@ -108,8 +112,8 @@ class TrainSettings:
     mixed_precision: bool = False  # bf16 autocast on CUDA
 
     def __post_init__(self) -> None:
-        if not self.stages or any(s.epochs <= 0 or s.lr <= 0 for s in self.stages):
-            raise ConfigError("train stages: each needs epochs > 0 and lr > 0")
+        if not self.stages:
+            raise InvalidArgument("train stages: expected one or more Stage(epochs, lr, trainable), got none")
         if self.loader_workers < 0:
             raise InvalidArgument(f"loader_workers: expected 0 or more, got {self.loader_workers}")
         for stage in self.stages:
@@ -151,7 +155,7 @@ def _trainable_filter(trainable: str) -> int | None:
     kind, _, count = trainable.partition(":")
     if kind == "top" and count.isdigit():
         return int(count)
-    raise ConfigError(f"stage trainable {trainable!r}: expected 'head', 'all' or 'top:N'")
+    raise InvalidArgument(f"stage trainable {trainable!r}: expected 'head', 'all' or 'top:N'")
 
 
 def set_trainable(module: nn.Module, trainable: str) -> None:
@@ -239,8 +243,8 @@ class Trainer:
         self.train_data, self.val_data = train, val
         self.preprocessing = init.preprocessing if init else Preprocessing(settings.input_size)
         if init is not None and init.architecture != settings.architecture:
-            raise ConfigError(f"the initial model is {init.architecture}, but training asks for "
-                              f"{settings.architecture}")
+            raise InvalidArgument(f"the initial model is {init.architecture}, but training asks for "
+                                  f"{settings.architecture}")
         with torch.random.fork_rng(devices=[]):  # the same seed gives the same initial weights
             torch.manual_seed(settings.seed)
             self.module = init.module if init is not None else create_model(settings.architecture, NUM_CLASSES,
@@ -382,7 +386,7 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=True)
         defaults = _plain(TrainSettings())  # a setting added since the checkpoint was written: its default
         if {**defaults, **state["settings"]} != {**defaults, **_plain(self.settings)}:
-            raise ConfigError(f"{path} was written with other training settings; use a new run directory")
+            raise InvalidArgument(f"{path} was written with other training settings; use a new run directory")
         self.module.load_state_dict(state["model"])
         return state
 
@@ -390,8 +394,9 @@ class Trainer:
     def fit(self, progress: bool = True) -> dict[str, Any]:
         """Train every remaining epoch; return the history and the best epoch."""
         if self.settings.batch_size % distributed.world_size():
-            raise ConfigError(f"batch size {self.settings.batch_size} (the global batch) cannot be split evenly over "
-                              f"{distributed.world_size()} processes; use a multiple of {distributed.world_size()}")
+            raise InvalidArgument(f"batch size {self.settings.batch_size} (the global batch) cannot be split evenly "
+                                  f"over {distributed.world_size()} processes; use a multiple of "
+                                  f"{distributed.world_size()}")
         main = distributed.is_main()
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
