@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from fer_core import __version__
 from fer_core.data import FaceDataset, TorchFaceDataset, collate_skip_bad
-from fer_core.errors import DataError, InvalidArgument, InvalidArgument
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.faces import FacePipeline
 from fer_core.extraction import find_face
 from fer_core.labels import EMOTIONS, NUM_CLASSES
