@@ -1,6 +1,6 @@
 """Memoised calls into ``fer_core`` for the pages: a rerun (a widget change, a page switch)
 reads the memo instead of computing again. Heavy results come from ``fer_core``'s result cache.
-The config is resolved once as the jobs resolve it (:func:`job_options`: ``model.device: auto``,
+The config is resolved once as the jobs resolve it (:func:`dashboard.ui.job_options`: ``model.device: auto``,
 batch size, backend), and dataset-level work that a job does is the job's call."""
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from fer_core.explain import explain, overlay
 from fer_core.explain.regions import compare_domains, region_report
 from fer_core.face_detail import FaceMap, FaceView, explain_face, view_face
 from fer_core.jobs import precompute as jobs
-from fer_core.jobs.options import JobOptions
 from fer_core.jobs.workflows import dataset_for
 from fer_core.labels import EMOTIONS
 from fer_core.models import EmotionRecognizer, FerModel
@@ -34,17 +33,10 @@ from fer_core.runs import Run
 from fer_core.views import class_counts, class_gallery, class_rows, faces_of, rows_for_keys, thumbnail_uri
 
 
-@st.cache_resource(show_spinner=False)
-def job_options(config: Config) -> JobOptions:
-    """The config resolved once, as the jobs resolve it (:meth:`JobOptions.from_config`: the device
-    ``model.device`` names, ``auto`` included), without progress bars."""
-    return JobOptions.from_config(config, progress=False)
-
-
 def _explain_options(config: Config) -> InferenceOptions:
-    """:func:`job_options`' inference settings, :data:`~fer_core.precompute.EXPLAIN_BATCH_SIZE`
+    """:func:`dashboard.ui.job_options`' inference settings, :data:`~fer_core.precompute.EXPLAIN_BATCH_SIZE`
     faces per attribution batch."""
-    return dataclasses.replace(job_options(config).inference, batch_size=EXPLAIN_BATCH_SIZE)
+    return dataclasses.replace(ui.job_options(config).inference, batch_size=EXPLAIN_BATCH_SIZE)
 
 
 @st.cache_resource(show_spinner="Opening the dataset...")
@@ -154,7 +146,7 @@ def class_predictions(_model: FerModel, fingerprint: str, config: Config, spec: 
     with _cache(config) as cache:
         table = embed_datasets(_model, {spec: data.subset(rows)}, cache,
                                ui.get_face_pipeline(config, _model.input_size), projections=(),
-                               options=job_options(config).inference).table
+                               options=ui.job_options(config).inference).table
     position = dict(zip((data[int(row)].key for row in rows), rows))
     return table[["key", "content", "label", "emotion", "pred", "pred_emotion", "confidence"]].assign(
         row=[int(position[key]) for key in table["key"]])
@@ -229,14 +221,14 @@ def embeddings(_model: FerModel, fingerprint: str, config: Config, specs: tuple[
     with _cache(config) as cache:
         return embed_datasets(_model, {spec: dataset(config, spec) for spec in specs}, cache,
                               ui.get_face_pipeline(config, _model.input_size), projections=(projection,),
-                              limit=limit, options=job_options(config).inference)
+                              limit=limit, options=ui.job_options(config).inference)
 
 
 @st.cache_data(show_spinner="Measuring the domain gap...", max_entries=16)
 def gap(_model: FerModel, fingerprint: str, config: Config, real: str, synthetic: str, limit: int | None) -> dict:
     """The domain-gap report between two datasets on the model's cached features: the job
     ``fer-core gap`` runs (:func:`fer_core.jobs.precompute.gap`; stored under ``runs_dir/gap/``)."""
-    return jobs.gap(config, real, synthetic, limit=limit, model=_model, options=job_options(config))
+    return jobs.gap(config, real, synthetic, limit=limit, model=_model, options=ui.job_options(config))
 
 
 @st.cache_data(show_spinner="Bootstrapping region shares...", max_entries=32)

@@ -15,6 +15,7 @@ import streamlit as st
 from fer_core.config import ENV_CONFIG, Config, load_config
 from fer_core.errors import FerCoreError, ModelLoadError
 from fer_core.faces import FacePipeline
+from fer_core.jobs.options import JobOptions
 from fer_core.labels import DOMAIN_COLORS, EMOTION_COLORS  # noqa: F401  (one colour per emotion and domain, every page)
 from fer_core.models import EmotionRecognizer, FerModel
 from fer_core.runs import Run, list_runs
@@ -95,15 +96,22 @@ def get_model(config: Config) -> FerModel | None:
         return None
 
 
+@st.cache_resource(show_spinner=False)
+def job_options(config: Config) -> JobOptions:
+    """The config resolved once, as the jobs resolve it (:meth:`JobOptions.from_config`: the device
+    ``model.device`` names, ``auto`` included), without progress bars."""
+    return JobOptions.from_config(config, progress=False)
+
+
 @st.cache_resource(show_spinner="Loading face detector...")
 def get_face_pipeline(config: Config, crop_size: int) -> FacePipeline:
-    """The configured face pipeline, built once."""
-    return FacePipeline.from_config(config, crop_size=crop_size)
+    """The configured face pipeline (:meth:`JobOptions.face_pipeline`), built once."""
+    return job_options(config).face_pipeline(crop_size)
 
 
 def get_recognizer(model: FerModel, config: Config) -> EmotionRecognizer:
     """An HSEmotion-style recognizer around ``model``, on the configured inference backend."""
-    return EmotionRecognizer(model, backend=config.inference.backend)
+    return EmotionRecognizer(model, backend=job_options(config).inference.backend)
 
 
 def head_is_trained(model: FerModel) -> bool:
