@@ -192,10 +192,12 @@ def _argument_text(value: Any) -> str:
 def _api_call(frame: FrameType | None) -> str:
     """The outermost fer_core function on the stack above ``frame`` (the call a library user
     made), with its plain arguments as the function holds them by then (one it has replaced,
-    e.g. a dataset by its sample, shows the new value); objects are shown by type."""
+    e.g. a dataset by its sample, shows the new value); objects are shown by type. The argument
+    checks' wrapper (:mod:`fer_core.validation`) is not the call: the function it wraps is."""
     outermost = None
     while frame is not None:
-        if frame.f_globals.get("__name__", "").startswith("fer_core."):
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith("fer_core.") and module != "fer_core.validation":
             outermost = frame
         frame = frame.f_back
     if outermost is None:
