@@ -31,6 +31,7 @@ import warnings
 import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
@@ -43,6 +44,7 @@ from timm.layers.padding import get_same_padding
 from torch import nn
 
 from fer_core.errors import ConfigError, InvalidArgument
+from fer_core.validation import Interval, StrOptions, validate_params
 
 if TYPE_CHECKING:
     from fer_core.models import FerModel
@@ -300,12 +302,10 @@ def __getattr__(name: str) -> Any:
 _LOADED: "weakref.WeakKeyDictionary[FerModel, dict[tuple, InferenceBackend]]" = weakref.WeakKeyDictionary()
 
 
-def check_backend_name(name: str) -> str:
-    """``name`` if it is registered, else an :class:`InvalidArgument` listing the registered names."""
-    if name not in INFERENCE_BACKENDS:
-        raise InvalidArgument(f"unknown inference backend {name!r}; registered backends: "
-                              f"{sorted(INFERENCE_BACKENDS)}")
-    return name
+#: The check of an argument naming an inference backend (:func:`fer_core.validation.validate_params`).
+BACKEND_NAME = [StrOptions(INFERENCE_BACKENDS)]
+#: ``inference.threads``: 0 keeps the library default.
+_THREADS = Interval(Integral, 0, None)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -348,18 +348,19 @@ def set_inference_threads(threads: int) -> None:
     """Apply ``inference.threads``: torch's intra-op threads, which ONNX Runtime sessions built
     afterwards use too (:func:`onnx_session`); 0 keeps torch's own default (one per core, or
     ``OMP_NUM_THREADS``)."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ConfigError(f"config key 'inference.threads': expected an integer >= 0 (0: the library default), "
+    if not _THREADS.is_satisfied_by(threads):  # it comes from the config alone
+        raise ConfigError(f"config key 'inference.threads': expected {_THREADS} (0: the library default), "
                           f"got {threads!r}")
     if threads:
         torch.set_num_threads(threads)
 
 
+@validate_params({"name": BACKEND_NAME})
 def load_backend(model: "FerModel", name: str = DEFAULT_BACKEND, threads: int = 0) -> InferenceBackend:
     """The ``name`` backend of ``model`` with ``threads`` intra-op threads (0: as many as torch
     uses now), built on first use and kept while the model lives (rebuilt when its weights,
     device or thread count change)."""
-    factory = INFERENCE_BACKENDS[check_backend_name(name)]
+    factory = INFERENCE_BACKENDS[name]
     threads = threads or torch.get_num_threads()
     key = (name, threads, model.fingerprint, str(model.device))
     loaded = _LOADED.setdefault(model, {})

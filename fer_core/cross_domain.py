@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.labels import EMOTIONS
 from fer_core.runs import RUN_FILE, Run, list_runs, provenance_record, utc_now, write_json_atomic
 from fer_core.scoring import score, scored_rows
+from fer_core.validation import StrOptions, validate_params
 
 #: The domain of each registered dataset, by name (a folder given as a dataset is ``unknown``).
 DATASET_DOMAINS = {"fer2013": "real", "ferplus": "real", "affectnet": "real", "synthetic": "synthetic",
@@ -179,12 +180,6 @@ def evaluation_records(runs_dirs: Path | str | Iterable[Path | str]) -> pd.DataF
     return table.sort_values("created", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def _check(value: str, allowed: tuple[str, ...], name: str) -> str:
-    if value not in allowed:
-        raise ConfigError(f"{name}: expected one of {list(allowed)}, got {value!r}")
-    return value
-
-
 def latest_per_model(records: pd.DataFrame) -> pd.DataFrame:
     """The newest evaluation of each (model, test set): a re-run replaces, never double-counts."""
     return records.drop_duplicates(subset=["model", "test_set"], keep="first")
@@ -196,6 +191,7 @@ _AGGREGATE_CELL = ["row", "test_set", "test_domain", "n_models", "std", "min", "
                    "evaluation"]
 
 
+@validate_params({"metric": [StrOptions(METRICS)], "aggregate": [StrOptions(ROW_GROUPS), None]})
 def cross_domain_cells(records: pd.DataFrame, metric: str = "accuracy", aggregate: str | None = None) -> pd.DataFrame:
     """The train x test cells, one per row and test set, each model's newest evaluation of a
     test set counted once.
@@ -206,9 +202,6 @@ def cross_domain_cells(records: pd.DataFrame, metric: str = "accuracy", aggregat
     group and a cell says over how many models (``n_models``, ``models``) its ``metric`` is the
     mean, with their ``std`` (NaN for one model), ``min`` and ``max``, the faces scored in all
     (``n``), whether any evaluation was ``limited`` and the evaluations (comma-separated)."""
-    _check(metric, METRICS, "metric")
-    if aggregate is not None:
-        _check(aggregate, ROW_GROUPS, "aggregate")
     if records.empty:
         return pd.DataFrame(columns=[*(_MODEL_CELL if aggregate is None else _AGGREGATE_CELL), metric])
     latest = latest_per_model(records)
@@ -274,7 +267,7 @@ def export_cross_domain(cells: pd.DataFrame, metric: str, out: Path | str, proje
     of ``project``); returns the three paths."""
     out = Path(out)
     if out.suffix.lower() != ".csv":
-        raise ConfigError(f"cross-domain export: expected a .csv file to write, got {out}")
+        raise InvalidArgument(f"cross-domain export: expected a .csv file to write, got {out}")
     paths = {"csv": out, "markdown": out.with_suffix(".md"), "record": out.with_suffix(".json")}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -290,10 +283,10 @@ def export_cross_domain(cells: pd.DataFrame, metric: str, out: Path | str, proje
     return paths
 
 
+@validate_params({"metric": [StrOptions(METRICS)]})
 def accuracy_by_fraction(records: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     """RQ2: ``metric`` of each model with a known synthetic fraction on each test set, with
     the accuracy's CI, sorted by test set and fraction (one line per test set to plot)."""
-    _check(metric, METRICS, "metric")
     known = latest_per_model(records)
     known = known[np.isfinite(known["synthetic_fraction"].astype(float))]
     columns = ["synthetic_fraction", "test_set", "test_domain", metric, "accuracy_ci_low", "accuracy_ci_high", "n",

@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -37,6 +38,7 @@ from fer_core.faces import Face, FacePipeline, whole_image_face
 from fer_core.images import load_rgb
 from fer_core.models import FerModel
 from fer_core.preprocess import create_transform
+from fer_core.validation import Interval, validate_params
 
 #: What one forward pass stores per face: logits, features and the face it was run on.
 FORWARD_KINDS = ("logits", "embedding", "face")
@@ -230,6 +232,7 @@ def _read_ahead(pool: ThreadPoolExecutor, dataset: FaceDataset, samples: Sequenc
         yield start, future.result()
 
 
+@validate_params({"batch_size": [Interval(Integral, 1, None)]})
 def extract(model: FerModel, dataset: FaceDataset, preparer: FacePreparer, indices: Sequence[int],
             cache: ResultCache | None, batch_size: int = 32, workers: int = 2,
             on_progress: Callable[[int], object] = lambda n: None, backend: str = DEFAULT_BACKEND,
@@ -246,8 +249,6 @@ def extract(model: FerModel, dataset: FaceDataset, preparer: FacePreparer, indic
     forward pass (the consumer alone decides which faces to prepare). With ``compute=False``
     nothing is run: a readable face without its stored results raises
     :class:`~fer_core.errors.MissingResultsError` (after every face was looked up)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidArgument(f"batch_size: expected a positive integer, got {batch_size!r}")
     if not forward and consumer is None:
         raise InvalidArgument("extract: without the forward pass a consumer is needed (there is nothing to do)")
     preparation = preparer.fingerprint(dataset.pre_cropped)
@@ -313,6 +314,7 @@ def cached_forward(model: FerModel, dataset: FaceDataset, preparer: FacePreparer
                    compute=compute)
 
 
+@validate_params({"chunk_size": [Interval(Integral, 1, None)]})
 def forward_chunks(model: FerModel, dataset: FaceDataset, preparer: FacePreparer, indices: Sequence[int],
                    cache: ResultCache | None, batch_size: int = 32, chunk_size: int = 1024,
                    on_progress: Callable[[int], object] = lambda n: None, backend: str = DEFAULT_BACKEND,
@@ -320,8 +322,6 @@ def forward_chunks(model: FerModel, dataset: FaceDataset, preparer: FacePreparer
     """:func:`cached_forward` over ``indices`` ``chunk_size`` faces at a time (the one chunked
     loop of embedding and prediction: a chunk's results are dropped once the caller has taken
     what it keeps)."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InvalidArgument(f"chunk_size: expected a positive integer, got {chunk_size!r}")
     for start in range(0, len(indices), chunk_size):
         yield cached_forward(model, dataset, preparer, indices[start:start + chunk_size], cache, batch_size,
                              on_progress=on_progress, backend=backend, compute=compute)

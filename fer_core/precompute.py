@@ -16,6 +16,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -40,6 +41,7 @@ from fer_core.models import FerModel
 from fer_core.sampling import SampledDataset, Sampling, sampled_name
 from fer_core.scoring import DEFAULT_PROTOCOL, scoring_for
 from fer_core.runs import PREDICTIONS_FILE, provenance_record, utc_now, write_json_atomic, write_parquet_atomic
+from fer_core.validation import Interval, StrOptions, validate_params
 
 #: What ``target`` may be besides an emotion name: each face's top class, or its label.
 TARGET_MODES = ("predicted", "true")
@@ -53,8 +55,11 @@ DEFAULT_GAP_SAMPLE = 2000
 _NO_KEYPOINTS = np.full((6, 2), np.nan, dtype=np.float32)
 #: The entry of a face's ``diagnostics`` record that holds the scale of its float16 map.
 SCALE = "map_scale"
+#: The side of stored maps a caller may ask for (:func:`stored_map_size`).
+MAP_SIZE = [Interval(Integral, 4, None)]
 
 
+@validate_params({"index": [Interval(Integral, 0, None)], "count": [Interval(Integral, 1, None)]})
 @dataclass(frozen=True)
 class Shard:
     """Block ``index`` of ``count`` contiguous blocks of a dataset (``index`` counts from 0)."""
@@ -63,11 +68,9 @@ class Shard:
     count: int
 
     def __post_init__(self) -> None:
-        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
-            raise InvalidArgument(f"shard: expected a positive number of shards, got {self.count!r}")
-        if isinstance(self.index, bool) or not isinstance(self.index, int) or not 0 <= self.index < self.count:
+        if self.index >= self.count:  # the bound that depends on the other argument
             raise InvalidArgument(f"shard: index {self.index!r} is outside 0..{self.count - 1} "
-                              f"(K counts from 0: 0/{self.count} .. {self.count - 1}/{self.count})")
+                                  f"(K counts from 0: 0/{self.count} .. {self.count - 1}/{self.count})")
 
     @classmethod
     def parse(cls, text: str) -> "Shard":
@@ -177,11 +180,11 @@ class AttributionSet:
                 "map_size": int(self.maps.shape[-1]) if self.maps.ndim == 3 else None, "keypoints_located": located}
 
 
+@validate_params({"map_size": MAP_SIZE})
 def stored_map_size(model: FerModel, map_size: int) -> int:
-    """The side attribution maps are stored at: ``map_size``, but never above the model's input."""
-    if isinstance(map_size, bool) or not isinstance(map_size, int) or map_size < 4:
-        raise InvalidArgument(f"map_size: expected an integer of at least 4 pixels, got {map_size!r}")
-    return min(map_size, model.input_size)
+    """The side attribution maps are stored at: ``map_size`` (at least 4 pixels), but never above
+    the model's input."""
+    return min(int(map_size), model.input_size)
 
 
 def downsample_maps(maps: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -325,6 +328,7 @@ def _fixed_targets(model: FerModel, dataset: FaceDataset, target: str) -> np.nda
                           f"{list(model.emotions)}, got {target!r}")
 
 
+@validate_params({"method": [StrOptions(method_names)], "map_size": MAP_SIZE})
 def explain_dataset(model: FerModel, dataset: FaceDataset, cache: ResultCache, method: str,
                     target: str = "predicted", layer: str | None = None, map_size: int = DEFAULT_MAP_SIZE,
                     face_pipeline: FacePipeline | None = None, limit: int | None = None, shard: Shard | None = None,
@@ -357,8 +361,6 @@ def explain_dataset(model: FerModel, dataset: FaceDataset, cache: ResultCache, m
     the explained class, every method setting and the map size; each batch's logits, maps,
     keypoints and diagnostics are stored in one transaction.
     """
-    if method not in method_names():
-        raise InvalidArgument(f"unknown attribution method {method!r}; registered methods: {method_names()}")
     settings = method_defaults(method)
     if layer is not None:
         if "layer" not in settings:
@@ -450,14 +452,13 @@ def projection_key(model: FerModel, table: pd.DataFrame, method: str, seed: int,
     return key, ids
 
 
+@validate_params({"method": [StrOptions(PROJECTIONS)]})
 def cached_projection(model: FerModel, table: pd.DataFrame, features: np.ndarray, cache: ResultCache | None,
                       method: str, seed: int = 0, compute: bool = True, **params: Any) -> tuple[np.ndarray, bool]:
     """``(N, 2)`` coordinates of ``method`` (see :data:`fer_core.domain_gap.PROJECTIONS`) for the
     rows of ``table``/``features``, and whether they were computed now (else read from ``cache``).
     Identical images are projected once. With ``compute=False`` a projection that is not stored
     raises :class:`~fer_core.errors.MissingResultsError`."""
-    if method not in PROJECTIONS:
-        raise InvalidArgument(f"unknown projection {method!r}; expected one of {sorted(PROJECTIONS)}")
     key, ids = projection_key(model, table, method, seed, params)
     row_ids = (table["preparation"] + ":" + table["content"]).to_numpy()
     position = {identifier: i for i, identifier in enumerate(ids)}
@@ -492,9 +493,11 @@ def embed_datasets(model: FerModel, datasets: Mapping[str, FaceDataset], cache: 
     ``options`` how the model runs (:class:`~fer_core.backends.InferenceOptions`). ``compute=False``
     reads stored results only (:class:`~fer_core.errors.MissingResultsError` for any that are not).
     """
-    unknown = [p for p in projections if p not in PROJECTIONS]
+    projection = StrOptions(PROJECTIONS)
+    unknown = [p for p in projections if not projection.is_satisfied_by(p)]
     if unknown:
-        raise InvalidArgument(f"unknown projection(s) {unknown}; expected some of {sorted(PROJECTIONS)}")
+        raise InvalidArgument(f"embed_datasets() argument 'projections': unknown projection(s) {unknown}; "
+                              f"expected some of {projection.options}")
     if not datasets:
         raise InvalidArgument("embed_datasets needs at least one dataset")
     chosen = {name: select(dataset, limit, shard, per_class, sample_seed) for name, dataset in datasets.items()}
@@ -544,6 +547,7 @@ def gap_report_name(fingerprint: str, real: str, synthetic: str, limit: int | No
             f"-seed{seed}.json")
 
 
+@validate_params({"sample": [Interval(Integral, 5, None), None]})
 def gap_report(model: FerModel, real: FaceDataset, synthetic: FaceDataset, cache: ResultCache | None,
                face_pipeline: FacePipeline | None = None, sample: int | None = DEFAULT_GAP_SAMPLE,
                limit: int | None = None, seed: int = 0, out_dir: Path | str | None = None,
@@ -560,8 +564,7 @@ def gap_report(model: FerModel, real: FaceDataset, synthetic: FaceDataset, cache
     """
     if real.label == synthetic.label:
         raise InvalidArgument(f"real and synthetic are the same dataset ({real.label}); compare two different ones")
-    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 5):
-        raise InvalidArgument(f"sample: expected at least 5 faces per domain (or None for all), got {sample!r}")
+    sample = None if sample is None else int(sample)  # a numpy integer is written to the report as a number
     chosen = {dataset.label: select(dataset, limit, per_class=per_class, seed=seed) for dataset in (real, synthetic)}
     embeddings = embed_datasets(model, chosen, cache, face_pipeline, projections=(), options=options)
     rng = np.random.default_rng(seed)

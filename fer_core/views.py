@@ -13,7 +13,7 @@ import pandas as pd
 from fer_core.config import Config
 from fer_core.cross_domain import DATASET_DOMAINS
 from fer_core.data import FaceDataset
-from fer_core.errors import DataError, ModelLoadError
+from fer_core.errors import DataError, InvalidArgument, ModelLoadError
 from fer_core.faces import Face, FacePipeline
 from fer_core.images import load_rgb
 from fer_core.inference import PROB_COLUMNS, find_face
@@ -21,6 +21,7 @@ from fer_core.labels import EMOTIONS
 from fer_core.runs import Run
 from fer_core.scoring import scoring_summary
 from fer_core.training.trainer import HISTORY
+from fer_core.validation import StrOptions, validate_params
 from fer_core.weights import SHIPPED_WEIGHTS, resolve_weights
 
 
@@ -119,12 +120,10 @@ def training_history(run: Run) -> pd.DataFrame:
     return pd.DataFrame(_read_history(run.path))
 
 
+@validate_params({"true": [StrOptions(EMOTIONS)], "predicted": [StrOptions(EMOTIONS)]})
 def confusion_cell(run: Run, true: str, predicted: str) -> pd.DataFrame:
     """The faces of an evaluation that are ``true`` and predicted ``predicted``, most confident
     first: key, source, the probability of both classes and all eight."""
-    for name, emotion in (("true", true), ("predicted", predicted)):
-        if emotion not in EMOTIONS:
-            raise DataError(f"{name}: expected one of {list(EMOTIONS)}, got {emotion!r}")
     table = run.predictions
     cell = table[(table["label"] == EMOTIONS.index(true)) & (table["pred"] == EMOTIONS.index(predicted))
                  & table["error"].isna()].copy()
@@ -233,10 +232,9 @@ def spec_domain(spec: str) -> str:
     return "synthetic" if spec.partition(":")[0] in SYNTHETIC_DATASETS else "real"
 
 
+@validate_params({"emotion": [StrOptions(EMOTIONS)]})
 def class_rows(dataset: FaceDataset, emotion: str, count: int) -> np.ndarray:
     """Positions of the first ``count`` faces labelled ``emotion`` in ``dataset``."""
-    if emotion not in EMOTIONS:
-        raise DataError(f"emotion: expected one of {list(EMOTIONS)}, got {emotion!r}")
     return np.flatnonzero(dataset.labels == EMOTIONS.index(emotion))[:count]
 
 
@@ -309,16 +307,16 @@ def thumbnail_uri(image: np.ndarray, side: int = 48, quality: int = 80) -> str:
 CORRECTNESS = ("all", "correct", "wrong")
 
 
+@validate_params({"correctness": [StrOptions(CORRECTNESS)]})
 def filter_faces(table: pd.DataFrame, correctness: str = "all",
                  confidence: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """Positions in ``table`` (an embeddings table: ``label``, ``pred``, ``confidence``) of the
     faces whose prediction is right (``correctness="correct"``; unlabelled faces are neither),
     wrong, or either (``"all"``), with a confidence within ``confidence`` (inclusive)."""
-    if correctness not in CORRECTNESS:
-        raise DataError(f"correctness: expected one of {list(CORRECTNESS)}, got {correctness!r}")
     low, high = confidence
     if not 0 <= low <= high <= 1:
-        raise DataError(f"confidence: expected 0 <= low <= high <= 1, got {confidence}")
+        raise InvalidArgument(f"filter_faces() argument 'confidence': expected (low, high) with "
+                              f"0 <= low <= high <= 1, got {confidence}")
     labels, predicted = table["label"].to_numpy(), table["pred"].to_numpy()
     keep = (table["confidence"].to_numpy() >= low) & (table["confidence"].to_numpy() <= high)
     if correctness != "all":

@@ -13,10 +13,10 @@ import pytest
 from fer_core.cli import main
 from fer_core.config import load_config
 from fer_core.cross_domain import (accuracy_by_fraction, cell_notes, cross_domain_cells, cross_domain_matrix,
-                                   evaluation_records, label_fraction, matrix_markdown, per_class_accuracy,
-                                   train_domain)
+                                   evaluation_records, export_cross_domain, label_fraction, matrix_markdown,
+                                   per_class_accuracy, train_domain)
 from fer_core.data import FerPlusDataset, open_dataset
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.labels import EMOTIONS
 from fer_core.models import TINY_ARCHITECTURE, load_model
 from fer_core.runs import Run
@@ -156,7 +156,7 @@ def test_cli_prints_and_exports_the_matrix(runs, project, capsys):
     assert "| trained on | ferplus:test | sd_faces |" in capsys.readouterr().out
     assert set(pd.read_csv(out)["row"]) == {"real", "synthetic"} and out.with_suffix(".md").is_file()
     assert main([*settings, "cross-domain", "--aggregate", "colour"]) == 2
-    assert "aggregate: expected one of" in capsys.readouterr().err
+    assert "argument 'aggregate': expected one of" in capsys.readouterr().err
 
 
 def test_accuracy_by_fraction_and_per_class_accuracy_on_synthetic_faces(runs):
@@ -181,14 +181,18 @@ def test_accuracy_by_fraction_and_per_class_accuracy_on_synthetic_faces(runs):
 
 def test_bad_arguments_and_empty_folders(runs, tmp_path):
     records = evaluation_records(runs)
-    with pytest.raises(ConfigError, match="metric"):
+    with pytest.raises(InvalidArgument, match=r"cross_domain_cells\(\) argument 'metric': .*got 'top5'"):
         cross_domain_cells(records, metric="top5")
-    with pytest.raises(ConfigError, match="aggregate"):
+    with pytest.raises(InvalidArgument, match=r"argument 'aggregate': expected one of .* or None, got 'colour'"):
         cross_domain_cells(records, aggregate="colour")
     with pytest.raises(DataError, match="not found"):
         evaluation_records(tmp_path / "missing")
     empty = cross_domain_cells(evaluation_records(tmp_path))
     assert empty.empty and cross_domain_matrix(empty).empty and "no finished evaluation" in matrix_markdown(empty)
+    with pytest.raises(InvalidArgument, match=r"accuracy_by_fraction\(\) argument 'metric'"):
+        accuracy_by_fraction(empty, metric="top5")
+    with pytest.raises(InvalidArgument, match="expected a .csv file to write"):
+        export_cross_domain(empty, "accuracy", tmp_path / "cells.md", tmp_path, [])
     assert [train_domain(f) for f in (0.0, 0.25, 1.0, float("nan"))] == [
         "real", "mixed (25% synthetic)", "synthetic", "unknown"]
     # training data as weights' provenance names it

@@ -714,3 +714,19 @@ def test_a_job_reads_progress_from_bars_and_from_sanity_lines(tmp_path):
     with (tmp_path / "log.txt").open("a") as log:   # fer-core sanity's line as a method starts
         log.write("sanity 3/4: occlusion on 32 faces (50% done)\n")
     assert job.progress() == 0.5 and job.log_tail(1) == "sanity 3/4: occlusion on 32 faces (50% done)"
+
+
+def test_view_filters_keep_the_faces_asked_for_and_refuse_unknown_choices():
+    from fer_core.errors import InvalidArgument
+    from fer_core.views import class_rows, filter_faces
+    # labels -1 (unlabelled), right, wrong, right; confidences 0.9, 0.2, 0.6, 0.5
+    table = pd.DataFrame({"label": [-1, 2, 3, 4], "pred": [1, 2, 5, 4], "confidence": [0.9, 0.2, 0.6, 0.5]})
+    assert filter_faces(table).tolist() == [0, 1, 2, 3]
+    assert filter_faces(table, "correct", (0.3, 1.0)).tolist() == [3]
+    assert filter_faces(table, "wrong").tolist() == [2]  # the unlabelled face is neither
+    with pytest.raises(InvalidArgument, match=r"filter_faces\(\) argument 'correctness': .*got 'right'"):
+        filter_faces(table, "right")
+    with pytest.raises(InvalidArgument, match=r"argument 'confidence': .*got \(0.8, 0.2\)"):
+        filter_faces(table, confidence=(0.8, 0.2))
+    with pytest.raises(InvalidArgument, match=r"class_rows\(\) argument 'emotion': expected one of .*got 'happy'"):
+        class_rows(None, "happy", 4)

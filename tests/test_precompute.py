@@ -27,7 +27,8 @@ from fer_core.faces import FacePipeline, create_detector
 from fer_core.inference import FacePreparer
 from fer_core.labels import EMOTIONS
 from fer_core.models import load_model
-from fer_core.precompute import EXPLAIN_BATCH_SIZE, Shard, embed_datasets, explain_dataset, gap_report
+from fer_core.precompute import (EXPLAIN_BATCH_SIZE, Shard, cached_projection, embed_datasets, explain_dataset,
+                                 gap_report)
 
 REPO = Path(__file__).resolve().parent.parent
 #: The dataset passes without progress bars.
@@ -131,8 +132,12 @@ def test_explain_hit_miss_maps_and_keypoints(model, faces, pipeline, tmp_path):
     assert true.computed == int(differ.sum()) > 0
     assert np.array_equal(true.maps[~differ], first.maps[~differ])
     assert not np.allclose(true.maps[differ], first.maps[differ])
-    with pytest.raises(InvalidArgument, match="unknown attribution method 'nope'"):
+    with pytest.raises(InvalidArgument, match=r"explain_dataset\(\) argument 'method': expected one of \[.*'gradcam'.*"
+                                              r"\], got 'nope'"):
         explain_dataset(model, faces, cache, "nope")
+    with pytest.raises(InvalidArgument, match=r"explain_dataset\(\) argument 'map_size': expected an integer >= 4, "
+                                              r"got 2"):
+        explain_dataset(model, faces, cache, "gradcam", map_size=2)
     with pytest.raises(InvalidArgument, match="has no layer"):
         explain_dataset(model, faces, cache, "saliency", layer="blocks.5")
     with pytest.raises(InvalidArgument, match="emotion of the model"):
@@ -333,7 +338,7 @@ def test_cli_embed_explain_gap(project, tiny_model, face_model_path, tmp_path, c
     gap = cli([*settings, "gap", *model, "--real", "ferplus:test", "--synthetic", "sd_faces", "--limit", "24"], capsys)
     assert gap["computed_features"] == 0 and Path(gap["path"]).parent == tmp_path / "runs" / "gap"
     assert main([*settings, "explain", *model, "--dataset", "sd_faces", "--method", "nope"]) == 2
-    assert "registered methods" in capsys.readouterr().err
+    assert "explain() argument 'method': expected one of" in capsys.readouterr().err
     assert main([*settings, "embed", *model, "--dataset", "nowhere"]) == 2
     assert "unknown dataset 'nowhere'" in capsys.readouterr().err
     assert main([*settings, "embed", *model, "--dataset", "sd_faces", "--shard", "2/2"]) == 2
@@ -347,3 +352,21 @@ def test_shard_blocks_cover_the_data_once():
     for text in ("4/4", "a/b", "1", "-1/2"):
         with pytest.raises(InvalidArgument):
             Shard.parse(text)
+    assert Shard(np.int64(1), 2).block(4) == range(2, 4)
+    with pytest.raises(InvalidArgument, match=r"Shard\(\) argument 'count': expected an integer >= 1, got 0"):
+        Shard(0, 0)
+    with pytest.raises(InvalidArgument, match=r"Shard\(\) argument 'index': expected an integer >= 0, got True"):
+        Shard(True, 2)
+    with pytest.raises(InvalidArgument, match=r"index 2 is outside 0..1 \(K counts from 0"):
+        Shard(2, 2)
+
+
+def test_dataset_passes_check_their_arguments_before_any_work():
+    # the checks run before the model, datasets or cache are touched: None stands in for them
+    with pytest.raises(InvalidArgument, match=r"gap_report\(\) argument 'sample': expected an integer >= 5 or None, "
+                                              r"got 4"):
+        gap_report(None, None, None, None, sample=4)
+    with pytest.raises(InvalidArgument, match=r"cached_projection\(\) argument 'method': expected one of \[.*'pca'"):
+        cached_projection(None, None, None, None, "mds")
+    with pytest.raises(InvalidArgument, match=r"'projections': unknown projection\(s\) \['mds', 'lle'\]"):
+        embed_datasets(None, {}, None, projections=("pca", "mds", "lle"))

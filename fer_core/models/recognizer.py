@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from fer_core.backends import DEFAULT_BACKEND, InferenceBackend, check_backend_name, load_backend, resolve_device
+from fer_core.backends import BACKEND_NAME, DEFAULT_BACKEND, InferenceBackend, load_backend, resolve_device
 from fer_core.errors import DataError, InvalidArgument
 from fer_core.labels import EMOTIONS
 from fer_core.models.factory import FerModel
@@ -27,7 +27,7 @@ class EmotionRecognizer:
     (``auto`` resolved as :func:`fer_core.backends.resolve_device` does).
     """
 
-    @validate_params({"batch_size": [Interval(Integral, 1, None)]})
+    @validate_params({"batch_size": [Interval(Integral, 1, None)], "backend": BACKEND_NAME})
     def __init__(self, model: FerModel, device: str | torch.device | None = None, batch_size: int = 32,
                  backend: str = DEFAULT_BACKEND, score_over: str = DEFAULT_PROTOCOL) -> None:
         if device is not None and not _same_device(resolve_device(device), model.device):
@@ -35,7 +35,7 @@ class EmotionRecognizer:
                                   f"(fer_core.backends.on_device(model, {str(device)!r})) or leave device out")
         self.model = model
         self.batch_size = int(batch_size)
-        self.backend_name = check_backend_name(backend)
+        self.backend_name = backend
         self.scoring = scoring_for(score_over, model.emotions, ())
 
     @property
