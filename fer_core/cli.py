@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 from fer_core import __version__
 from fer_core.config import Config, load_config, parse_override
-from fer_core.errors import ConfigError, DataError, FerCoreError, InvalidArgument
+from fer_core.errors import DataError, FerCoreError, InvalidArgument
 
 Handler = Callable[[argparse.Namespace, Config], int]
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
@@ -148,7 +148,7 @@ def _data(args: argparse.Namespace, config: Config) -> int:
         return 0
     missing = [str(a) for a in args.archives if not a.is_file()]
     if missing:
-        raise ConfigError(f"no such archive(s): {missing}; nothing installed")
+        raise InvalidArgument(f"no such archive(s): {missing}; nothing installed")
     for archive in args.archives:
         print(f"installed {archive.name} into {install_archive(archive, None, data_root)}")
     return 0
@@ -196,7 +196,8 @@ def _predict_photos(args: argparse.Namespace, config: Config, model, shard) -> i
     from fer_core.jobs.precompute import predict_folder
     from fer_core.scoring import scoring_for
     if shard is not None or args.per_class is not None:
-        raise ConfigError("a folder of photos has no classes and is predicted whole: leave out --shard and --per-class")
+        raise InvalidArgument("a folder of photos has no classes and is predicted whole: leave out --shard and "
+                              "--per-class")
     table = predict_folder(config, model, args.dataset, args.out, args.score_over, args.limit, args.sample_seed)
     photos = table["key"].nunique()
     without = int((~table["face_found"] & table["error"].isna()).sum())
@@ -213,7 +214,7 @@ def _shard(args: argparse.Namespace):
     if args.shard is None:
         return from_torchrun
     if from_torchrun is not None:
-        raise ConfigError("--shard and torchrun both split the data; under torchrun leave --shard out")
+        raise InvalidArgument("--shard and torchrun both split the data; under torchrun leave --shard out")
     return Shard.parse(args.shard)
 
 
@@ -500,7 +501,7 @@ def _weights(args: argparse.Namespace, config: Config) -> int:
             print(f"{source.name:24} {source.description}{' (load with --trust-pickle)' if source.needs_trust else ''}")
         return 0
     if not args.name:
-        raise ConfigError("fer-core weights download needs a name; see fer-core weights list")
+        raise InvalidArgument("fer-core weights download needs a name; see fer-core weights list")
     print(download(args.name, config.resolve(args.dir)))
     return 0
 
@@ -586,7 +587,7 @@ def _synth(args: argparse.Namespace, config: Config) -> int:
 def _one(values: list[str] | None, flag: str) -> str | None:
     """The one value ``synth import`` takes of a repeatable flag (several: an error)."""
     if values and len(values) > 1:
-        raise ConfigError(f"fer-core synth import takes one {flag} (per file: use --manifest)")
+        raise InvalidArgument(f"fer-core synth import takes one {flag} (per file: use --manifest)")
     return values[0] if values else None
 
 
@@ -654,7 +655,7 @@ def _method_params(pairs: Sequence[str]) -> dict[str, object]:
     for pair in pairs:
         name, sep, text = pair.partition("=")
         if not sep or not name.strip():
-            raise ConfigError(f"--param: expected NAME=VALUE, got {pair!r}")
+            raise InvalidArgument(f"--param: expected NAME=VALUE, got {pair!r}")
         try:
             params[name.strip()] = json.loads(text)
         except json.JSONDecodeError:

@@ -26,6 +26,7 @@ from fer_core.data import (FolderDataset, SplitWarning, grid_groups, open_datase
 from fer_core.data.splits import warn_empty_sides
 from fer_core.errors import DataError, InvalidArgument
 from fer_core.evaluation import cochran_q, holm, mcnemar, seed_spread
+from fer_core.jobs.experiments import sweep
 from fer_core.labels import EMOTIONS
 from fer_core.models import load_model
 from fer_core.runs import Run
@@ -229,6 +230,17 @@ def test_added_design_keeps_the_real_faces_and_nests_the_synthetic_ones(rq2_proj
     assert np.abs(counts - 40 * shares).max() <= 1  # every emotion within one face of its share
     with pytest.raises(DataError, match="cannot add 1000 synthetic faces"):
         added_training_set(real, synthetic, 1000)
+
+
+def test_sweep_refuses_bad_arguments_before_opening_any_data(tmp_path):
+    # nothing is read before these checks, so no config or dataset is needed
+    with pytest.raises(InvalidArgument, match=r"sweep\(\) argument 'design': expected one of \['added', 'share'\], "
+                                              r"got 'nested'"):
+        sweep(None, None, None, None, ("fer2013:test",), None, tmp_path, design="nested")
+    with pytest.raises(InvalidArgument, match="a sweep needs at least one fraction and one test set"):
+        sweep(None, None, None, None, (), None, tmp_path, seeds=(0,))
+    with pytest.raises(InvalidArgument, match=r"distinct names, got \['sd_faces', 'sd_faces'\]"):
+        sweep(None, None, None, None, ("sd_faces", "sd_faces"), None, tmp_path, seeds=(0,))
 
 
 def test_cli_added_design_names_its_runs_by_count(rq2_project, tiny_model, capsys):

@@ -625,6 +625,19 @@ def test_import_manifest_formats_and_errors(tmp_path):
         read_import_manifest(tmp_path / "a.png")
 
 
+def test_synth_commands_refuse_contradictory_arguments_before_reading_anything():
+    from fer_core.jobs.synthetic import ImportRequest, generate, import_, revert
+    # the checks come before the config is read: None stands in for it
+    with pytest.raises(InvalidArgument, match="needs grid image files or --manifest FILE .* not both"):
+        import_(None, ImportRequest(files=(Path("a.png"),), manifest=Path("grids.csv")))
+    with pytest.raises(InvalidArgument, match="needs --emotion"):
+        import_(None, ImportRequest(files=(Path("a.png"),)))
+    with pytest.raises(InvalidArgument, match="needs one or more batch ids"):
+        revert(None, [])
+    with pytest.raises(InvalidArgument, match="for grids made elsewhere"):
+        generate(None, None, backend="import")
+
+
 def test_the_ledger_models_the_plan_arithmetic(tmp_path):
     ledger = CreditLedger(tmp_path / "ledger.json", budget=30)
     plan = ledger.plan_arithmetic(layout=6)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from fer_core.config import Config
 from fer_core.data import FaceDataset, grid_groups, stratified_group_kfold, stratified_group_split
-from fer_core.errors import ConfigError
+from fer_core.errors import InvalidArgument
 from fer_core.evaluation import cochran_q, holm, mcnemar, seed_spread
 from fer_core.faces import FacePipeline
 from fer_core.jobs.options import JobOptions
@@ -35,6 +35,7 @@ from fer_core.runs import Run, provenance_record, write_json_atomic
 from fer_core.scoring import scored_rows
 from fer_core.training.experiments import DEFAULT_FRACTIONS, DESIGNS, SUMMARY, DatasetSpec, as_face_crops
 from fer_core.training.trainer import Trainer, TrainSettings
+from fer_core.validation import StrOptions, validate_params
 
 
 def _evaluation_config(config: Config, out_dir: Path) -> Config:
@@ -148,6 +149,7 @@ def _level_rows(rows: list[dict[str, Any]], level: str) -> list[dict[str, Any]]:
     return out
 
 
+@validate_params({"design": [StrOptions(DESIGNS)]})
 def sweep(config: Config, real_train_spec: DatasetSpec, synthetic_train_spec: DatasetSpec | None,
           val_spec: DatasetSpec, test_specs: Sequence[DatasetSpec], settings: TrainSettings, out_dir: Path | str,
           fractions: Sequence[float] = DEFAULT_FRACTIONS, size: int | None = None, n_bootstrap: int = 1000,
@@ -171,16 +173,14 @@ def sweep(config: Config, real_train_spec: DatasetSpec, synthetic_train_spec: Da
     seeds), ``pairwise.csv`` and ``summary.json`` with all of it plus the tests
     (:func:`paired_tests`) and provenance. Re-running resumes finished work.
     """
-    if design not in DESIGNS:
-        raise ConfigError(f"unknown sweep design {design!r}; one of {list(DESIGNS)}")
     mix_design = DESIGNS[design]
     levels = sorted({mix_design.check(level) for level in (fractions if design == "share" else added)})
     seeds = sorted(set(seeds)) or [settings.seed]
     test_names = [_spec_name(spec) for spec in test_specs]
     if not levels or not test_specs:
-        raise ConfigError(f"a sweep needs at least one {mix_design.level} and one test set")
+        raise InvalidArgument(f"a sweep needs at least one {mix_design.level} and one test set")
     if len(set(test_names)) != len(test_names):
-        raise ConfigError(f"the test sets need distinct names, got {test_names}")
+        raise InvalidArgument(f"the test sets need distinct names, got {test_names}")
     out_dir, options = config.resolve(out_dir), JobOptions.from_config(config, progress)
     real_data = _open(config, real_train_spec)
     synthetic_data = _open(config, synthetic_train_spec) if synthetic_train_spec is not None else None

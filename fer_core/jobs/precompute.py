@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from fer_core.backends import InferenceOptions
 from fer_core.cache import ResultCache
 from fer_core.config import Config
 from fer_core.data import FaceDataset
-from fer_core.errors import ConfigError
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.explain import method_names, record_quality
 from fer_core.explain.analysis.sanity import faithfulness_rows, most_faithful, randomisation_rows
 from fer_core.inference import FacePreparer, predict_dataset, predict_photos
@@ -33,6 +34,7 @@ from fer_core.precompute import (DEFAULT_GAP_SAMPLE, EXPLAIN_BATCH_SIZE, Shard, 
                                  gap_report, gap_report_folders, shard_folder)
 from fer_core.scoring import DEFAULT_PROTOCOL
 from fer_core.training import distributed
+from fer_core.validation import Interval, StrOptions, validate_params
 
 
 @contextmanager
@@ -110,14 +112,13 @@ def embed(config: Config, specs: Sequence[str], weights: Path | None = None, pro
     return {**summary, "cache": str(cache.path), "seconds": round(time.perf_counter() - started, 2)}
 
 
+@validate_params({"method": [StrOptions(method_names)]})  # before the model is loaded
 def explain(config: Config, dataset: FaceDataset, method: str, weights: Path | None = None,
             target: str = "predicted", layer: str | None = None, map_size: int = 56,
             batch_size: int = EXPLAIN_BATCH_SIZE, params: Mapping[str, Any] | None = None,
             shard: Shard | None = None) -> dict[str, Any]:
     """Attribution maps of ``method`` (its settings ``params``) for ``target`` on every face of
     ``dataset`` into the result cache, ``batch_size`` faces at a time."""
-    if method not in method_names():
-        raise ConfigError(f"unknown attribution method {method!r}; registered methods: {method_names()}")
     options = JobOptions.from_config(config)
     model = load_configured_model(config, weights)
     started = time.perf_counter()
@@ -150,24 +151,25 @@ def gap(config: Config, real_spec: str, synthetic_spec: str, weights: Path | Non
                           options=options.inference)
 
 
+@validate_params({"faces": [Interval(Integral, 2, None)]})
 def sanity(config: Config, dataset: FaceDataset, methods: Sequence[str] = (), weights: Path | None = None,
            faces: int = 32, depth: int = 3, steps: int = 16, seed: int = 0) -> dict[str, Any]:
     """Saliency sanity checks of ``methods`` (default: every registered one) on ``faces`` faces
     spread over ``dataset``, stored for the dashboard: per method its verdicts and rows, and
     ``most_faithful`` (the default for region statistics)."""
     methods = list(methods) or method_names()
-    unknown = sorted(set(methods) - set(method_names()))
+    registered = StrOptions(method_names)
+    unknown = sorted({name for name in methods if not registered.is_satisfied_by(name)})
     if unknown:
-        raise ConfigError(f"unknown attribution method(s) {unknown}; registered methods: {method_names()}")
-    if faces < 2:
-        raise ConfigError(f"--faces: expected at least 2 faces, got {faces}")
+        raise InvalidArgument(f"sanity() argument 'methods': unknown attribution method(s) {unknown}; "
+                              f"expected some of {registered.options}")
     model = load_configured_model(config, weights)
     preparer = FacePreparer(model, JobOptions.from_config(config).face_pipeline(model.input_size))
     picks = np.unique(np.linspace(0, len(dataset) - 1, min(faces, len(dataset))).astype(int))
     tensors = [face.tensor for face in (preparer.prepare(dataset, dataset[int(i)]) for i in picks)
                if face.tensor is not None]
     if len(tensors) < 2:
-        raise ConfigError(f"{dataset.label}: fewer than 2 readable faces to check on")
+        raise DataError(f"{dataset.label}: fewer than 2 readable faces to check on")
     batch, results = torch.stack(tensors), {}
     for number, method in enumerate(methods, 1):  # one method at a time: the job log shows n/N
         print(f"sanity {number}/{len(methods)}: {method} on {len(tensors)} faces "

@@ -18,7 +18,7 @@ import pandas as pd
 
 from fer_core.config import Config
 
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import ConfigError, DataError, InvalidArgument
 from fer_core.faces.detectors import MediaPipeDetector
 from fer_core.faces.pipeline import FacePipeline
 from fer_core.labels import EMOTIONS
@@ -94,7 +94,7 @@ def generate(config: Config, asked: PromptRequest, backend: str = "http", backen
     file ``backend_config``), seeds from ``seed_start``, a credit each from the ledger (``budget``
     sets its budget)."""
     if backend == "import":
-        raise ConfigError("use 'fer-core synth import FILES ...' for grids made elsewhere")
+        raise InvalidArgument("use 'fer-core synth import FILES ...' for grids made elsewhere")
     generator = create_backend(backend, **_read_json(backend_config, "--backend-config"))
     ledger = _ledger(config, budget)
     jobs = [(p, seed_start + k) for p in _prompts_of(config, asked) for k in range(grids)]
@@ -142,15 +142,15 @@ class ImportRequest:
 def import_(config: Config, asked: ImportRequest, budget: int | None = None) -> int:
     """Register the grids ``asked`` for in the ledger (``budget`` sets its budget)."""
     if bool(asked.files) == bool(asked.manifest):
-        raise ConfigError("fer-core synth import needs grid image files or --manifest FILE (a CSV or YAML list of "
-                          "file, emotion, ... rows), not both")
+        raise InvalidArgument("fer-core synth import needs grid image files or --manifest FILE (a CSV or YAML list "
+                              "of file, emotion, ... rows), not both")
     defaults = {"emotion": asked.emotion, "gender": asked.gender, "intensity": asked.intensity,
                 "age_range": asked.age_range, "prompt": asked.prompt}
     if asked.manifest:
         items = read_import_manifest(asked.manifest, config.data.grid_layout, defaults)
     elif defaults["emotion"] is None:
-        raise ConfigError("fer-core synth import needs --emotion (the emotion the grids were asked for), or a "
-                          "--manifest giving one per file")
+        raise InvalidArgument("fer-core synth import needs --emotion (the emotion the grids were asked for), or a "
+                              "--manifest giving one per file")
     else:
         spec = PromptSpec(defaults["emotion"], parse_gender(defaults["gender"]), defaults["intensity"],
                           asked.age_range, config.data.grid_layout)
@@ -167,8 +167,8 @@ def import_(config: Config, asked: ImportRequest, budget: int | None = None) -> 
 def revert(config: Config, targets: Sequence[str]) -> int:
     """Undo imports, each target a batch id, a ledger entry id or an imported file."""
     if not targets:
-        raise ConfigError("fer-core synth revert needs one or more batch ids, ledger entry ids or imported files "
-                          "(see 'fer-core synth ledger')")
+        raise InvalidArgument("fer-core synth revert needs one or more batch ids, ledger entry ids or imported "
+                              "files (see 'fer-core synth ledger')")
     root = synthetic_dir(config)
     done = revert_imports(CreditLedger(root / "ledger.json"), [str(t) for t in targets], root / MANIFEST_FILE,
                           root / "processed", root / "report")

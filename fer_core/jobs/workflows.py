@@ -12,7 +12,7 @@ from fer_core import __version__
 from fer_core.backends import on_device, set_inference_threads
 from fer_core.config import Config
 from fer_core.data import FaceDataset, FerPlusDataset, open_dataset
-from fer_core.errors import ConfigError, DataError
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.evaluation import classification_report, mcnemar
 from fer_core.faces import FacePipeline
 from fer_core.inference import predict_dataset
@@ -173,7 +173,7 @@ def training_start(config: Config, asked: StartRequest, default_epochs: int,
     for flag, given, own in (("--architecture", asked.architecture, init.architecture),
                              ("--input-size", asked.input_size, init.input_size)):
         if given is not None and given != own:
-            raise ConfigError(f"{flag} {given} contradicts the --init model ({own}); leave {flag} out")
+            raise InvalidArgument(f"{flag} {given} contradicts the --init model ({own}); leave {flag} out")
     return TrainingStart(init, recipe, stages, init.architecture, init.input_size)
 
 
@@ -204,12 +204,13 @@ def _mixed_training_data(config: Config, options: JobOptions, data: TrainingData
     about the mix."""
     if data.synthetic is None:
         if data.synthetic_fraction is not None or data.size is not None:
-            raise ConfigError("--synthetic-fraction and --size make a mix: give the synthetic faces with --synthetic")
+            raise InvalidArgument("--synthetic-fraction and --size make a mix: give the synthetic faces with "
+                                  "--synthetic")
         return training_dataset(config, data.train, settings.soft_targets), {}
     if data.synthetic_fraction is None:
-        raise ConfigError("--synthetic needs --synthetic-fraction F (the synthetic share of the training set, 0-1)")
+        raise InvalidArgument("--synthetic needs --synthetic-fraction F (the synthetic share of the training set, 0-1)")
     if settings.soft_targets:
-        raise ConfigError("--soft-labels needs FER+ vote distributions for every face; synthetic faces have none")
+        raise InvalidArgument("--soft-labels needs FER+ vote distributions for every face; synthetic faces have none")
     real, synthetic = dataset_for(config, data.train), dataset_for(config, data.synthetic)
     crops = options.face_pipeline(settings.input_size) if not (real.pre_cropped and synthetic.pre_cropped) else None
     mix = mixed_training_set(as_face_crops(real, crops), as_face_crops(synthetic, crops), data.synthetic_fraction,
@@ -228,10 +229,10 @@ def train_model(config: Config, settings: TrainSettings, data: TrainingData, sta
         name = distributed.broadcast_object(name or run_id("train", settings.architecture, data.train))  # one run dir
         run_dir = run_path(config.resolve(config.paths.runs_dir), name)
         if (run_dir / "checkpoint.pt").is_file() and not resume:
-            raise ConfigError(f"{run_dir} already holds a training run: pass --resume to continue it, "
-                              f"or another --name")
+            raise InvalidArgument(f"{run_dir} already holds a training run: pass --resume to continue it, "
+                                  f"or another --name")
         if resume and not (run_dir / "checkpoint.pt").is_file():
-            raise ConfigError(f"nothing to resume: {run_dir / 'checkpoint.pt'} does not exist")
+            raise InvalidArgument(f"nothing to resume: {run_dir / 'checkpoint.pt'} does not exist")
         train, mix = _mixed_training_data(config, options, data, settings)
         val = dataset_for(config, data.val)
         pipeline = None if train.pre_cropped and val.pre_cropped else options.face_pipeline(settings.input_size)
