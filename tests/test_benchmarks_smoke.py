@@ -133,16 +133,17 @@ def test_attribution_throughput_maps_are_finite_and_ig_variants_agree(bench, cap
     assert "IG internal batching" in printed
 
 
-def test_dashboard_render_shows_the_same_chart_on_every_render(bench, capsys, monkeypatch, project, tiny_model):
+def test_dashboard_render_shows_the_same_charts_on_every_render(bench, capsys, monkeypatch, project, tiny_model):
     config = project / "configs" / "benchmark.yaml"
     config.write_text((REPO / "configs" / "config.yaml").read_text()
                       .replace("  weights_path: null", f"  weights_path: {tiny_model}"))
     monkeypatch.setenv("FER_CORE_CONFIG", str(config))  # put back afterwards: the script sets it
     result, printed = smoke(bench("dashboard_render"), capsys, "--config", config, "--real", "fer2013:test")
     (page,) = result.values()
-    assert page["charts"] == 1 and page["same_charts"]
-    assert all_finite_positive([page["cold_s"], page["warm_s"], page["restart_s"]])
-    assert '"embeddings"' in printed
+    assert page["charts"] == 1 and page["same_charts"]  # the colour change redraws the one scatter
+    assert all_finite_positive([page["cold_s"], page["cold_change_s"], page["warm_s"], page["change_s"],
+                                page["restart_s"]])
+    assert '"embeddings"' in printed and "| embeddings |" in printed
 
 
 def keras_weights(module: ModuleType, model) -> bytes:
