@@ -137,8 +137,9 @@ if models:
     table = first.table
     counts = " + ".join(f"{n} {name}" for name, n in first.summary()["datasets"].items())
     hover = hover and len(table) <= HOVER_LIMIT
-    st.caption(f"{len(table)} faces ({counts}); {first.computed} embedded now, the rest from the cache; "
-               f"{projection.upper()} {'computed now' if first.projections_computed else 'from the cache'}. "
+    st.caption(f"{len(table)} faces ({counts}); when this view was first loaded, {first.computed} were embedded and "
+               f"the rest read from the cache, and {projection.upper()} was "
+               f"{'computed' if first.projections_computed else 'read from the cache'}. "
                + ("Hover a point to see its face; click it" if hover else "Click a point") +
                " to open its detail, or pick the lasso in the chart's toolbar to see many faces.")
     columns = st.columns(len(found)) if second_label else [st.container()]

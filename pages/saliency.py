@@ -256,8 +256,8 @@ if models:
                         compute.join_attributions(parts[second_label]) if second is not None else None)
         found_set = sets[domain][1]
         diagnostics = found_set.diagnostics
-        text = (f"{len(found_set.table)} {emotion} face(s); {found_set.computed} computed now, "
-                f"{len(found_set.table) - found_set.computed} from the cache")
+        text = (f"{len(found_set.table)} {emotion} face(s); when first shown, {found_set.computed} were computed and "
+                f"{len(found_set.table) - found_set.computed} read from the cache")
         if method == "lrp":
             text += ("; noise stability of these maps (Spearman with the map of the same face plus invisible noise): "
                      f"{stability['mean']:.2f}, 95% CI {stability['ci_low']:.2f}-{stability['ci_high']:.2f}"

@@ -365,9 +365,10 @@ def test_saliency_browser_puts_real_and_synthetic_maps_side_by_side(monkeypatch,
     st.cache_data.clear()
     again = open_page(monkeypatch, app_config, "saliency.py", **{"sal-count": 4, "sal-shown": 4})
     assert [c.value for c in again.caption if "Happiness face(s)" in c.value] == \
-        ["4 Happiness face(s); 0 computed now, 4 from the cache"] * 2
+        ["4 Happiness face(s); when first shown, 0 were computed and 4 read from the cache"] * 2
     again.selectbox(key="sal-emotion").set_value("Sadness").run()  # the synthetic maps the CLI stored
-    assert "4 Sadness face(s); 0 computed now, 4 from the cache" in [c.value for c in again.caption]
+    assert "4 Sadness face(s); when first shown, 0 were computed and 4 read from the cache" in \
+        [c.value for c in again.caption]
     before = [img.url for img in images(again)]
     again.selectbox(key="sal-method").set_value("saliency").run()
     assert not again.exception
