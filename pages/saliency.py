@@ -73,7 +73,8 @@ def sanity_panel(config, model_path, method: str, real: str) -> None:
     right.caption(f"Runs in the background on {faces} faces of {real} spread over the dataset (found and aligned as "
                   "every table finds them); the same from a shell:")
     right.code(shlex.join(jobs.cli_command(args, ui.config_file())), language="bash")
-    if left.button(f"Check {method} in the background", key="sanity-start", type="primary"):
+    if left.button(f"Check {method}", key="sanity-start", type="primary",
+                   help="runs fer-core sanity in the background; its progress shows below"):
         job = jobs.start_job(config, args, ui.config_file())
         st.session_state.setdefault("sanity-jobs", []).append(job.id)
 
