@@ -25,13 +25,16 @@ from fer_core.errors import DataError, InvalidArgument
 PACK_FORMAT = "fer_core.ferplus-pack.v1"
 
 
-def _prediction(pixels: np.ndarray) -> np.ndarray:
-    """The median edge predictor of every pixel from its west, north and north-west neighbours
-    (0 outside the image), on an ``(N, H, W)`` int16 array."""
-    padded = np.pad(pixels, ((0, 0), (1, 0), (1, 0)))
-    west, north, north_west = padded[:, 1:, :-1], padded[:, :-1, 1:], padded[:, :-1, :-1]
+def _median_edge(west: np.ndarray, north: np.ndarray, north_west: np.ndarray) -> np.ndarray:
+    """The median edge predictor of a pixel from its west, north and north-west neighbours (int16)."""
     high, low = np.maximum(west, north), np.minimum(west, north)
     return np.where(north_west >= high, low, np.where(north_west <= low, high, west + north - north_west))
+
+
+def _prediction(pixels: np.ndarray) -> np.ndarray:
+    """:func:`_median_edge` of every pixel of an ``(N, H, W)`` int16 array (0 outside the image)."""
+    padded = np.pad(pixels, ((0, 0), (1, 0), (1, 0)))
+    return _median_edge(padded[:, 1:, :-1], padded[:, :-1, 1:], padded[:, :-1, :-1])
 
 
 def encode_gray(images: np.ndarray) -> np.ndarray:
@@ -49,9 +52,7 @@ def decode_gray(codes: np.ndarray) -> np.ndarray:
     out = np.zeros((count, height + 1, width + 1), dtype=np.int16)
     for y in range(1, height + 1):
         for x in range(1, width + 1):
-            west, north, north_west = out[:, y, x - 1], out[:, y - 1, x], out[:, y - 1, x - 1]
-            high, low = np.maximum(west, north), np.minimum(west, north)
-            guess = np.where(north_west >= high, low, np.where(north_west <= low, high, west + north - north_west))
+            guess = _median_edge(out[:, y, x - 1], out[:, y - 1, x], out[:, y - 1, x - 1])
             out[:, y, x] = (guess + residual[:, y - 1, x - 1]) % 256
     return out[:, 1:, 1:].astype(np.uint8)
 

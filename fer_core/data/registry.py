@@ -140,7 +140,7 @@ def dataset_names() -> list[str]:
 
 def dataset_folder(name: str, data_root: str | Path) -> Path:
     """Where the registered dataset ``name`` lives under ``data_root``."""
-    return Path(data_root) / _entry(name).location
+    return _entry(name).split_folder(Path(data_root), None)
 
 
 def _entry(name: str) -> DatasetEntry:
