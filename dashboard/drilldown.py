@@ -98,7 +98,9 @@ def _dialog(config: Config, model: FerModel | None, face: Opened) -> None:
     photo.image(charts.annotate_faces(view.photo, [detection.box] if view.detected else [],
                                       [detection.keypoints] if view.detected else []),
                 width=ui.display_width(view.photo.shape, 220), caption=caption)
-    crop.image(view.face.image, width=192, caption=f"aligned crop at {model.input_size} px: what the model saw")
+    crop.image(model.preprocessing.resize(view.face.image), width=192,
+               caption=f"aligned crop at {model.input_size} px{' in grey levels' if model.grayscale else ''}: "
+                       "what the model saw")
     verdict = "" if not view.label else (" (right)" if view.label == view.predicted else " (wrong)")
     chart.plotly_chart(charts.probability_bars(view.probabilities, f"true {view.label or '?'}, predicted "
                                                f"{view.predicted} {view.confidence:.0%}{verdict}"),

@@ -191,7 +191,8 @@ def onnx_bytes(model: "FerModel", opset: int = ONNX_OPSET) -> bytes:
     graph = onnx.load_from_string(buffer.getvalue())
     metadata = {"architecture": model.architecture, "emotions": json.dumps(list(model.emotions)),
                 "input_size": str(model.input_size), "mean": json.dumps(list(model.mean)),
-                "std": json.dumps(list(model.std)), "fingerprint": model.fingerprint}
+                "std": json.dumps(list(model.std)), "grayscale": json.dumps(model.grayscale),
+                "fingerprint": model.fingerprint}
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
     return graph.SerializeToString()

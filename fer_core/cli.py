@@ -287,6 +287,15 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--select", choices=("accuracy", "macro_f1"), default="accuracy",
                         help="validation metric that picks the best epoch")
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                        help="blend each batch with a shuffled copy of itself by Beta(ALPHA, ALPHA) (0.2-0.4 usual; "
+                             "0: off)")
+    parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                        help="validate and save an exponential moving average of the weights with this decay per "
+                             "step (e.g. 0.998; 0: off)")
+    parser.add_argument("--grayscale", action="store_true",
+                        help="train and run on grey levels (for grey training sets such as FER+ and FER2013; colour "
+                             "photos are then turned grey before the model sees them)")
     parser.add_argument("--drop-rate", type=float, default=0.2, help="dropout before the classifier")
     parser.add_argument("--max-steps", type=int, help="at most N batches per epoch (quick trials)")
     parser.add_argument("--workers", type=int, default=0,
@@ -307,6 +316,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
         weight_decay=args.weight_decay, sam_rho=args.sam_rho, label_smoothing=args.label_smoothing,
         soft_targets=args.soft_labels, class_weights=args.class_weights, logit_adjustment=args.logit_adjustment,
         drop_rate=args.drop_rate, select_metric=args.select, seed=args.seed, max_steps_per_epoch=args.max_steps,
+        mixup_alpha=args.mixup, ema_decay=args.ema, grayscale=args.grayscale,
         loader_workers=args.workers, mixed_precision=options.device.startswith("cuda"))
     data = TrainingData(args.train, args.val, args.synthetic, args.synthetic_fraction, args.size)
     result = train_model(config, settings, data, start, name=args.name, resume=args.resume)

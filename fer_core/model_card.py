@@ -64,7 +64,9 @@ def model_card(model_path: Path, runs: Sequence[Run], image_path: Path, image_li
     lines = [
         f"# Model card: `{model_path.name}`", "",
         f"- Architecture: `{model.architecture}` (timm, built with `pretrained=False`), input {model.input_size} px, "
-        f"ImageNet mean/std, classes in order: {', '.join(model.emotions)}.",
+        f"ImageNet mean/std, classes in order: {', '.join(model.emotions)}."
+        + (" Input in grey levels: trained on grey faces, it sees every face, colour photos included, in grey "
+           "(ITU-R 601 luma on all three channels)." if model.grayscale else ""),
         f"- Weights: {model_path.stat().st_size / 2**20:.1f} MiB safetensors; fingerprint `{model.fingerprint}`.",
         f"- Trained by {provenance.get('trained_by', 'unknown')} on `{provenance.get('train_data')}`, best epoch "
         f"selected on `{provenance.get('val_data')}` (never on test).",

@@ -27,24 +27,34 @@ _INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "are
 @dataclass(frozen=True)
 class Preprocessing:
     """A model's data config: resize a square RGB face to ``input_size`` (``interpolation``;
-    shrinking bilinearly uses area averaging) and normalise with ``mean``/``std``. A model's
-    own is ``FerModel.preprocessing`` (from its weights file); :meth:`fingerprint` is part of
-    every cache key."""
+    shrinking bilinearly uses area averaging) and normalise with ``mean``/``std``. A model
+    trained on grey faces only (FER2013, FER+) declares ``grayscale``: every face it sees,
+    colour photos included, is first turned into grey levels (ITU-R 601 luma) repeated over the
+    three channels, as its training faces were. A model's own is ``FerModel.preprocessing``
+    (from its weights file); :meth:`fingerprint` is part of every cache key."""
 
     input_size: int = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
+    grayscale: bool = False
 
     def fingerprint(self) -> str:
-        """A short stable hash of every setting; part of every cache key."""
-        text = json.dumps(asdict(self), sort_keys=True)
+        """A short stable hash of every setting; part of every cache key (``grayscale`` enters
+        only when set, so colour models keep the keys they had before it existed)."""
+        settings = asdict(self)
+        if not self.grayscale:
+            del settings["grayscale"]
+        text = json.dumps(settings, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def resize(self, face: np.ndarray) -> np.ndarray:
-        """An RGB uint8 face resized to ``input_size`` x ``input_size``."""
+        """An RGB uint8 face resized to ``input_size`` x ``input_size`` (in grey levels when
+        ``grayscale``)."""
         if face.ndim != 3 or face.shape[2] != 3 or face.dtype != np.uint8:
             raise InvalidArgument(f"expected an (H, W, 3) uint8 RGB face, got {face.shape} {face.dtype}")
+        if self.grayscale:
+            face = np.repeat(cv2.cvtColor(face, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
         size = self.input_size
         if face.shape[:2] == (size, size):
             return face

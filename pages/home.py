@@ -48,7 +48,8 @@ if config is not None:
 
     st.subheader("Installed")
     if model is not None:
-        st.write(f"**Model** `{model.architecture}` at {model.input_size}px, fingerprint `{model.fingerprint}`; "
+        st.write(f"**Model** `{model.architecture}` at {model.input_size}px"
+                 f"{' (grey levels)' if model.grayscale else ''}, fingerprint `{model.fingerprint}`; "
                  f"{len(model_files(config))} weights file(s) to choose from")
         if not ui.head_is_trained(model):
             st.warning("This model's classifier head is untrained (a backbone-only file): its predictions "

@@ -5,9 +5,11 @@ the keys and inputs recorded from the code before the engine; explaining a datas
 detects each face once; training and evaluation share one transform; the device a model is
 on is the one it runs on (nothing moves a shared model)."""
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -208,3 +210,20 @@ def test_job_options_are_the_config_resolved_once(tmp_path, face_model_path):
     assert options.inference == InferenceOptions(batch_size=7, device=options.device, backend="onnx", progress=False)
     assert options.face_pipeline(64).fingerprint() == FacePipeline.from_config(config, 64).fingerprint()
     assert options.face_pipeline(64).fingerprint() != FacePipeline.from_config(config, 96).fingerprint()
+
+
+def test_a_grey_model_sees_colour_faces_in_grey_and_grey_faces_unchanged(model, datasets):
+    grey = dataclasses.replace(model.preprocessing, grayscale=True)
+    # Colour models keep the cache keys they had before the setting existed (recorded above).
+    assert model.preprocessing.fingerprint() == RECORDED["sd"]["preparation"].split(":")[0]
+    assert grey.fingerprint() != model.preprocessing.fingerprint()
+    fer_crop = datasets["ferplus"].read(datasets["ferplus"][0])
+    assert torch.equal(grey.to_tensor(fer_crop), model.preprocessing.to_tensor(fer_crop))  # FER+ is grey already
+    sd = datasets["sd"]
+    photo = sd.read(sd[1])
+    assert np.abs(np.diff(photo.astype(int), axis=2)).mean() > 5  # a colour photo
+    seen = grey.resize(photo)
+    assert (seen[..., 0] == seen[..., 1]).all() and (seen[..., 1] == seen[..., 2]).all()
+    luma = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)  # ITU-R 601 luma, resized as the colour face would be
+    assert np.array_equal(seen[..., 0], model.preprocessing.resize(np.dstack([luma] * 3))[..., 0])
+    assert torch.equal(grey.batch([photo, fer_crop]), torch.stack([grey.to_tensor(photo), grey.to_tensor(fer_crop)]))

@@ -10,7 +10,7 @@ real B0 network at a small input size.
 from __future__ import annotations
 
 import copy
-
+import json
 import math
 import os
 import subprocess
@@ -170,6 +170,14 @@ def test_fer_checkpoint_round_trip_keeps_logits_classes_and_provenance(tmp_path:
         assert loaded.provenance["fer_core_version"] and loaded.provenance["created"]
     with pytest.raises(ModelLoadError, match=f"a '{TINY_ARCHITECTURE}' checkpoint, but architecture '{B0}'"):
         load_model(written, architecture=B0)
+    assert loaded.grayscale is False and not loaded.preprocessing.grayscale
+    model.grayscale = True  # a model trained on grey faces says so in its file
+    loaded = load_model(save_model(model, tmp_path / "grey"))
+    assert loaded.grayscale is True and loaded.preprocessing.grayscale
+    meta = json.loads((tmp_path / "grey.json").read_text())
+    (tmp_path / "grey.json").write_text(json.dumps({**meta, "grayscale": "yes"}))
+    with pytest.raises(ModelLoadError, match="key 'grayscale' must be true or false"):
+        load_model(tmp_path / "grey.safetensors")
 
 
 def test_fp16_checkpoint_is_close_and_keeps_every_prediction_on_real_faces(tmp_path: Path, faces) -> None:

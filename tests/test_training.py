@@ -36,7 +36,7 @@ from fer_core.preprocess import Preprocessing
 from fer_core.training import (GRADUAL_UNFREEZING_STAGES, SAM, FaceTransform, Stage, Trainer, TrainSettings,
                                set_trainable)
 from fer_core.training.experiments import MixedDataset, mixed_training_set
-from fer_core.training.trainer import class_log_prior, class_weights, soft_cross_entropy
+from fer_core.training.trainer import WeightAverage, class_log_prior, class_weights, mixup, soft_cross_entropy
 from tests.conftest import torch_threads
 
 REPO = Path(__file__).resolve().parent.parent
@@ -314,6 +314,74 @@ def test_soft_cross_entropy_matches_a_hand_computed_value():
     everything = torch.ones(8)  # one-hot, no smoothing, all classes: the usual cross-entropy
     assert soft_cross_entropy(logits, target, 0.0, None, everything).item() == pytest.approx(
         F.cross_entropy(logits, torch.tensor([1])).item(), rel=1e-6)
+
+
+def test_mixup_blends_each_face_with_one_other_by_one_weight():
+    # Face i is the constant image i with the one-hot target i: a mixed face's pixel value must be
+    # the mean class of its mixed target, and every face must take the same weight.
+    images = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 3, 4, 4).contiguous()
+    targets = torch.eye(8)
+    torch.manual_seed(3)
+    mixed, mixed_targets = mixup(images, targets, 0.4)
+    assert torch.allclose(mixed_targets.sum(1), torch.ones(8))
+    assert torch.allclose(mixed.mean((1, 2, 3)), mixed_targets @ torch.arange(8.0), atol=1e-5)
+    own = mixed_targets.diagonal()
+    lam = own[own < 1].max()  # a face mixed with itself keeps weight 1
+    assert 0 < lam < 1 and torch.allclose(own[own < 1], lam.expand(int((own < 1).sum())))
+    partners = (mixed_targets - torch.diag(own)).argmax(1)[own < 1]
+    assert len(set(partners.tolist())) == len(partners)  # a shuffle: no face lends itself twice
+    torch.manual_seed(3)
+    again = mixup(images, targets, 0.4)
+    assert torch.equal(again[0], mixed) and torch.equal(again[1], mixed_targets)  # seeded by the trainer
+
+
+def test_weight_average_follows_the_weights_with_its_decay_and_copies_buffers():
+    module = torch.nn.BatchNorm1d(2)
+    with torch.no_grad():
+        module.weight.fill_(0.0)
+    average = WeightAverage(module, decay=0.9)
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+        module.running_mean.fill_(5.0)
+    average.update(module)  # first update: decay min(0.9, 2/11)
+    assert torch.allclose(average.module.weight, torch.full((2,), 1 - 2 / 11))
+    assert torch.equal(average.module.running_mean, module.running_mean)
+    for _ in range(200):
+        average.update(module)
+    assert torch.allclose(average.module.weight, torch.ones(2), atol=1e-6)  # 0.9 ** 200 of the start is left
+    assert not average.module.weight.requires_grad
+
+
+def test_an_interrupted_run_with_mixup_and_a_weight_average_resumes_exactly(ferplus, tmp_path, monkeypatch):
+    settings = dataclasses.replace(SETTINGS, stages=(Stage(2, 3e-3, "all"),), max_steps_per_epoch=3, sam_rho=0.0,
+                                   mixup_alpha=0.4, ema_decay=0.9, grayscale=True)
+    with torch_threads(1):
+        reference = Trainer(tmp_path / "reference", settings, *ferplus).fit(progress=False)
+        validate = Trainer.validate
+
+        def stop_in_the_second_epoch(self: Trainer) -> dict[str, float]:
+            if (self.run_dir / "checkpoint.pt").is_file():
+                raise KeyboardInterrupt
+            return validate(self)
+
+        monkeypatch.setattr(Trainer, "validate", stop_in_the_second_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(tmp_path / "run", settings, *ferplus).fit(progress=False)
+        # After epoch 1, what was validated and saved is the average, not the last weights; it reads grey.
+        first = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+        best = load_model(tmp_path / "run" / "best.safetensors")
+        average, last, best_state = first["average"]["module"], first["model"], best.module.state_dict()
+        assert best.grayscale and first["average"]["updates"] == 3
+        assert all(torch.equal(best_state[k], average[k].float()) for k in average)
+        assert not all(torch.equal(average[k], last[k]) for k in last if k.endswith("weight"))
+        monkeypatch.setattr(Trainer, "validate", validate)
+        resumed = Trainer(tmp_path / "run", settings, *ferplus).fit(progress=False)
+    assert resumed["history"] == reference["history"]
+    saved = [torch.load(d / "checkpoint.pt", weights_only=True) for d in (tmp_path / "reference", tmp_path / "run")]
+    for key in ("model", "average"):
+        state = saved[0][key]["module"] if key == "average" else saved[0][key]
+        other = saved[1][key]["module"] if key == "average" else saved[1][key]
+        assert all(torch.equal(state[k], other[k]) for k in state)
 
 
 def test_class_weights_favour_rare_ferplus_classes(ferplus_root):

@@ -78,7 +78,7 @@ def evaluate_model(config: Config, model: FerModel, dataset: FaceDataset, weight
     info: dict[str, Any] = {
         "kind": "evaluation", "created": utc_now(), "fer_core_version": __version__,
         "model": {"path": str(weights_path) if weights_path else None, "architecture": model.architecture,
-                  "fingerprint": model.fingerprint, "input_size": model.input_size,
+                  "fingerprint": model.fingerprint, "input_size": model.input_size, "grayscale": model.grayscale,
                   "emotions": list(model.emotions), "provenance": model.provenance},
         "dataset": {"name": dataset.name, "label": dataset.label, "spec": base_label(dataset),
                     "domain": dataset.domain, "emotions": list(dataset.emotions), "size": whole,

@@ -246,6 +246,8 @@ def _read_metadata(sidecar: Path) -> dict[str, Any]:
                 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
                 or (key == "std" and min(values) <= 0)):
             raise fail(key, "3 finite numbers (RGB)" + (", all > 0" if key == "std" else ""))
+    if not isinstance(meta.get("grayscale", False), bool):
+        raise fail("grayscale", "true or false (optional; default false)")
     if not isinstance(meta.get("provenance"), dict):
         raise fail("provenance", "an object")
     if not isinstance(meta.get("weights_sha256"), str):
@@ -276,6 +278,7 @@ def _load_fer_checkpoint(path: Path, probe: FileProbe, options: LoadOptions) -> 
         tuple(meta["mean"]), tuple(meta["std"]),
         provenance={**meta["provenance"], "format": "fer_core", "source": str(weights),
                     "saved_dtype": meta.get("dtype", "float32")},
+        grayscale=meta.get("grayscale", False),
     )
 
 
@@ -397,6 +400,7 @@ def _write_sidecar(model: FerModel, dtype: torch.dtype, weights_sha256: str, pat
         "input_size": model.input_size,
         "mean": list(model.mean),
         "std": list(model.std),
+        "grayscale": model.grayscale,
         "dtype": str(dtype).removeprefix("torch."),
         "weights_sha256": weights_sha256,
         "provenance": provenance,

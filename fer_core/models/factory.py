@@ -98,8 +98,8 @@ def expected_shapes(architecture: str, num_classes: int) -> Mapping[str, tuple[i
 
 @dataclass(eq=False)
 class FerModel:
-    """A network and what it takes to use it: the emotion of each output, the input size and
-    normalisation, and where the weights came from (``provenance``).
+    """A network and what it takes to use it: the emotion of each output, the input size,
+    normalisation and colour (``grayscale``), and where the weights came from (``provenance``).
 
     ``provenance["head_trained"]`` is False when the classifier was never trained (a fresh
     chance-level head), so its outputs mean nothing yet. The module is put in eval mode.
@@ -112,6 +112,8 @@ class FerModel:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: Trained on grey faces only: colour inputs are turned grey first (:class:`Preprocessing`).
+    grayscale: bool = False
 
     def __post_init__(self) -> None:
         architecture_spec(self.architecture)
@@ -135,7 +137,7 @@ class FerModel:
     @property
     def preprocessing(self) -> Preprocessing:
         """The preprocessing this model expects."""
-        return Preprocessing(self.input_size, tuple(self.mean), tuple(self.std))
+        return Preprocessing(self.input_size, tuple(self.mean), tuple(self.std), grayscale=self.grayscale)
 
     @property
     def feature_dim(self) -> int:

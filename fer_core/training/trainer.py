@@ -17,6 +17,7 @@ the other ranks wait for it, and on resume every rank loads the checkpoint.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -96,6 +97,15 @@ class TrainSettings:
     #: set's class prior, predict with the plain logits, so rare classes are not swamped (0: off).
     logit_adjustment: float = 0.0
     augment: AugmentSettings | None = field(default_factory=AugmentSettings)
+    #: Mixup (Zhang et al. 2018): each batch is blended with a shuffled copy of itself, images and
+    #: targets alike, by a weight drawn from Beta(alpha, alpha) (0: off).
+    mixup_alpha: float = 0.0
+    #: Keep an exponential moving average of the weights (Polyak averaging) with this decay per
+    #: step; validation, the best epoch and the saved model use the average (0: off).
+    ema_decay: float = 0.0
+    #: Train (and run) on grey levels: for grey training sets such as FER+ and FER2013, so colour
+    #: photos are seen as the training faces were. A fine-tuned model keeps its initial model's.
+    grayscale: bool = False
     drop_rate: float = 0.2  # dropout before the classifier
     select_metric: Literal["accuracy", "macro_f1"] = "accuracy"
     seed: int = 0
@@ -116,6 +126,10 @@ class TrainSettings:
             raise InvalidArgument("train stages: expected one or more Stage(epochs, lr, trainable), got none")
         if self.loader_workers < 0:
             raise InvalidArgument(f"loader_workers: expected 0 or more, got {self.loader_workers}")
+        if not 0 <= self.ema_decay < 1:
+            raise InvalidArgument(f"ema_decay: expected a number in [0, 1), got {self.ema_decay}")
+        if self.mixup_alpha < 0:
+            raise InvalidArgument(f"mixup_alpha: expected 0 or more, got {self.mixup_alpha}")
         for stage in self.stages:
             _trainable_filter(stage.trainable)
 
@@ -128,7 +142,10 @@ class TrainSettings:
         optimizer = self.optimizer + (f" + SAM (rho {self.sam_rho:g})" if self.sam_rho > 0 else "")
         extras = [f"at most {self.max_steps_per_epoch} step(s) per epoch" if self.max_steps_per_epoch else "",
                   "class weights" if self.class_weights else "",
-                  f"logit adjustment {self.logit_adjustment:g}" if self.logit_adjustment else ""]
+                  f"logit adjustment {self.logit_adjustment:g}" if self.logit_adjustment else "",
+                  f"mixup alpha {self.mixup_alpha:g}" if self.mixup_alpha else "",
+                  f"weight average (EMA) decay {self.ema_decay:g}" if self.ema_decay else "",
+                  "grey levels" if self.grayscale else ""]
         return (f"{self.architecture} at {self.input_size} px; {describe_stages(self.stages)}; batch {self.batch_size}, "
                 f"{optimizer}, weight decay {self.weight_decay:g}, warmup {self.warmup_epochs:g} epoch(s), label "
                 f"smoothing {self.label_smoothing:g}, {'soft' if self.soft_targets else 'hard'} targets, augmentation "
@@ -242,6 +259,8 @@ class Trainer:
         self.settings = settings
         self.train_data, self.val_data = train, val
         self.preprocessing = init.preprocessing if init else Preprocessing(settings.input_size)
+        if settings.grayscale:
+            self.preprocessing = dataclasses.replace(self.preprocessing, grayscale=True)
         if init is not None and init.architecture != settings.architecture:
             raise InvalidArgument(f"the initial model is {init.architecture}, but training asks for "
                                   f"{settings.architecture}")
@@ -257,6 +276,7 @@ class Trainer:
         self.allowed[[EMOTIONS.index(e) for e in train.emotions]] = 1.0
         self.weights = class_weights(train.labels) if settings.class_weights else None
         self.log_prior = class_log_prior(train.labels, self.allowed) * settings.logit_adjustment
+        self.average: WeightAverage | None = None
 
     # -- pieces ---------------------------------------------------------------------------
     def _loader(self, dataset: FaceDataset, train: bool, epoch: int) -> tuple[DataLoader, TorchFaceDataset]:
@@ -311,6 +331,11 @@ class Trainer:
             return batch["soft_label"].float()
         return F.one_hot(batch["label"].clamp(min=0), NUM_CLASSES).float()
 
+    @property
+    def _selected_module(self) -> nn.Module:
+        """What is validated and saved: the weight average when one is kept, else the weights."""
+        return self.average.module if self.average is not None else self.module
+
     def _train_step(self, network: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     targets: torch.Tensor) -> float:
         """One optimizer step on ``network`` (the module, or its DDP wrapper); the local batch loss."""
@@ -345,14 +370,14 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Loss, accuracy and macro-F1 on the validation set (scored as evaluations are by default:
         over all the model's classes; macro-F1 over the validation set's classes)."""
-        self.module.eval()
+        module = self._selected_module.eval()
         loader, wrapped = self._loader(self.val_data, train=False, epoch=0)
         truths, preds, losses = [], [], []
         scoring = scoring_for(DEFAULT_PROTOCOL, EMOTIONS, self.val_data.emotions)
         for batch in loader:
             if batch is None:
                 continue
-            logits = self.module(batch["image"].to(self.device)).float().cpu()
+            logits = module(batch["image"].to(self.device)).float().cpu()
             known = batch["label"] >= 0
             losses.append(F.cross_entropy(logits[known], batch["label"][known], reduction="sum").item())
             preds.append(scoring.predict(logits[known].numpy()))
@@ -364,8 +389,9 @@ class Trainer:
                 "val_macro_f1": scores.macro_f1}
 
     def _fer_model(self, provenance: dict[str, Any]) -> FerModel:
-        return FerModel(self.module, self.settings.architecture, EMOTIONS, self.preprocessing.input_size,
-                        self.preprocessing.mean, self.preprocessing.std, provenance)
+        return FerModel(self._selected_module, self.settings.architecture, EMOTIONS, self.preprocessing.input_size,
+                        self.preprocessing.mean, self.preprocessing.std, provenance,
+                        grayscale=self.preprocessing.grayscale)
 
     # -- checkpoints ------------------------------------------------------------------------
     def _save_checkpoint(self, state: dict[str, Any]) -> None:
@@ -420,6 +446,10 @@ class Trainer:
         self.module.to(self.device)
         if self.settings.channels_last:
             self.module.to(memory_format=torch.channels_last)
+        if self.settings.ema_decay:
+            self.average = WeightAverage(self.module, self.settings.ema_decay)
+            if state is not None:
+                self.average.load_state_dict(state["average"])
         history: list[dict[str, Any]] = state["history"] if state else []
         best: dict[str, Any] | None = state["best"] if state else None
         start = len(history)
@@ -447,10 +477,15 @@ class Trainer:
                 if batch is None:
                     continue
                 images = batch["image"].to(self.device)
+                targets = self._targets(batch).to(self.device)
+                if self.settings.mixup_alpha:
+                    images, targets = mixup(images, targets, self.settings.mixup_alpha)
                 if self.settings.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
-                losses.append(self._train_step(network, optimizer, images, self._targets(batch).to(self.device)))
+                losses.append(self._train_step(network, optimizer, images, targets))
                 scheduler.step()
+                if self.average is not None:
+                    self.average.update(self.module)
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
                 bar.update()
             bar.close()
@@ -467,7 +502,8 @@ class Trainer:
                     save_model(self._fer_model(self._provenance(best)), self.run_dir / BEST)
                 self._save_checkpoint({"model": self.module.state_dict(), "optimizer": optimizer.state_dict(),
                                        "scheduler": scheduler.state_dict(), "stage": stage_number,
-                                       "history": history, "best": best, "settings": _plain(self.settings)})
+                                       "history": history, "best": best, "settings": _plain(self.settings),
+                                       **({"average": self.average.state_dict()} if self.average else {})})
                 write_json_atomic(self.run_dir / HISTORY, {"history": history, "best": best})
                 if progress:
                     print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f} val acc {record['val_accuracy']:.4f} "
@@ -479,6 +515,42 @@ class Trainer:
         return {"head_trained": True, "trained_by": f"fer_core {__version__}", "run": self.run_dir.name,
                 "train_data": self.train_data.label, "val_data": self.val_data.label, "init": self.init_info,
                 "settings": _plain(self.settings), "selected_epoch": best, "created": utc_now()}
+
+
+def mixup(images: torch.Tensor, targets: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup: ``lam * batch + (1 - lam) * shuffled batch`` for images and target distributions
+    alike, ``lam`` from Beta(alpha, alpha) and the shuffle from torch's global generator (the
+    trainer seeds it every epoch)."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    order = torch.randperm(len(images)).to(images.device)
+    return lam * images + (1 - lam) * images[order], lam * targets + (1 - lam) * targets[order]
+
+
+class WeightAverage:
+    """An exponential moving average of a module's parameters (buffers, such as batch-norm
+    statistics, are copied as they are). The decay ramps up as ``min(decay, (1 + n) / (10 + n))``
+    over the first updates, so an average of a fresh network is not held to its random start."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(module).eval().requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        """Move the average towards ``module``'s current weights."""
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in module.parameters()], 1 - decay)
+        for mine, theirs in zip(self.module.buffers(), module.buffers()):
+            mine.copy_(theirs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
 
 
 def _plain(settings: TrainSettings) -> dict[str, Any]:
