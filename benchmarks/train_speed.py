@@ -1,5 +1,6 @@
 """Training-step throughput of the contenders in :data:`CONTENDERS`, measured in one run: the
-base optimizer (AdamW) in NCHW float32, SAM, channels_last and bf16 autocast.
+base optimizer (AdamW) in NCHW float32, SAM, channels_last, bf16 autocast, ``torch.compile``
+and two threads instead of one; and what feeding the step costs (:func:`data_rates`).
 
 Every contender uses the same network (from the same seed), the same real FER+ faces
 (decoded and preprocessed once, so only the training step is timed) and the training
@@ -7,7 +8,9 @@ engine's own step (:meth:`fer_core.training.Trainer._train_step`: SAM's two pass
 BatchNorm statistics from the first pass only). channels_last converts the module and the
 batches as :meth:`~fer_core.training.Trainer.fit` does with ``channels_last`` (the trainer's
 default on CPU); bf16 autocast wraps the step in ``torch.autocast`` (on CUDA the trainer's own
-``mixed_precision``). Rounds alternate the contenders (A B C A B C ...) so that load on the
+``mixed_precision``); compiled contenders train ``torch.compile(module)`` (inductor; the first,
+untimed step compiles); a two-thread contender sets ``torch.set_num_threads(2)`` around its
+steps. Rounds alternate the contenders (A B C A B C ...) so that load on the
 machine hits all alike; the median round time of each gives images per second, and
 :data:`RATIOS` compares them, in wall-clock time and in the process's CPU time (with one
 thread, the CPU time leaves out the waits for a core that other jobs cause); the load average
@@ -36,11 +39,12 @@ from typing import Sequence
 
 import torch
 
-from common import interleaved_timings, machine_note, parse_with_smoke, table
+from common import interleaved_seconds, interleaved_timings, machine_note, parse_with_smoke, table
 from fer_core.data import FerPlusDataset, TorchFaceDataset, collate_skip_bad, stratified_split
 from fer_core.labels import NUM_CLASSES
 from fer_core.models import TINY_ARCHITECTURE
-from fer_core.preprocess import Preprocessing
+from fer_core.preprocess import (AugmentSettings, Preprocessing, channels_first, pixel_augmentation,
+                                 tensor_augmentation)
 from fer_core.training import FaceTransform, Stage, Trainer, TrainSettings
 
 #: SAM's cost over the base optimizer that still counts as "about 2x".
@@ -55,6 +59,8 @@ class Contender:
     sam: bool = False
     channels_last: bool = False
     bf16: bool = False
+    compiled: bool = False
+    threads: int = 1
 
 
 CONTENDERS = {
@@ -63,6 +69,8 @@ CONTENDERS = {
     "adamw channels_last fp32": Contender(channels_last=True),
     "adamw NCHW bf16 autocast": Contender(bf16=True),
     "adamw channels_last bf16 autocast": Contender(channels_last=True, bf16=True),
+    "adamw channels_last fp32 compiled": Contender(channels_last=True, compiled=True),
+    "adamw channels_last fp32 2 threads": Contender(channels_last=True, threads=2),
 }
 #: Each ratio: (slower, faster) contender, i.e. seconds[slower] / seconds[faster].
 RATIOS = {
@@ -70,8 +78,12 @@ RATIOS = {
     "channels_last speed-up (fp32)": (REFERENCE, "adamw channels_last fp32"),
     "bf16 autocast speed-up (NCHW)": (REFERENCE, "adamw NCHW bf16 autocast"),
     "bf16 autocast speed-up (channels_last)": ("adamw channels_last fp32", "adamw channels_last bf16 autocast"),
+    "torch.compile speed-up (channels_last)": ("adamw channels_last fp32", "adamw channels_last fp32 compiled"),
+    "2 threads speed-up (channels_last)": ("adamw channels_last fp32", "adamw channels_last fp32 2 threads"),
 }
-SMOKE = {"architecture": TINY_ARCHITECTURE, "input_size": 48, "batch_size": 8, "steps": 1, "rounds": 1}
+#: The smoke run leaves out compiling: inductor took minutes even for the tiny network here.
+SMOKE = {"architecture": TINY_ARCHITECTURE, "input_size": 48, "batch_size": 8, "steps": 1, "rounds": 1, "data_faces": 16,
+         "contenders": [name for name, contender in CONTENDERS.items() if not contender.compiled]}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -84,6 +96,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=10, help="alternating rounds of the contenders")
     parser.add_argument("--rho", type=float, default=0.05, help="SAM's radius")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data-faces", type=int, default=256, help="faces timed for the data-feeding rates")
     parser.add_argument("--contenders", nargs="+", choices=list(CONTENDERS), default=list(CONTENDERS),
                         metavar="NAME", help=f"a subset of the contenders (default: all; {REFERENCE!r} always runs): "
                                              + ", ".join(map(repr, CONTENDERS)))
@@ -118,6 +131,8 @@ class Runner:
         self.trainer.module.to(memory_format=layout)
         self.batches = [(images.contiguous(memory_format=layout), targets) for images, targets in batches]
         self.optimizer = self.trainer._optimizer(settings.stages[0])
+        self.network = torch.compile(self.trainer.module) if contender.compiled else self.trainer.module
+        self.threads = contender.threads
         # the trainer autocasts on CUDA itself (mixed_precision); on CPU this does
         self.cpu_bf16 = contender.bf16 and self.trainer.device.type == "cpu"
         self.step_number = 0
@@ -127,8 +142,13 @@ class Runner:
         images, targets = self.batches[self.step_number % len(self.batches)]
         self.step_number += 1
         cast = torch.autocast("cpu", dtype=torch.bfloat16) if self.cpu_bf16 else contextlib.nullcontext()
-        with cast:
-            loss = self.trainer._train_step(self.trainer.module, self.optimizer, images, targets)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            with cast:
+                loss = self.trainer._train_step(self.network, self.optimizer, images, targets)
+        finally:
+            torch.set_num_threads(threads)
         if images.is_cuda:
             torch.cuda.synchronize()
         return loss
@@ -137,6 +157,22 @@ class Runner:
         """Every parameter's gradient from the last step, flattened in a fixed layout."""
         return torch.cat([p.grad.float().contiguous().flatten() for p in self.trainer.module.parameters()
                           if p.grad is not None])
+
+
+def data_rates(ferplus: Path, settings: TrainSettings, count: int) -> dict[str, float]:
+    """Faces per second that feed a training step in one process: the trainer's path (read the
+    PNG, decode, resize, augment, normalise) and the same faces held in memory as one uint8
+    tensor (augment and normalise only)."""
+    faces = FerPlusDataset(ferplus, "train").subset(range(count))
+    preprocessing = Preprocessing(settings.input_size)
+    from_files = TorchFaceDataset(faces, FaceTransform(preprocessing, pre_cropped=True, augment=AugmentSettings()))
+    in_memory = torch.stack([channels_first(preprocessing.resize(faces.read(face))) for face in faces])
+    pixel_aug, tensor_aug = pixel_augmentation(AugmentSettings()), tensor_augmentation(AugmentSettings())
+    seconds = interleaved_seconds({
+        "from files": lambda: [from_files[i] for i in range(count)],
+        "in-memory uint8": lambda: [tensor_aug(preprocessing.normalize(pixel_aug(pixels))) for pixels in in_memory],
+    }, rounds=3)
+    return {name: count / value for name, value in seconds.items()}
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -171,7 +207,8 @@ def measure(args: argparse.Namespace) -> dict:
             "ratios": {label: per_step[slower] / per_step[faster] for label, (slower, faster) in measured.items()},
             "cpu_ratios": {label: cpu_per_step[slower] / cpu_per_step[faster]
                            for label, (slower, faster) in measured.items()},
-            "gradient_difference": gradient_difference, "load_at_start": load_at_start, "machine": machine_note()}
+            "gradient_difference": gradient_difference, "data_faces_per_second": data_rates(args.ferplus, base, args.data_faces),
+            "load_at_start": load_at_start, "machine": machine_note()}
 
 
 def report(args: argparse.Namespace, result: dict) -> int:
@@ -185,6 +222,10 @@ def report(args: argparse.Namespace, result: dict) -> int:
                  for name, rate in result["images_per_second"].items()]))
     for label, ratio in result["ratios"].items():
         print(f"  {label}: {ratio:.2f}x (CPU time: {result['cpu_ratios'][label]:.2f}x)")
+    step_rate = max(result["images_per_second"].values())
+    for name, rate in result["data_faces_per_second"].items():
+        print(f"  data {name}: {rate:.0f} faces/s in one process; feeding the fastest step ({step_rate:.0f} img/s) "
+              f"takes {step_rate / (rate + step_rate):.0%} of a training epoch without loader workers")
     sam_cost = result["ratios"].get("SAM cost (x AdamW step time)")
     if sam_cost is not None:
         print(f"  SAM {'within' if sam_cost <= MAX_SAM_COST else 'OVER'} {MAX_SAM_COST}x the base optimizer")

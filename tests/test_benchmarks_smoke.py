@@ -54,12 +54,18 @@ def all_finite_positive(values) -> bool:
 def test_train_speed_compares_layouts_and_precisions_on_the_same_step(bench, capsys, ferplus_root):
     module = bench("train_speed")
     result, printed = smoke(module, capsys, "--ferplus", ferplus_root)
-    assert set(result["seconds_per_step"]) == set(module.CONTENDERS)
+    timed = {name for name, c in module.CONTENDERS.items() if not c.compiled}  # the smoke run compiles nothing
+    assert set(result["seconds_per_step"]) == timed
     assert all_finite_positive(result["seconds_per_step"].values())
-    assert all_finite_positive(result["ratios"].values()) and set(result["ratios"]) == set(module.RATIOS)
-    assert all_finite_positive(result["cpu_ratios"].values()) and set(result["cpu_ratios"]) == set(module.RATIOS)
+    ratios = {label for label, pair in module.RATIOS.items() if set(pair) <= timed}
+    assert all_finite_positive(result["ratios"].values()) and set(result["ratios"]) == ratios
+    assert all_finite_positive(result["cpu_ratios"].values()) and set(result["cpu_ratios"]) == ratios
+    assert "2 threads speed-up (channels_last)" in ratios
     differences = result["gradient_difference"]
-    assert set(differences) == {name for name, c in module.CONTENDERS.items() if not c.sam}
+    assert set(differences) == {name for name in timed if not module.CONTENDERS[name].sam}
+    assert differences["adamw channels_last fp32 2 threads"] <= 1e-3  # other summation order only
+    assert all_finite_positive(result["data_faces_per_second"].values())
+    assert "in-memory uint8" in result["data_faces_per_second"] and "of a training epoch" in printed
     # The same first step (same weights, batch and dropout draws): channels_last only changes the
     # float32 summation order (2.7e-6 measured); bf16 keeps 8 mantissa bits, ~0.4% per rounding,
     # which moved the whole gradient by ~7% (a wrong step, e.g. other targets, moves it by ~100%).
