@@ -108,12 +108,13 @@ def _info(args: argparse.Namespace, config: Config) -> int:
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("install", "list", "pack", "unpack"),
+    parser.add_argument("action", choices=("install", "list", "pack", "unpack", "agree"),
                         help="install archives, list the datasets present, pack FER+ splits into one file "
-                             "(for a GPU machine), or unpack such a file into the data folder")
+                             "(for a GPU machine), unpack such a file into the data folder, or measure how two "
+                             "labellings of the same faces agree")
     parser.add_argument("archives", type=Path, nargs="*", metavar="archive",
                         help="install: fer2013.zip, ferplus.zip or synthetic_sd_faces.zip (several at once); "
-                             "unpack: the pack file")
+                             "unpack: the pack file; agree: two datasets, e.g. ferplus:test fer2013:test")
     parser.add_argument("--splits", default="train,valid", help="pack: the FER+ splits (default train,valid)")
     parser.add_argument("--out", type=Path, help="pack: the file to write")
 
@@ -137,6 +138,13 @@ def _data(args: argparse.Namespace, config: Config) -> int:
             raise InvalidArgument("fer-core data pack needs --out FILE")
         counts = pack_ferplus(dataset_folder("ferplus", data_root), args.splits.split(","), args.out)
         print(f"packed FER+ {counts} -> {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
+        return 0
+    if args.action == "agree":
+        from fer_core.data.agreement import label_agreement
+        if len(args.archives) != 2:
+            raise InvalidArgument("fer-core data agree needs two datasets, e.g. ferplus:test fer2013:test")
+        first, second = (open_dataset(str(spec), data_root) for spec in args.archives)
+        print(label_agreement(first, second).describe())
         return 0
     if not args.archives:
         raise InvalidArgument(f"fer-core data {args.action} needs the archives' paths")

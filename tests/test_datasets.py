@@ -30,6 +30,7 @@ from fer_core.data import (
     stratified_kfold,
     stratified_split,
 )
+from fer_core.data.agreement import label_agreement, match_faces
 from fer_core.errors import DataError, ImageDecodeError
 from fer_core.images import load_rgb
 from fer_core.preprocess import Preprocessing
@@ -438,3 +439,25 @@ def test_cli_installs_several_archives_at_once_and_lists_faces_per_class(tmp_pat
     assert "15 faces  Anger 3, Happiness 3, Neutral 3, Sadness 3, Surprise 3" in listed["sd_faces"]
     assert "4 faces" in listed["fer2013:train"] and "Happiness 2" in listed["fer2013:train"]
     assert "2 faces" in listed["fer2013:test"] and "Sadness 1" in listed["fer2013:test"]
+
+
+def test_ferplus_and_fer2013_label_the_same_test_faces_differently(ferplus_root, fer2013_root):
+    ferplus = FerPlusDataset(ferplus_root, "test")
+    sample = ferplus.subset(stratified_split(ferplus.labels, {"use": 400 / len(ferplus), "rest": 1 - 400 / len(ferplus)},
+                                             seed=0)["use"])
+    test = FolderDataset(fer2013_root, "test")
+    fer2013 = test.subset([i for i, face in enumerate(test) if "PrivateTest" in face.key])  # FER+ test's half
+    index, rms = match_faces(sample, fer2013)
+    assert (index >= 0).all() and rms.max() < 3.0  # every FER+ test face is one of FER2013's (a JPEG copy)
+    assert len(set(index.tolist())) == len(index)
+    agreement = label_agreement(sample, fer2013)
+    # All 3,375 faces agree on 0.650 (fer-core data agree ferplus:test fer2013:test); 400 faces:
+    # binomial standard error 0.024, so within 0.06 of it.
+    assert agreement.matched == 400 and abs(agreement.agreement - 0.650) < 0.06
+    assert agreement.per_class["faces"].sum() == 400
+    fear = agreement.per_class.set_index("emotion").loc["Fear"]
+    assert fear["agreement"] < 0.4 and fear["other"] == "Neutral"  # FER+'s annotators call FER2013 fear neutral
+    other_faces = FolderDataset(fer2013_root, "train").subset(range(50))
+    assert (match_faces(other_faces, sample)[0] == -1).all()
+    with pytest.raises(DataError, match="not two labellings of the same faces"):
+        label_agreement(other_faces, sample)
