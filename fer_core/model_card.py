@@ -56,6 +56,20 @@ def _adjustment_lines(adjustment: dict | None) -> list[str]:
             "  | tau | accuracy | macro-F1 | min recall |", "  | --- | --- | --- | --- |", *rows]
 
 
+def _initialisation(init: dict) -> str:
+    """Where training started: ``"scratch"``, or the initial model's run, fingerprint and recipe."""
+    origin = init.get("from", "unknown")
+    if not isinstance(origin, dict):
+        return json.dumps(origin)
+    stages = ", ".join(f"{s['trainable']} {s['epochs']} epochs at lr {s['lr']:g}"
+                       for s in origin.get("settings", {}).get("stages", []))
+    selected = origin.get("selected_epoch") or {}
+    return (f"the model of run `{origin.get('run')}` (fingerprint `{init.get('fingerprint')}`), itself trained from "
+            f"{json.dumps(origin.get('init', {}).get('from', 'unknown'))} on `{origin.get('train_data')}` "
+            f"({stages}; {origin.get('settings', {}).get('input_size')} px; validation accuracy "
+            f"{selected.get('val_accuracy', float('nan')):.4f} at its epoch {selected.get('epoch')})")
+
+
 def model_card(model_path: Path, runs: Sequence[Run], image_path: Path, image_link: str) -> str:
     """The card's markdown; writes the first run's confusion matrix to ``image_path``."""
     model = load_model(model_path)
@@ -70,7 +84,7 @@ def model_card(model_path: Path, runs: Sequence[Run], image_path: Path, image_li
         f"- Weights: {model_path.stat().st_size / 2**20:.1f} MiB safetensors; fingerprint `{model.fingerprint}`.",
         f"- Trained by {provenance.get('trained_by', 'unknown')} on `{provenance.get('train_data')}`, best epoch "
         f"selected on `{provenance.get('val_data')}` (never on test).",
-        f"- Initialisation: {json.dumps(provenance.get('init', {}).get('from', 'unknown'))}.",
+        f"- Initialisation: {_initialisation(provenance.get('init', {}))}.",
         *_adjustment_lines(provenance.get("logit_adjustment")), "",
         "## Recipe", "", "```json", json.dumps(settings, indent=2), "```", "",
         "Selected epoch: `" + json.dumps(provenance.get("selected_epoch")) + "`", "",
