@@ -211,8 +211,13 @@ def test_a_folder_of_crops_is_scored_whole_and_detect_re_crops_it(crop_folder, t
     accuracy = {name: float((table["pred"] == table["label"]).mean())
                 for name, table in (("whole", whole), ("detected", detected))}
     print(f"\n40 FER2013 crops: re-cropped by Haar {re_cropped:.0%}; accuracy {accuracy}")
+    moved = detected["face_found"] & (boxes != (0, 0, 48, 48)).any(axis=1)
+    changed = float((detected["pred"] != whole["pred"])[moved].mean())
+    print(f"predictions changed on {changed:.0%} of the re-cropped faces")
     assert re_cropped > 0.5  # measured 65 %
-    assert accuracy["whole"] > accuracy["detected"]  # measured 0.675 and 0.400 (the issue: 0.485 and 0.307)
+    assert changed > 0  # a re-crop is another input: the shipped model reads 8% of them otherwise
+    # measured 0.675 and 0.675 (the model before this one: 0.675 and 0.400; the issue: 0.485 and 0.307)
+    assert accuracy["whole"] >= accuracy["detected"]
 
 
 def test_predict_on_a_flat_folder_gives_a_row_per_face_and_reports_photos_without_one(synthetic_root, tmp_path):

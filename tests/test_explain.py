@@ -277,17 +277,19 @@ SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "fer_b0_ferplus.s
 
 @pytest.mark.slow
 def test_gradcam_deletion_beats_the_random_order_on_the_shipped_model(ferplus_root, tmp_path):
-    """The shipped B0 (64 px) on 32 real FER+ test faces, blurred replacement. Grad-CAM on its
+    """The shipped B0 (64 px) on 48 real FER+ test faces, blurred replacement. Grad-CAM on its
     default layer removes the evidence faster than a random pixel order. That layer is
-    ``blocks.4`` (4 x 4): measured on two samples of 32 faces, the 2 x 2 stages (``blocks.5``,
-    ``bn2``) did no better than random (deletion 0.43-0.49 vs random 0.42-0.47) while every
-    4 x 4 or finer stage did (0.33-0.38)."""
+    ``blocks.4`` (4 x 4): measured on two samples of 32 faces with the model before this one, the
+    2 x 2 stages (``blocks.5``, ``bn2``) did no better than random (deletion 0.43-0.49 vs random
+    0.42-0.47) while every 4 x 4 or finer stage did (0.33-0.38). With the shipped model 32 faces
+    were too few to tell (deletion 0.328 vs random 0.378, wins 0.63, p 0.053); on these 48:
+    0.341 vs 0.419, wins 0.73, p 0.0014."""
     model = load_model(SHIPPED)
     assert default_layer(model) == "blocks.4" and default_layer(model, 224) == "bn2"
     dataset = FerPlusDataset(ferplus_root, "test")
-    picks = np.linspace(0, len(dataset) - 1, 32).astype(int)
+    picks = np.linspace(0, len(dataset) - 1, 48).astype(int)
     faces = model.preprocessing.batch([dataset.read(dataset[int(i)]) for i in picks])
-    results = record_quality(tmp_path, model, faces, ["gradcam"], source="ferplus:test, 32 spread", depth=3,
+    results = record_quality(tmp_path, model, faces, ["gradcam"], source="ferplus:test, 48 spread", depth=3,
                              steps=16)
     gradcam = results["gradcam"]
     faithful = gradcam["faithfulness"]

@@ -131,8 +131,9 @@ def test_randomisation_is_judged_against_noise_stability(b0, batch):
     assert stability.mean > 0.9 and stability.ci_low <= stability.mean <= stability.ci_high
     assert different.mean < stability.mean
     last = result.cascade[-1].decision
+    midpoint = (different.mean + stability.mean) / 2  # half of what sets a face's own map apart
     assert result.passed == (result.repeat_spearman >= 0.99 and last.constant <= 0.1 * 16
-                             and last.ci_high < stability.ci_low)
+                             and last.ci_high < min(stability.ci_low, midpoint))
     assert "noise-stability" in result.criterion
     assert len(result.cascade) == 2 and all(step.abs.n + step.abs.constant == 16 for step in result.cascade)
     json.loads(json.dumps(result.to_dict()))
