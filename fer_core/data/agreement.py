@@ -61,7 +61,7 @@ class LabelAgreement:
     of matched faces with the same label in both (the accuracy, against ``second``'s labels, of
     a model that reproduced ``first``'s exactly); ``per_class``: per class of ``second``, its
     matched faces, the share ``first`` agrees on, and the class ``first`` gives them most often
-    besides their own."""
+    besides their own; ``max_rms``: the matching threshold used."""
 
     first: str
     second: str
@@ -69,9 +69,10 @@ class LabelAgreement:
     matched: int
     agreement: float
     per_class: pd.DataFrame
+    max_rms: float = MAX_RMS
 
     def describe(self) -> str:
-        lines = [f"{self.matched} of {self.total} faces of {self.first} found in {self.second} (RMS < {MAX_RMS:g} "
+        lines = [f"{self.matched} of {self.total} faces of {self.first} found in {self.second} (RMS < {self.max_rms:g} "
                  f"grey levels); their labels agree on {self.agreement:.4f}: the accuracy against {self.second}'s "
                  f"labels of a model that reproduced {self.first}'s exactly"]
         for row in self.per_class.itertuples():
@@ -95,4 +96,4 @@ def label_agreement(first: FaceDataset, second: FaceDataset, max_rms: float = MA
         rows.append({"emotion": EMOTIONS[label], "faces": len(given), "agreement": float(np.mean(given == label)),
                      "other": EMOTIONS[int(others.argmax())], "other_share": float(others.max() / len(given))})
     return LabelAgreement(first.label, second.label, len(first), int(found.sum()), float(np.mean(mine == theirs)),
-                          pd.DataFrame(rows))
+                          pd.DataFrame(rows), max_rms)
