@@ -57,17 +57,18 @@ def _adjustment_lines(adjustment: dict | None) -> list[str]:
 
 
 def _initialisation(init: dict) -> str:
-    """Where training started: ``"scratch"``, or the initial model's run, fingerprint and recipe."""
+    """Where training started: ``"scratch"``, or the chain of initial models back to scratch, each
+    with its run, fingerprint, recipe and validation accuracy."""
     origin = init.get("from", "unknown")
     if not isinstance(origin, dict):
         return json.dumps(origin)
     stages = ", ".join(f"{s['trainable']} {s['epochs']} epochs at lr {s['lr']:g}"
                        for s in origin.get("settings", {}).get("stages", []))
     selected = origin.get("selected_epoch") or {}
-    return (f"the model of run `{origin.get('run')}` (fingerprint `{init.get('fingerprint')}`), itself trained from "
-            f"{json.dumps(origin.get('init', {}).get('from', 'unknown'))} on `{origin.get('train_data')}` "
-            f"({stages}; {origin.get('settings', {}).get('input_size')} px; validation accuracy "
-            f"{selected.get('val_accuracy', float('nan')):.4f} at its epoch {selected.get('epoch')})")
+    return (f"the model of run `{origin.get('run')}` (fingerprint `{init.get('fingerprint')}`; {stages}; "
+            f"{origin.get('settings', {}).get('input_size')} px; validation accuracy "
+            f"{selected.get('val_accuracy', float('nan')):.4f} at its epoch {selected.get('epoch')}), itself trained "
+            f"on `{origin.get('train_data')}` from {_initialisation(origin.get('init', {}))}")
 
 
 def model_card(model_path: Path, runs: Sequence[Run], image_path: Path, image_link: str) -> str:
