@@ -77,16 +77,27 @@ class InferenceBackend(ABC):
         return self.forward(batch)[1]
 
 
+def pooled_features(module: nn.Module, batch: torch.Tensor, test_time_flip: bool = False) -> torch.Tensor:
+    """A timm classifier's pooled penultimate features of ``batch``; with ``test_time_flip`` the
+    mean of the batch's and its mirror image's (the classifier is linear, so its logits of these
+    are the mean of both views' logits)."""
+    def pooled(images: torch.Tensor) -> torch.Tensor:
+        return module.forward_head(module.forward_features(images), pre_logits=True)
+    return (pooled(batch) + pooled(torch.flip(batch, dims=[-1]))) / 2 if test_time_flip else pooled(batch)
+
+
 class LogitsAndFeatures(nn.Module):
     """A timm classifier as one module with two outputs: its logits and the pooled
-    penultimate features its classifier computes them from (what ONNX exports)."""
+    penultimate features its classifier computes them from (what ONNX exports); with
+    ``test_time_flip``, of each face averaged with its mirror image."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, test_time_flip: bool = False) -> None:
         super().__init__()
         self.module = module
+        self.test_time_flip = test_time_flip
 
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.module.forward_head(self.module.forward_features(batch), pre_logits=True)
+        features = pooled_features(self.module, batch, self.test_time_flip)
         return self.module.get_classifier()(features), features
 
 
@@ -138,7 +149,7 @@ class TorchBackend(InferenceBackend):
         self.network = self._network(model)
 
     def _network(self, model: "FerModel") -> nn.Module:
-        return LogitsAndFeatures(model.module)
+        return LogitsAndFeatures(model.module, model.test_time_flip)
 
     def _input(self, batch: torch.Tensor) -> torch.Tensor:
         return batch.to(next(self.network.parameters()).device)
@@ -155,7 +166,8 @@ class ChannelsLastBackend(TorchBackend):
     name = "torch-channels-last"
 
     def _network(self, model: "FerModel") -> nn.Module:
-        return LogitsAndFeatures(copy.deepcopy(model.module).to(memory_format=torch.channels_last)).eval()
+        return LogitsAndFeatures(copy.deepcopy(model.module).to(memory_format=torch.channels_last),
+                                 model.test_time_flip).eval()
 
     def _input(self, batch: torch.Tensor) -> torch.Tensor:
         return super()._input(batch).contiguous(memory_format=torch.channels_last)
@@ -179,7 +191,7 @@ def onnx_bytes(model: "FerModel", opset: int = ONNX_OPSET) -> bytes:
     except ImportError:
         raise ConfigError("exporting to ONNX needs the onnx package: pip install onnx onnxruntime") from None
     module = copy.deepcopy(model.module).float().cpu().eval()
-    network = LogitsAndFeatures(with_static_padding(module, model.input_size)).eval()
+    network = LogitsAndFeatures(with_static_padding(module, model.input_size), model.test_time_flip).eval()
     example = torch.zeros(1, 3, model.input_size, model.input_size)
     buffer = io.BytesIO()
     # The TorchScript exporter: fast and no onnxscript; the dynamo exporter is compared in docs/benchmarks.md.
@@ -192,6 +204,7 @@ def onnx_bytes(model: "FerModel", opset: int = ONNX_OPSET) -> bytes:
     metadata = {"architecture": model.architecture, "emotions": json.dumps(list(model.emotions)),
                 "input_size": str(model.input_size), "mean": json.dumps(list(model.mean)),
                 "std": json.dumps(list(model.std)), "grayscale": json.dumps(model.grayscale),
+                "test_time_flip": json.dumps(model.test_time_flip),
                 "fingerprint": model.fingerprint}
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)

@@ -230,6 +230,9 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     _model_and_data(parser)
     parser.add_argument("--name", help="run name (re-use it to resume); default: generated")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    parser.add_argument("--test-time-flip", action="store_true",
+                        help="read each face as the mean of it and its mirror image (twice the compute; recorded "
+                             "in run.json, and the model's fingerprint changes)")
     _score_argument(parser)
 
 
@@ -239,6 +242,8 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
     config = _with_trust(args, config)
     weights = resolve_weights(config, args.model)
     model = load_configured_model(config, weights)
+    if args.test_time_flip:
+        model = model.with_test_time_flip()
     from fer_core.scoring import scoring_summary
     run = evaluate_model(config, model, _dataset(config, args), weights_path=weights, name=args.name,
                          limit=args.limit, per_class=args.per_class, sample_seed=args.sample_seed,
@@ -247,7 +252,7 @@ def _evaluate(args: argparse.Namespace, config: Config) -> int:
     low, high = m["ci95"]["accuracy"]
     print(f"{run.path}\n{run.info['dataset']['label']}: accuracy {m['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}), "
           f"balanced {m['balanced_accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, n={m['n']}, "
-          f"{scoring_summary(run.info['scoring'])}")
+          f"{scoring_summary(run.info['scoring'])}" + (", with test-time flip" if model.test_time_flip else ""))
     for warning in run.info["scoring"]["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -150,3 +150,33 @@ def test_inference_threads_reach_torch_and_onnx_runtime(faces):
                 config.inference, threads=-1)))
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", sorted(INFERENCE_BACKENDS))
+def test_test_time_flip_averages_each_face_with_its_mirror(model, faces, name):
+    """With test-time flip every backend gives the mean of the plain model's logits of the face
+    and of its mirror image (the head is linear, so averaging the pooled features is exact up to
+    float32 rounding), under a fingerprint of its own; saliency refuses the averaged model."""
+    from fer_core.explain import explain
+    flipped = model.with_test_time_flip()
+    batch = model.preprocessing.batch([faces.read(sample) for sample in faces])
+    plain = load_backend(model, "torch")
+    expected = (plain.logits(batch) + plain.logits(batch.flip(-1))) / 2
+    logits = load_backend(flipped, name).logits(batch)
+    assert np.abs(logits.numpy() - expected.numpy()).max() <= TOLERANCE
+    assert np.abs(flipped.logits(batch).detach().numpy() - expected.numpy()).max() <= TOLERANCE
+    # a face and its mirror are read differently by the plain model, so the mean is not either view
+    assert np.abs(plain.logits(batch).numpy() - expected.numpy()).max() > 100 * TOLERANCE
+    assert flipped.fingerprint != model.fingerprint and not model.test_time_flip
+    with pytest.raises(InvalidArgument, match="mirror image"):
+        explain(flipped, batch[:2], "saliency")
+
+
+def test_evaluate_records_test_time_flip(project, capsys):
+    assert main(["--config", str(project / "configs" / "config.yaml"), "evaluate", "--model", str(WEIGHTS),
+                 "--dataset", "ferplus:test", "--limit", "40",
+                 "--name", "flip", "--test-time-flip", "--bootstrap", "10"]) == 0
+    assert "with test-time flip" in capsys.readouterr().out
+    from fer_core.runs import Run
+    record = Run.load(project / "runs" / "flip").info["model"]
+    assert record["test_time_flip"] is True and record["fingerprint"] != load_model(WEIGHTS).fingerprint

@@ -166,6 +166,9 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
 
 def check_batch(model: FerModel, faces: torch.Tensor) -> torch.Tensor:
     """A detached float32 copy of ``faces`` on the model's device, checked to be ``(N, 3, H, W)``."""
+    if model.test_time_flip:
+        raise InvalidArgument("saliency explains one view of a face; this model averages each face with its mirror "
+                              "image (test-time flip): explain the model without it")
     if not isinstance(faces, torch.Tensor) or faces.ndim != 4 or faces.shape[1] != 3 or faces.shape[0] == 0:
         shape = tuple(faces.shape) if isinstance(faces, torch.Tensor) else type(faces).__name__
         raise InvalidArgument(f"faces: expected a preprocessed (N, 3, H, W) tensor with N >= 1, got {shape}")

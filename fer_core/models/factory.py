@@ -19,6 +19,7 @@ import timm
 import torch
 from torch import nn
 
+from fer_core.backends import pooled_features
 from fer_core.errors import ModelLoadError
 from fer_core.labels import EMOTION_INDEX, EMOTIONS
 from fer_core.preprocess import Preprocessing
@@ -114,6 +115,9 @@ class FerModel:
     provenance: dict[str, Any] = field(default_factory=dict)
     #: Trained on grey faces only: colour inputs are turned grey first (:class:`Preprocessing`).
     grayscale: bool = False
+    #: Test-time flip: every face's pooled features are averaged with its mirror image's, so the
+    #: logits are the mean of both views' (:meth:`with_test_time_flip`; never stored in weights).
+    test_time_flip: bool = False
 
     def __post_init__(self) -> None:
         architecture_spec(self.architecture)
@@ -153,7 +157,7 @@ class FerModel:
     def fingerprint(self) -> str:
         """sha256 over every state-dict key and tensor's bytes, in key order (hex, 16 chars);
         computed on first use and kept."""
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(b"test-time flip" if self.test_time_flip else b"")
         for key, tensor in self.module.state_dict().items():
             digest.update(key.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -170,13 +174,23 @@ class FerModel:
                                if name != "fingerprint"})
         return clone
 
+    def with_test_time_flip(self) -> "FerModel":
+        """A copy that reads each face as the mean of it and its mirror image (shared weights,
+        its own fingerprint, so cached results of the two never mix)."""
+        clone = copy.copy(self)
+        clone.__dict__.pop("fingerprint", None)
+        clone.test_time_flip = True
+        return clone
+
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, len(emotions))`` logits of a preprocessed ``(N, 3, S, S)`` batch."""
+        if self.test_time_flip:
+            return self.module.get_classifier()(self.features(batch))
         return self.module(batch.to(self.device))
 
     def features(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, feature_dim)`` pooled penultimate features (what the classifier sees)."""
-        return self.module.forward_head(self.module.forward_features(batch.to(self.device)), pre_logits=True)
+        return pooled_features(self.module, batch.to(self.device), self.test_time_flip)
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax of :meth:`logits`."""
