@@ -50,7 +50,7 @@ def _adjustment_lines(adjustment: dict | None) -> list[str]:
         return []
     rows = [f"  | {r['tau']:.3f} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['min_recall']:.3f} |"
             for r in adjustment["table"]]
-    return [f"- Post-hoc logit adjustment (`fer-core calibrate`): classifier bias shifted by -{adjustment['tau']} x "
+    return [f"- Post-hoc logit adjustment (`fer-core calibrate`): classifier bias shifted by {-adjustment['tau']:+g} x "
             f"log(class prior of `{adjustment['prior_from']}`), the strength chosen on `{adjustment['chosen_on']}` "
             f"({adjustment['rule']}; argmax over the model's classes):", "",
             "  | tau | accuracy | macro-F1 | min recall |", "  | --- | --- | --- | --- |", *rows]
