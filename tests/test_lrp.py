@@ -105,23 +105,26 @@ def test_maps_depend_on_the_target_class(model, batch, contrast):
 
 @pytest.mark.slow
 def test_randomisation_is_read_against_the_maps_noise_stability(model, batch):
-    """Measured on the shipped model (32 FER+ faces, see README): the default LRP map of a face
-    plus invisible noise (sigma 0.01) keeps a Spearman of only 0.72 (absolute maps) / 0.59
-    (|signed|), about what re-initialising classifier, bn2 and conv_head keeps (0.70 / 0.47) and
-    not far above two different faces (0.49 / 0.42): the check fails in both modes. (The old
-    check called the signed maps a pass: their Spearman fell to 0.003, but noise alone takes
-    them to 0.51.)"""
+    """The randomised maps are judged against what invisible noise (sigma 0.01) and a different face
+    do to a map, not against zero. Measured on the shipped model (8 FER+ faces): LRP maps are far
+    from noise-stable (Spearman 0.69 absolute, 0.59 |signed|); re-initialising classifier, bn2 and
+    conv_head keeps 0.63 of the absolute map, about what noise keeps, so that mode fails; it keeps
+    0.22 of the |signed| map (95% CI up to 0.33), well below the noise stability and as low as two
+    different faces (0.19), so that mode passes. (The model shipped before it failed both: 0.47 kept
+    against 0.51.)"""
     faces = batch[:8]
     magnitude = randomisation_check(model, faces, "lrp", depth=3, absolute=True)
     signed = randomisation_check(model, faces, "lrp", depth=3, absolute=False)
     for result in (magnitude, signed):
         assert result.repeat_spearman == pytest.approx(1.0)
-        stability = result.noise_stability.decision
-        # the randomised maps are not "well below" the stability (the criterion): fail
-        assert not result.passed and result.cascade[-1].decision.ci_high >= min(
-            stability.ci_low, (stability.mean + result.different_faces.decision.mean) / 2)
-        assert stability.mean < 0.85, "LRP is unstable under invisible noise (0.72 / 0.59 measured)"
+        stability, last = result.noise_stability.decision, result.cascade[-1].decision
+        midpoint = (stability.mean + result.different_faces.decision.mean) / 2
+        # the criterion: the randomised maps keep less than noise does and at most half of what
+        # sets a face's map apart from another face's
+        assert result.passed == (last.ci_high < min(stability.ci_low, midpoint))
+        assert stability.mean < 0.85, "LRP is unstable under invisible noise (0.69 / 0.59 measured)"
     assert magnitude.decided_on == "absolute-map" and signed.decided_on == "|signed|"
+    assert not magnitude.passed and magnitude.cascade[-1].decision.ci_high >= magnitude.noise_stability.decision.ci_low
     assert json.loads(json.dumps(magnitude.to_dict()))["passed"] is False
 
 
