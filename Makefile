@@ -14,12 +14,10 @@ PARALLEL ?= -n 3 --dist loadfile --no-loadscope-reorder
 
 install: $(VENV)/.installed
 
-# --no-compile: Python compiles the modules it imports on first use instead of all 16,700 files at
-# install time (about 10 s of CPU for torch's alone on the 2-core VM).
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-compile -r requirements.txt -e '.[test]'
+	$(PY) -m pip install -q -r requirements.txt -e '.[test]'
 	touch $@
 
 run: install
