@@ -14,10 +14,13 @@ PARALLEL ?= -n 3 --dist loadfile --no-loadscope-reorder
 
 install: $(VENV)/.installed
 
+# The project's own modules are compiled once here: where PYTHONDONTWRITEBYTECODE is set (CI), every
+# process would compile them again on import (pip compiles only the packages it installs).
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -e '.[test]'
+	$(PY) -m compileall -q fer_core dashboard pages benchmarks
 	touch $@
 
 run: install
