@@ -277,7 +277,7 @@ def _start_arguments(parser: argparse.ArgumentParser, default_epochs: int) -> No
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train", required=True, help="training dataset spec, e.g. ferplus:train")
+    parser.add_argument("--train", required=True, help="training dataset spec, e.g. ferplus:train; join several with + (ferplus:train+fer2013:train: the same photos under both label sets, FER+ votes with --soft-labels)")
     parser.add_argument("--val", required=True, help="validation dataset spec (selects the best epoch), e.g. ferplus:valid")
     parser.add_argument("--name", help="run name under paths.runs_dir (default: generated)")
     parser.add_argument("--resume", action="store_true", help="continue the run --name from its last checkpoint")
@@ -342,7 +342,7 @@ def _train(args: argparse.Namespace, config: Config) -> int:
 
 def _calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("weights", type=Path, help="a trained model file")
-    parser.add_argument("--train", required=True, help="the data it was trained on, for the class prior (ferplus:train)")
+    parser.add_argument("--train", required=True, help="the data it was trained on, for the class prior (ferplus:train; joined specs as in train)")
     parser.add_argument("--val", required=True, help="validation data the strength is chosen on (never a test set)")
     parser.add_argument("--out", type=Path, required=True, help="output stem or .safetensors path")
     parser.add_argument("--fp16", action="store_true", help="store weights as float16 (half the size)")

@@ -217,3 +217,27 @@ def test_model_card_prints_each_figures_protocol_and_detector(tiny_model, config
     row = next(line for line in text.splitlines() if line.startswith("| `sd_faces["))
     assert "scored over the model's 8 classes (--score-over model)" in row and "| mediapipe:" in row
     assert (tmp_path / "confusion.png").stat().st_size > 0
+
+
+def test_joined_training_specs_keep_each_parts_labels(config):
+    """``ferplus:test+fer2013:test`` is one set: the FER+ faces with their vote distributions, the
+    FER2013 faces with their own one-hot labels (the same photos, relabelled: both kept)."""
+    from fer_core.errors import DataError, InvalidArgument
+    from fer_core.jobs.workflows import dataset_for, training_dataset
+    joined = training_dataset(config, "ferplus:test+fer2013:test", soft_labels=True)
+    assert (joined.label, len(joined)) == ("ferplus+fer2013:test", 3_572 + 7_178)
+    ferplus = {s.key.partition(":")[2]: s for s in joined if s.key.startswith("0-")}
+    fer2013 = [s for s in joined if s.key.startswith("1-")]
+    assert len(ferplus) == 3_572 and len(fer2013) == 7_178
+    assert ferplus["FER2013Test/fer0032220.png"].soft_label == pytest.approx((0.2, 0.7, 0.1, 0, 0, 0, 0, 0))
+    assert all(s.soft_label is None for s in fer2013)
+    counts = np.bincount([s.label for s in fer2013], minlength=len(EMOTIONS))
+    assert dict(zip(EMOTIONS, counts.tolist()))["Contempt"] == 0 and counts.sum() == 7_178
+    assert counts[EMOTIONS.index("Disgust")] == 111  # FER2013 test's own labels, not FER+'s
+    assert joined.read(fer2013[0]).shape == (48, 48, 3)
+    plain = dataset_for(config, "ferplus:test+fer2013:test")
+    assert len(plain) == 3_375 + 7_178 and all(s.soft_label is None for s in plain)  # FER+: majority, ties dropped
+    with pytest.raises(InvalidArgument, match="empty part"):
+        dataset_for(config, "ferplus:test+")
+    with pytest.raises(DataError, match="soft labels exist only for FER"):
+        training_dataset(config, "fer2013:train+fer2013:test", soft_labels=True)

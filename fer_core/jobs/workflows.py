@@ -25,7 +25,7 @@ from fer_core.scoring import DEFAULT_PROTOCOL, ScoringWarning, scored_rows, scor
 from fer_core.runs import (METRICS_FILE, RUN_FILE, Run, provenance_record, run_id, run_path, utc_now,
                            write_json_atomic)
 from fer_core.training import AugmentSettings, Stage, Trainer, TrainSettings, distributed
-from fer_core.training.experiments import as_face_crops, mixed_training_set
+from fer_core.training.experiments import MixedDataset, as_face_crops, mixed_training_set
 from fer_core.training.recipes import recipe_stages
 from fer_core.weights import SHIPPED_WEIGHTS, resolve_weights  # noqa: F401 (SHIPPED_WEIGHTS: re-exported)
 
@@ -45,10 +45,32 @@ def face_pipeline_for(config: Config, model: FerModel) -> FacePipeline | None:
     return JobOptions.from_config(config).face_pipeline(model.input_size)
 
 
+#: Joins dataset specs into one set: ``ferplus:train+fer2013:train``.
+SPEC_JOIN = "+"
+
+
+def spec_parts(spec: str) -> list[str]:
+    """The dataset specs ``spec`` joins with ``+`` (an existing folder is one spec)."""
+    if SPEC_JOIN not in spec or Path(spec).exists():
+        return [spec]
+    parts = [part.strip() for part in spec.split(SPEC_JOIN)]
+    if not all(parts):
+        raise InvalidArgument(f"dataset spec {spec!r} has an empty part (join specs as a:split+b:split)")
+    return parts
+
+
+def joined(parts: list[FaceDataset]) -> FaceDataset:
+    """One dataset, or several as one index (:class:`MixedDataset`, named ``a+b``)."""
+    if len(parts) == 1:
+        return parts[0]
+    return MixedDataset(parts, name=SPEC_JOIN.join(part.name for part in parts))
+
+
 def dataset_for(config: Config, spec: str, **overrides) -> FaceDataset:
-    """A dataset by name (``fer2013:test``) or folder, under ``data.root``; ``overrides``:
-    ``pre_cropped``, ``domain`` (see :func:`~fer_core.data.open_dataset`)."""
-    return open_dataset(spec, config.resolve(config.data.root), **overrides)
+    """A dataset by name (``fer2013:test``) or folder, under ``data.root``, or several joined with
+    ``+`` (``ferplus:train+fer2013:train``); ``overrides``: ``pre_cropped``, ``domain`` (see
+    :func:`~fer_core.data.open_dataset`)."""
+    return joined([open_dataset(part, config.resolve(config.data.root), **overrides) for part in spec_parts(spec)])
 
 
 def evaluate_model(config: Config, model: FerModel, dataset: FaceDataset, weights_path: Path | None = None,
@@ -125,13 +147,21 @@ def compare_runs(a: Run, b: Run) -> dict[str, Any]:
 
 
 def training_dataset(config: Config, spec: str, soft_labels: bool) -> FaceDataset:
-    """A dataset for training; ``soft_labels`` asks for FER+ vote distributions."""
+    """A dataset for training (``+`` joins several); ``soft_labels`` asks for FER+ vote
+    distributions, which the FER+ parts give (the others train on their one-hot labels)."""
     if not soft_labels:
         return dataset_for(config, spec)
-    name, _, split = spec.partition(":")
-    if name != "ferplus":
+    parts = spec_parts(spec)
+    if not any(part.partition(":")[0] == "ferplus" for part in parts):
         raise DataError(f"soft labels exist only for FER+ (ferplus:<split>), not {spec!r}")
-    dataset_for(config, spec)  # validates the split and that the data is present
+    return joined([_soft_or_plain(config, part) for part in parts])
+
+
+def _soft_or_plain(config: Config, spec: str) -> FaceDataset:
+    name, _, split = spec.partition(":")
+    dataset = dataset_for(config, spec)  # validates the split and that the data is present
+    if name != "ferplus":
+        return dataset
     return FerPlusDataset(config.resolve(config.data.root) / "real" / "ferplus", split, label_mode="soft")
 
 
