@@ -269,7 +269,8 @@ def _start_arguments(parser: argparse.ArgumentParser, default_epochs: int) -> No
                                          "as TRAINABLE:EPOCHS:LR,... (e.g. head:1:1e-3,all:2:1e-4). Default: "
                                          "hsemotion with --init, else scratch")
     parser.add_argument("--architecture", help="default: model.architecture (with --init: the init model's)")
-    parser.add_argument("--input-size", type=int, help="default: model.input_size (with --init: the init model's)")
+    parser.add_argument("--input-size", type=int, help="default: model.input_size (with --init: the init model's; another size fine-tunes "
+                                                        "it at that size, e.g. 64 -> 96 px)")
     parser.add_argument("--epochs", type=int, help=f"epochs of the scratch recipe (default {default_epochs}); with "
                                                    "another recipe an error (write its stages out instead)")
     parser.add_argument("--lr", type=float, help="peak learning rate of the scratch recipe (default 2e-3); with "

@@ -59,7 +59,7 @@ def domains(fer2013_root, synthetic_root, face_model_path) -> Domains:
     real = _stratified(FolderDataset(fer2013_root, "test", name="fer2013", pre_cropped=True,
                                      label_map=label_space.FER2013_FOLDERS), 200)
     synthetic = _stratified(FolderDataset(synthetic_root, None, name="sd_faces", domain="synthetic"), 150)
-    faces = FacePipeline(create_detector("mediapipe", model_path=face_model_path), crop_size=64)
+    faces = FacePipeline(create_detector("mediapipe", model_path=face_model_path), crop_size=model.input_size)
     real_keys, real_features = embed_dataset(model, real, None, options=QUIET)
     synthetic_keys, synthetic_features = embed_dataset(model, synthetic, None, face_pipeline=faces, options=QUIET)
     assert len(real_keys) == len(real) and len(synthetic_keys) == len(synthetic)

@@ -10,6 +10,7 @@ faces are classified whole (``faces.detector=none``: the detector is not what th
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -130,18 +131,21 @@ def test_train_refuses_ignored_flags_and_trains_a_mix_printing_its_settings(rq2_
                "--name")
     assert main(base + ["refused", "--recipe", "gradual", "--epochs", "3"]) == 2
     assert "--epochs sets the scratch recipe only" in capsys.readouterr().err
-    assert main(base + ["refused", "--input-size", "64"]) == 2
-    assert "contradicts the --init model (48)" in capsys.readouterr().err
+    assert main(base + ["refused", "--architecture", "resnet18"]) == 2
+    assert "--architecture resnet18 contradicts the --init model (mobilenetv3_small_050)" in capsys.readouterr().err
     assert main(base + ["refused", "--synthetic-fraction", "0.5"]) == 2
     assert "give the synthetic faces with --synthetic" in capsys.readouterr().err
     assert not (rq2_project / "runs" / "refused").exists()
     code = main(base + ["mix", "--synthetic", "sd_faces:train", "--synthetic-fraction", "0.5", "--size", "16",
-                        "--recipe", "all:1:1e-4", "--batch-size", "8", "--max-steps", "1"])
+                        "--recipe", "all:1:1e-4", "--batch-size", "8", "--max-steps", "1", "--input-size", "64"])
     out = capsys.readouterr().out
     assert code == 0
     fingerprint = load_model(tiny_model).fingerprint
-    assert (f"training mix (recipe all:1:1e-4, from {fingerprint}): mobilenetv3_small_050 at 48 px; all 1 epoch at lr "
+    assert (f"training mix (recipe all:1:1e-4, from {fingerprint}): mobilenetv3_small_050 at 64 px; all 1 epoch at lr "
             "0.0001; batch 8") in out
+    tuned, init = load_model(rq2_project / "runs" / "mix" / "best.safetensors"), load_model(tiny_model)
+    assert (tuned.input_size, init.input_size) == (64, 48)  # fine-tuned at a new size, the rest of its input kept
+    assert dataclasses.replace(tuned.preprocessing, input_size=48) == init.preprocessing
     run = json.loads((rq2_project / "runs" / "mix" / "run.json").read_text())
     assert run["composition"] == {"real": 8, "synthetic": 8} and run["synthetic_train"] == "sd_faces:train"
     assert run["init"]["fingerprint"] == fingerprint

@@ -1,4 +1,4 @@
-"""LRP on the shipped EfficientNet-B0 (64 px, trained on FER+) over real FER+ test faces:
+"""LRP on the shipped EfficientNet-B0 (trained on FER+) over real FER+ test faces:
 conservation, sensitivity to the target class and to the model's top layers, and clear errors
 for what it cannot explain."""
 
@@ -51,7 +51,7 @@ def test_lrp_conserves_the_target_logit_on_real_faces(model, batch, default_maps
         logits = model.logits(batch)
     predicted = logits.argmax(dim=1)
     assert list(attribution.targets) == predicted.tolist()
-    assert attribution.maps.shape == (16, 64, 64) and np.isfinite(attribution.maps).all()
+    assert attribution.maps.shape == (16, model.input_size, model.input_size) and np.isfinite(attribution.maps).all()
     # Checked against the model's own logits, not only the method's diagnostics.
     target_logits = logits.gather(1, predicted[:, None])[:, 0].numpy()
     sums = attribution.maps.reshape(16, -1).sum(axis=1)

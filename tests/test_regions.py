@@ -21,6 +21,8 @@ from fer_core.faces import FacePipeline, MediaPipeDetector
 from fer_core.models import FerModel, load_model
 
 SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "fer_b0_ferplus.safetensors"
+#: The side of the aligned SD crops the geometry tests use (maps are at the model's input size).
+CROP = 64
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +36,10 @@ def b0() -> FerModel:
 
 
 @pytest.fixture(scope="module")
-def sd_faces(detector, synthetic_root, b0):
-    """24 Stable Diffusion faces detected and aligned at the model's 64 px, with their labels."""
+def sd_faces(detector, synthetic_root):
+    """24 Stable Diffusion faces detected and aligned at :data:`CROP` px, with their labels."""
     dataset = open_dataset(str(synthetic_root), synthetic_root)
-    pipeline = FacePipeline(detector, crop_size=b0.input_size, margin=0.25)
+    pipeline = FacePipeline(detector, crop_size=CROP, margin=0.25)
     faces, labels = [], []
     for index in np.linspace(0, len(dataset) - 1, 24).astype(int):
         face = pipeline.largest(dataset.read(dataset[int(index)]))
@@ -127,7 +129,8 @@ def shares_by_domain(b0, fer_faces, sd_faces):
     faces, sd_labels = sd_faces
     batch = b0.preprocessing.batch(images + [face.image for face in faces])
     labels = np.concatenate([fer_labels, sd_labels])
-    keypoints = np.concatenate([fer_keypoints * 64 / 48, np.stack([face.keypoints for face in faces])])
+    size = b0.input_size
+    keypoints = np.concatenate([fer_keypoints * size / 48, np.stack([face.keypoints for face in faces]) * size / CROP])
     maps = explain(b0, batch, "gradcam", target=labels.tolist(), layer="blocks.3").maps
     domains = np.array(["real"] * len(images) + ["synthetic"] * len(faces))
     return region_shares(maps, keypoints), labels, domains, keypoints, maps
@@ -141,15 +144,16 @@ def test_region_shares_of_real_attributions(shares_by_domain):
     np.testing.assert_allclose(shares[finite].sum(axis=1), 1.0, rtol=1e-9)
     assert (shares[finite] >= 0).all()
     face = int(np.flatnonzero(finite)[0])
-    masks = region_masks(keypoints[face], 64)
+    size = maps.shape[-1]
+    masks = region_masks(keypoints[face], size)
     positive = np.maximum(maps[face], 0)
     assert shares[face, REGIONS.index("mouth")] == pytest.approx(positive[masks["mouth"]].sum() / positive.sum())
     # a map with all its mass on the mouth, and a uniform map measured per area
     only_mouth = np.where(masks["mouth"], 1.0, -1.0)[None]
     assert region_shares(only_mouth, keypoints[face:face + 1])[0, REGIONS.index("mouth")] == pytest.approx(1.0)
-    uniform = region_shares(np.ones((2, 64, 64)), keypoints[:2], per_area=True)
+    uniform = region_shares(np.ones((2, size, size)), keypoints[:2], per_area=True)
     np.testing.assert_allclose(uniform, 1.0, rtol=1e-9)
-    np.testing.assert_allclose(region_areas(keypoints[:2], 64).sum(axis=1), 1.0)
+    np.testing.assert_allclose(region_areas(keypoints[:2], size).sum(axis=1), 1.0)
     with pytest.raises(DataError, match="one \\(6, 2\\) keypoint array per map"):
         region_shares(maps[:3], keypoints[:2])
 

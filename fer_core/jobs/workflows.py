@@ -181,7 +181,8 @@ class StartRequest:
 @dataclass(frozen=True)
 class TrainingStart:
     """Where training starts and how it proceeds: the ``init`` model (None: from scratch), the
-    recipe's name and stages, and the architecture and input size (the init model's, if any)."""
+    recipe's name and stages, the architecture (the init model's, if any) and the input size (the
+    init model's unless another was asked)."""
 
     init: FerModel | None
     recipe: str
@@ -193,19 +194,18 @@ class TrainingStart:
 def training_start(config: Config, asked: StartRequest, default_epochs: int,
                    default_lr: float = 2e-3) -> TrainingStart:
     """The :class:`TrainingStart` of what was ``asked`` (see :mod:`fer_core.training.recipes`
-    for the rule on ``epochs`` / ``lr``); an ``architecture`` or ``input_size`` that contradicts
-    the ``init`` model is an error."""
+    for the rule on ``epochs`` / ``lr``); an ``architecture`` that contradicts the ``init`` model
+    is an error, an ``input_size`` fine-tunes it at that size (its other preprocessing kept)."""
     init = load_model(config.resolve(asked.init), trust_pickle=config.model.trust_pickle) if asked.init else None
     recipe, stages = recipe_stages(asked.recipe, asked.epochs, asked.lr, init is not None,
                                    default_epochs=default_epochs, default_lr=default_lr)
     if init is None:
         return TrainingStart(None, recipe, stages, asked.architecture or config.model.architecture,
                              asked.input_size or config.model.input_size)
-    for flag, given, own in (("--architecture", asked.architecture, init.architecture),
-                             ("--input-size", asked.input_size, init.input_size)):
-        if given is not None and given != own:
-            raise InvalidArgument(f"{flag} {given} contradicts the --init model ({own}); leave {flag} out")
-    return TrainingStart(init, recipe, stages, init.architecture, init.input_size)
+    if asked.architecture is not None and asked.architecture != init.architecture:
+        raise InvalidArgument(f"--architecture {asked.architecture} contradicts the --init model "
+                              f"({init.architecture}); leave --architecture out")
+    return TrainingStart(init, recipe, stages, init.architecture, asked.input_size or init.input_size)
 
 
 def training_settings(options: JobOptions, start: TrainingStart, augment: bool = True,

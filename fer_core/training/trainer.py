@@ -258,7 +258,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.settings = settings
         self.train_data, self.val_data = train, val
-        self.preprocessing = init.preprocessing if init else Preprocessing(settings.input_size)
+        self.preprocessing = (dataclasses.replace(init.preprocessing, input_size=settings.input_size) if init
+                              else Preprocessing(settings.input_size))
         if settings.grayscale:
             self.preprocessing = dataclasses.replace(self.preprocessing, grayscale=True)
         if init is not None and init.architecture != settings.architecture:
