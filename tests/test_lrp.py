@@ -87,7 +87,11 @@ def test_the_callers_model_and_faces_are_left_untouched(model, batch):
 
 def test_batches_give_the_same_maps_as_single_passes(model, batch, default_maps):
     chunked = explain(model, batch[:6], "lrp", batch_size=4)
-    np.testing.assert_allclose(chunked.maps, default_maps.maps[:6], rtol=1e-3, atol=1e-6)
+    # float32 sums in another batch order: equal to 1e-3 of each face's largest relevance (1.5e-6 measured at
+    # most, on maps whose largest value is ~1e-2)
+    scale = np.abs(default_maps.maps[:6]).max(axis=(1, 2), keepdims=True)
+    relative = np.abs(chunked.maps - default_maps.maps[:6]) / scale
+    assert relative.max() < 1e-3, relative.max()
 
 
 @pytest.mark.parametrize("contrast", sorted(CONTRASTS))
@@ -106,12 +110,11 @@ def test_maps_depend_on_the_target_class(model, batch, contrast):
 @pytest.mark.slow
 def test_randomisation_is_read_against_the_maps_noise_stability(model, batch):
     """The randomised maps are judged against what invisible noise (sigma 0.01) and a different face
-    do to a map, not against zero. Measured on the shipped model (8 FER+ faces): LRP maps are far
-    from noise-stable (Spearman 0.69 absolute, 0.59 |signed|); re-initialising classifier, bn2 and
-    conv_head keeps 0.63 of the absolute map, about what noise keeps, so that mode fails; it keeps
-    0.22 of the |signed| map (95% CI up to 0.33), well below the noise stability and as low as two
-    different faces (0.19), so that mode passes. (The model shipped before it failed both: 0.47 kept
-    against 0.51.)"""
+    do to a map, not against zero. Measured on the shipped 96 px model (8 FER+ faces): LRP maps are far
+    from noise-stable (Spearman 0.48 absolute, 0.30 |signed|); re-initialising classifier, bn2 and
+    conv_head keeps 0.61 of the absolute map, more than noise keeps, so that mode fails; it keeps 0.31
+    of the |signed| map (95% CI up to 0.48), no less than noise does, so that mode fails too. (The 64 px
+    model before it passed the |signed| mode: 0.22 kept, CI up to 0.33, against 0.59 under noise.)"""
     faces = batch[:8]
     magnitude = randomisation_check(model, faces, "lrp", depth=3, absolute=True)
     signed = randomisation_check(model, faces, "lrp", depth=3, absolute=False)
@@ -122,7 +125,7 @@ def test_randomisation_is_read_against_the_maps_noise_stability(model, batch):
         # the criterion: the randomised maps keep less than noise does and at most half of what
         # sets a face's map apart from another face's
         assert result.passed == (last.ci_high < min(stability.ci_low, midpoint))
-        assert stability.mean < 0.85, "LRP is unstable under invisible noise (0.69 / 0.59 measured)"
+        assert stability.mean < 0.85, "LRP is unstable under invisible noise (0.48 / 0.30 measured)"
     assert magnitude.decided_on == "absolute-map" and signed.decided_on == "|signed|"
     assert not magnitude.passed and magnitude.cascade[-1].decision.ci_high >= magnitude.noise_stability.decision.ci_low
     assert json.loads(json.dumps(magnitude.to_dict()))["passed"] is False
