@@ -269,8 +269,8 @@ def _start_arguments(parser: argparse.ArgumentParser, default_epochs: int) -> No
                                          "as TRAINABLE:EPOCHS:LR,... (e.g. head:1:1e-3,all:2:1e-4). Default: "
                                          "hsemotion with --init, else scratch")
     parser.add_argument("--architecture", help="default: model.architecture (with --init: the init model's)")
-    parser.add_argument("--input-size", type=int, help="default: model.input_size (with --init: the init model's; another size fine-tunes "
-                                                        "it at that size, e.g. 64 -> 96 px)")
+    parser.add_argument("--input-size", type=int, help="default: model.input_size (with --init: the init model's; "
+                                                        "another size fine-tunes it at that size, e.g. 64 -> 96 px)")
     parser.add_argument("--epochs", type=int, help=f"epochs of the scratch recipe (default {default_epochs}); with "
                                                    "another recipe an error (write its stages out instead)")
     parser.add_argument("--lr", type=float, help="peak learning rate of the scratch recipe (default 2e-3); with "
@@ -278,7 +278,9 @@ def _start_arguments(parser: argparse.ArgumentParser, default_epochs: int) -> No
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train", required=True, help="training dataset spec, e.g. ferplus:train; join several with + (ferplus:train+fer2013:train: the same photos under both label sets, FER+ votes with --soft-labels)")
+    parser.add_argument("--train", required=True, help="training dataset spec, e.g. ferplus:train; join several with + "
+                                                       "(ferplus:train+fer2013:train: the same photos under both label "
+                                                       "sets, FER+ votes with --soft-labels)")
     parser.add_argument("--val", required=True, help="validation dataset spec (selects the best epoch), e.g. ferplus:valid")
     parser.add_argument("--name", help="run name under paths.runs_dir (default: generated)")
     parser.add_argument("--resume", action="store_true", help="continue the run --name from its last checkpoint")
@@ -343,7 +345,8 @@ def _train(args: argparse.Namespace, config: Config) -> int:
 
 def _calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("weights", type=Path, help="a trained model file")
-    parser.add_argument("--train", required=True, help="the data it was trained on, for the class prior (ferplus:train; joined specs as in train)")
+    parser.add_argument("--train", required=True, help="the data it was trained on, for the class prior "
+                                                       "(ferplus:train; joined specs as in train)")
     parser.add_argument("--val", required=True, help="validation data the strength is chosen on (never a test set)")
     parser.add_argument("--out", type=Path, required=True, help="output stem or .safetensors path")
     parser.add_argument("--fp16", action="store_true", help="store weights as float16 (half the size)")

@@ -14,11 +14,12 @@ from fer_core.backends import InferenceOptions
 from fer_core.cli import main
 from fer_core.config import load_config
 from fer_core.data import open_dataset
+from fer_core.errors import DataError, InvalidArgument
 from fer_core.inference import predict_dataset
 from fer_core.labels import EMOTIONS
 from fer_core.models import load_model
 from fer_core.runs import Run, list_runs
-from fer_core.workflows import compare_runs, evaluate_model
+from fer_core.workflows import compare_runs, dataset_for, evaluate_model, training_dataset
 
 #: The dataset passes without progress bars.
 QUIET = InferenceOptions(progress=False)
@@ -222,8 +223,6 @@ def test_model_card_prints_each_figures_protocol_and_detector(tiny_model, config
 def test_joined_training_specs_keep_each_parts_labels(config):
     """``ferplus:test+fer2013:test`` is one set: the FER+ faces with their vote distributions, the
     FER2013 faces with their own one-hot labels (the same photos, relabelled: both kept)."""
-    from fer_core.errors import DataError, InvalidArgument
-    from fer_core.jobs.workflows import dataset_for, training_dataset
     joined = training_dataset(config, "ferplus:test+fer2013:test", soft_labels=True)
     assert (joined.label, len(joined)) == ("ferplus+fer2013:test", 3_572 + 7_178)
     ferplus = {s.key.partition(":")[2]: s for s in joined if s.key.startswith("0-")}
