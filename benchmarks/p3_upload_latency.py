@@ -33,7 +33,7 @@ from common import (add_model_argument, benchmark_model, machine_note, max_abs_d
 from fer_core.backends import INFERENCE_BACKENDS, load_backend
 from fer_core.config import config_from_dict
 from fer_core.explain import explain
-from fer_core.explain.overlay import overlay
+from fer_core.explain import overlay
 from fer_core.faces import FacePipeline
 from fer_core.images import load_rgb
 from fer_core.models import EmotionRecognizer

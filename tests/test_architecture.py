@@ -10,6 +10,8 @@ read with ``ast``; imports under ``if TYPE_CHECKING:`` are not run and are left 
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,11 +141,37 @@ def test_the_old_job_paths_are_thin_re_exports():
 def test_explain_methods_never_import_the_analysis_and_old_paths_are_aliases():
     """``explain/`` is split into ``methods`` (one file each, registered) and ``analysis``
     (regions, sanity, overlays, stored quality): a method needs no analysis; each old path is
-    one import of its new module."""
+    one import of its new module. ``overlay`` has none: its old module would shadow the function
+    ``fer_core.explain.overlay`` once imported (see the test below)."""
     found = sorted((name, target) for name, edges in GRAPH.items() if _in(name, ("fer_core.explain.methods",))
                    for target, _ in edges if _in(target, ("fer_core.explain.analysis",)))
     assert found == []
     for old, new in (("gradcam", "methods.gradcam"), ("lrp", "methods.lrp"), ("regions", "analysis.regions"),
-                     ("sanity", "analysis.sanity"), ("overlay", "analysis.overlay"), ("quality", "analysis.quality")):
+                     ("sanity", "analysis.sanity"), ("quality", "analysis.quality")):
         assert [target for target, _ in GRAPH[f"fer_core.explain.{old}"] if target.startswith("fer_core")] == \
             [f"fer_core.explain.{new}"]
+
+
+def test_importing_any_module_leaves_every_public_name_as_it_was():
+    """Importing a submodule sets it as an attribute of its package, so a submodule named like a
+    function the package exports replaces that function (``fer_core.explain.overlay`` once did,
+    in the upload page, only when a benchmark had imported the old module path in the same test
+    worker). Imports every module of ``fer_core`` in a fresh interpreter and compares each
+    package's ``__all__`` names before and after."""
+    script = """
+import importlib, pkgutil, sys, fer_core
+packages = [name for _, name, is_package in pkgutil.walk_packages(fer_core.__path__, "fer_core.") if is_package]
+before = {}
+for name in ["fer_core", *packages]:
+    module = importlib.import_module(name)
+    before[name] = {key: getattr(module, key) for key in getattr(module, "__all__", ())}
+for _, name, _ in pkgutil.walk_packages(fer_core.__path__, "fer_core."):
+    if not name.endswith("__main__"):
+        importlib.import_module(name)
+changed = sorted(f"{package}.{key}" for package, names in before.items() for key, value in names.items()
+                 if getattr(sys.modules[package], key) is not value)
+print(changed)
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout

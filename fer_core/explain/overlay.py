@@ -1,8 +1,0 @@
-"""The old path of :mod:`fer_core.explain.analysis.overlay` (issue 13 split explain/ into methods and
-analysis): this name is that module, so its callers keep working; import the new path in new code."""
-
-import sys
-
-from fer_core.explain.analysis import overlay
-
-sys.modules[__name__] = overlay
