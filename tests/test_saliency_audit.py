@@ -256,7 +256,7 @@ def test_a_fixed_map_shows_no_region_difference_between_domains(two_domains):
 def test_maps_coarser_than_the_regions_are_named(b0, two_domains):
     points, domains, _ = two_domains
     assert map_cell_size(b0, "gradcam", layer="blocks.4") == 16.0, "B0's blocks.4 has stride 16"
-    # the default layer is the last whose map is at least 4 cells a side (blocks.4 at 64 and 96 px)
+    # the default layer is the last whose map is at least 4 cells a side (blocks.4 at 64 and 96 px, bn2 at 112)
     stages = layers(b0)
     sides = [b0.input_size / map_cell_size(b0, "gradcam", layer=name) for name in stages]
     default = stages.index(default_layer(b0))
