@@ -63,8 +63,8 @@ MAX_CONSTANT_SHARE = 0.1
 #: Significance level of the faithfulness tests against the centre prior.
 ALPHA = 0.05
 #: The default method for region and faithfulness statistics: the most faithful method that
-#: passed both checks on the 64 px B0 shipped before (32 FER+ test faces; on the 96 px model shipped now it
-#: fails faithfulness on insertion: see the README).
+#: passed both checks on a 64 px B0 shipped before (32 FER+ test faces; on the 96 px model and the 112 px one
+#: shipped now it fails faithfulness on insertion: see the README).
 STATISTICS_METHOD = "smoothgrad"
 #: What "well below its noise stability" means, in words stored with every result.
 RANDOMISATION_CRITERION = ("repeatable (Spearman >= 0.99 between two runs), at most {constant:.0%} constant maps at "
