@@ -300,7 +300,8 @@ def test_gradcam_deletion_beats_the_random_order_on_the_shipped_model(ferplus_ro
     assert faithful["deletion_auc"] < faithful["random_deletion_auc"] - 0.03, faithful["deletion_auc"]
     assert faithful["deletion_p_value"] < 0.05 and faithful["deletion_win_rate"] > 0.5
     assert faithful["insertion_auc"] > faithful["random_insertion_auc"]
-    # the centre prior is the bar to pass (issue 14): Grad-CAM does not clear it (p 0.21 / 0.39 measured; 0.36 / 0.67 at 64 px)
+    # the centre prior is the bar to pass (issue 14): Grad-CAM does not clear it on deletion (p 0.49 at
+    # 112 px, though insertion does, p 0.003; deletion / insertion p 0.21 / 0.39 at 96 px, 0.36 / 0.67 at 64 px)
     assert gradcam["randomisation"]["passed"] and not faithful["passed"] and not gradcam["passed"]
     assert load_quality(tmp_path, model.fingerprint) == json.loads(json.dumps(results))
 

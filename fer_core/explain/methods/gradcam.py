@@ -32,8 +32,8 @@ def layers(model: FerModel, input_size: int | None = None) -> list[str]:
 
 def default_layer(model: FerModel, input_size: int | None = None) -> str:
     """Grad-CAM's default layer: the last stage whose map is at least :data:`MIN_CAM_SIDE`
-    cells a side (the last conv stage, ``bn2``, for EfficientNet at 224 px; ``blocks.4`` for
-    B0 at 64 and 96 px, where ``bn2`` is 2 x 2 or 3 x 3: at 2 x 2 its maps measured no better
+    cells a side (the last conv stage, ``bn2``, for EfficientNet at 224 px and B0 at 112 px; ``blocks.4``
+    for B0 at 64 and 96 px, where ``bn2`` is 2 x 2 or 3 x 3: at 2 x 2 its maps measured no better
     than a random order in the deletion test), else the last spatial one."""
     sides = _map_sides(model, input_size or model.input_size)
     if not sides:
