@@ -22,6 +22,7 @@ from fer_core.cli import main
 from fer_core.report import export_zip
 from fer_core.report.rq2 import level_table
 from fer_core.runs import Run
+from tests.conftest import REPO
 
 #: Faces of each dataset every step uses (a stratified sample, seed 0).
 FACES = "10"
@@ -249,3 +250,32 @@ def test_a_page_download_is_a_zip_of_its_tables_with_report_md():
         assert sorted(archive.namelist()) == ["report.json", "report.md", "runs-table.csv", "runs-table.tex"]
         assert "b\\&2 & -- \\\\" in archive.read("runs-table.tex").decode()
         assert pd.read_csv(io.BytesIO(archive.read("runs-table.csv")))["run"].tolist() == ["a_1", "b&2"]
+
+
+@pytest.mark.shared_data
+def test_lever_curve_plots_each_training_runs_whole_set_evaluations(report_project, capsys, tmp_path):
+    """``scripts/lever_curve.py`` (the model card's figure) finds a step's points through the training
+    run in each evaluation's model provenance, and takes whole sets only: the project's 10-face samples
+    are refused, a whole evaluation of the 476 SD faces is plotted with its own accuracy."""
+    import importlib.util
+
+    project, cli = report_project
+    spec = importlib.util.spec_from_file_location("lever_curve", REPO / "scripts" / "lever_curve.py")
+    lever_curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lever_curve)
+    runs, figure = project / "runs-report", tmp_path / "levers.png"
+    with pytest.raises(SystemExit) as refused:
+        lever_curve.main(["--runs", str(runs), "--step", "tiny=tiny", "--out", str(figure)])
+    assert refused.value.code == 2 and not figure.exists()
+    assert "tiny [tiny]: no whole-set evaluation found" in capsys.readouterr().out
+    assert main([*cli, "evaluate", "--model", str(project / "runs" / "tiny" / "best.safetensors"),
+                 "--dataset", "sd_faces", "--bootstrap", "100", "--name", "eval-whole-sd"]) == 0
+    whole = Run.load(runs / "eval-whole-sd")
+    assert whole.info["dataset"]["faces"] == 476
+    capsys.readouterr()
+    lever_curve.main(["--runs", str(runs), "--step", "tiny=tiny", "--step", "other=not-a-run", "--out", str(figure)])
+    printed = capsys.readouterr().out
+    assert f"tiny [tiny]: sd_faces {whole.metrics['accuracy']:.4f} (eval-whole-sd)\n" in printed
+    assert "other [not-a-run]: no whole-set evaluation found" in printed
+    with Image.open(figure) as image:
+        assert image.size == (990, 825)
