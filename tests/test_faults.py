@@ -235,10 +235,10 @@ def history_epochs(run_dir: Path) -> int:
 
 @pytest.mark.slow
 def test_train_killed_then_resumed_equals_an_uninterrupted_run(projects):
+    """With augmentation on (its random state is in the checkpoint), as a user trains."""
     interrupted, reference = projects
     args = ("train", "--train", "ferplus:train", "--val", "ferplus:valid", "--architecture", "mobilenetv3_small_050",
-            "--input-size", "48", "--epochs", "4", "--batch-size", "32", "--max-steps", "4", "--no-augment",
-            "--name", "killed")
+            "--input-size", "48", "--epochs", "4", "--batch-size", "32", "--max-steps", "4", "--name", "killed")
     run_dir = interrupted / "runs" / "killed"
     kill_when(cli_process(interrupted, *args), lambda: history_epochs(run_dir) >= 1, "the first epoch's checkpoint")
     killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=True)

@@ -10,11 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +34,6 @@ from fer_core.training.experiments import MixedDataset, mixed_training_set
 from fer_core.training.trainer import WeightAverage, class_log_prior, class_weights, mixup, soft_cross_entropy
 from tests.conftest import torch_threads
 
-REPO = Path(__file__).resolve().parent.parent
 SETTINGS = TrainSettings(architecture=TINY_ARCHITECTURE, input_size=48, stages=(Stage(3, 3e-3, "all"),),
                          batch_size=32, max_steps_per_epoch=5, sam_rho=0.05, seed=0)
 
@@ -157,58 +151,13 @@ def test_sam_trains_on_real_faces(real_batch):
 
 # -- resume and checkpoints ---------------------------------------------------------------
 
-RESUME_SCRIPT = """
-import sys
-sys.path.insert(0, {repo!r})
-from pathlib import Path
-from tests.test_training import SETTINGS, ferplus_faces
-from fer_core.training import Trainer
-train, val = ferplus_faces(Path({ferplus!r}))
-Trainer(Path({run_dir!r}), SETTINGS, train, val).fit(progress=False)
-"""
-
-
-def checkpoint_epochs(run_dir: Path) -> int:
-    try:
-        return len(json.loads((run_dir / "history.json").read_text())["history"])
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
-
-
 @pytest.fixture(scope="module")
 def reference_run(ferplus, tmp_path_factory) -> Path:
     """Three uninterrupted epochs (augmentation and dropout on, soft targets)."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    with torch_threads(1):  # the thread count of the killed subprocess (OMP_NUM_THREADS=1, conftest)
+    with torch_threads(1):
         Trainer(run_dir, SETTINGS, *ferplus).fit(progress=False)
     return run_dir
-
-
-@pytest.mark.slow
-def test_resume_after_kill_9_equals_an_uninterrupted_run(ferplus, ferplus_root, reference_run, tmp_path):
-    run_dir = tmp_path / "run"
-    script = RESUME_SCRIPT.format(repo=str(REPO), ferplus=str(ferplus_root), run_dir=str(run_dir))
-    process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.monotonic() + 120
-        while checkpoint_epochs(run_dir) < 1:
-            assert process.poll() is None, "the training process ended before its first checkpoint"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert 1 <= len(killed_at["history"]) < SETTINGS.epochs  # killed in the middle
-    with torch_threads(1):
-        result = Trainer(run_dir, SETTINGS, *ferplus).fit(progress=False)  # the same command again resumes
-
-    reference = torch.load(reference_run / "checkpoint.pt", weights_only=True)
-    resumed = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    assert resumed["history"] == reference["history"] == result["history"]
-    assert resumed["model"].keys() == reference["model"].keys()
-    assert all(torch.equal(resumed["model"][k], reference["model"][k]) for k in reference["model"])
-    assert (run_dir / "best.safetensors").read_bytes() == (reference_run / "best.safetensors").read_bytes()
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(ferplus, tmp_path, monkeypatch):
