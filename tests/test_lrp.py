@@ -117,13 +117,14 @@ def test_maps_depend_on_the_target_class(model, batch, contrast):
 @pytest.mark.slow
 def test_randomisation_is_read_against_the_maps_noise_stability(model, batch):
     """The randomised maps are judged against what invisible noise (sigma 0.01) and a different face
-    do to a map, not against zero. Measured on the shipped 112 px model (8 FER+ faces): LRP maps are far
-    from noise-stable (Spearman 0.46 absolute, 0.19 |signed|); re-initialising classifier, bn2 and
-    conv_head keeps 0.63 of the absolute map, more than noise keeps, so that mode fails; it keeps 0.47
-    of the |signed| map (95% CI up to 0.70), more than noise does, so that mode fails too (the 96 px
-    model before it: 0.61 and 0.31 kept, both failed). The 64 px model before those passed the |signed|
-    mode: 0.22 kept, CI up to 0.33, against 0.59 under noise."""
-    faces = batch[:8]
+    do to a map, not against zero. Measured on the shipped 112 px model (6 FER+ faces): LRP maps are far
+    from noise-stable (Spearman 0.48 absolute, 0.21 |signed|); re-initialising classifier, bn2 and
+    conv_head keeps 0.65 of the absolute map, more than noise keeps, so that mode fails; it keeps 0.55
+    of the |signed| map (95% CI up to 0.80), more than noise does, so that mode fails too (8 faces:
+    0.63 and 0.47 kept against 0.46 and 0.19; the 96 px model before it: 0.61 and 0.31 kept, both
+    failed). The 64 px model before those passed the |signed| mode: 0.22 kept, CI up to 0.33, against
+    0.59 under noise (8 faces)."""
+    faces = batch[:6]
     magnitude = randomisation_check(model, faces, "lrp", depth=3, absolute=True)
     signed = randomisation_check(model, faces, "lrp", depth=3, absolute=False)
     for result in (magnitude, signed):
@@ -133,7 +134,7 @@ def test_randomisation_is_read_against_the_maps_noise_stability(model, batch):
         # the criterion: the randomised maps keep less than noise does and at most half of what
         # sets a face's map apart from another face's
         assert result.passed == (last.ci_high < min(stability.ci_low, midpoint))
-        assert stability.mean < 0.85, "LRP is unstable under invisible noise (0.46 / 0.19 measured)"
+        assert stability.mean < 0.85, "LRP is unstable under invisible noise (0.48 / 0.21 measured)"
     assert magnitude.decided_on == "absolute-map" and signed.decided_on == "|signed|"
     assert not magnitude.passed and magnitude.cascade[-1].decision.ci_high >= magnitude.noise_stability.decision.ci_low
     assert json.loads(json.dumps(magnitude.to_dict()))["passed"] is False
