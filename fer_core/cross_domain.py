@@ -103,7 +103,7 @@ def label_fraction(train_data: str | None) -> float:
     return {"real": 0.0, "synthetic": 1.0}.get(DATASET_DOMAINS.get(name, "unknown"), float("nan"))
 
 
-def _limited(dataset: dict[str, Any]) -> bool:
+def is_limited(dataset: dict[str, Any]) -> bool:
     """Whether an evaluation scored only part of its test set (``--limit``, ``--per-class``): its
     ``faces`` against the whole set's ``size``; older runs recorded the first ``limit`` faces."""
     size, limit = dataset.get("size"), dataset.get("limit")
@@ -172,7 +172,7 @@ def evaluation_records(runs_dirs: Path | str | Iterable[Path | str]) -> pd.DataF
             "test_set": label.split("[", 1)[0] if sampling else label,   # a sample's cell is its test set's
             "test_domain": dataset.get("domain", "unknown"), "n": metrics.get("n"), "dataset_size": size,
             "sampling": sampling.get("description") or (f"first {limit}" if limit is not None else None),
-            "limited": _limited(dataset),
+            "limited": is_limited(dataset),
             "data_sha256": ((run.info.get("provenance") or {}).get("data", {}).get("test") or {}).get("sha256"),
             **{m: metrics.get(m, np.nan) for m in METRICS},
             "accuracy_ci_low": low, "accuracy_ci_high": high, "path": str(run.path)})

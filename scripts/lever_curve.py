@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from fer_core.cross_domain import is_limited  # noqa: E402
 from fer_core.runs import Run, list_runs  # noqa: E402
 
 #: evaluation set -> (legend, accuracy target or None)
@@ -37,9 +38,8 @@ def step_evaluations(evaluations: list[Run], training_run: str) -> dict[str, Run
     found: dict[str, Run] = {}
     for run in evaluations:
         model, dataset = run.info.get("model", {}), run.info.get("dataset", {})
-        whole = dataset.get("limit") is None and dataset.get("per_class") is None and dataset.get("sampling") is None
-        if ((model.get("provenance") or {}).get("run") == training_run and whole and not model.get("test_time_flip")
-                and dataset.get("spec") in SETS and run.complete):
+        if ((model.get("provenance") or {}).get("run") == training_run and not is_limited(dataset)
+                and not model.get("test_time_flip") and dataset.get("spec") in SETS and run.complete):
             found.setdefault(dataset["spec"], run)
     return found
 
