@@ -21,9 +21,9 @@ install: $(VENV)/.installed
 # would compile them again on import.
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q 'uv>=0.5'
-	$(VENV)/bin/uv pip install --python $(PY) -q --compile-bytecode --index-strategy unsafe-best-match \
-	    $$($(PY) scripts/pip_sources.py) -r requirements.txt -e '.[test]' \
+	{ $(PY) -m pip install -q 'uv>=0.5' && \
+	  $(VENV)/bin/uv pip install --python $(PY) -q --compile-bytecode --index-strategy unsafe-best-match \
+	    $$($(PY) scripts/pip_sources.py) -r requirements.txt -e '.[test]'; } \
 	  || { echo "uv could not install; pip installs instead"; $(PY) -m pip install -q -r requirements.txt -e '.[test]'; }
 	$(PY) -m compileall -q fer_core dashboard pages benchmarks
 	touch $@
