@@ -368,6 +368,29 @@ def _calibrate(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _average_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("weights", type=Path, nargs="+", help="two or more model files fine-tuned from one start")
+    parser.add_argument("--out", type=Path, required=True, help="output stem or .safetensors path")
+    parser.add_argument("--fp16", action="store_true", help="store weights as float16 (half the size)")
+    parser.add_argument("--trust-pickle", action="store_true")
+
+
+@command("average", "weight averaging (model soup): one model whose weights are the mean of the given models'",
+         _average_arguments)
+def _average(args: argparse.Namespace, config: Config) -> int:
+    import torch
+
+    from fer_core.jobs.workflows import load_configured_model
+    from fer_core.models import save_model
+    from fer_core.models.averaging import average_models
+    config = _with_trust(args, config)
+    averaged = average_models([load_configured_model(config, path) for path in args.weights])
+    path = save_model(averaged, args.out, dtype=torch.float16 if args.fp16 else torch.float32)
+    print(f"the mean of {len(args.weights)} models -> {path} (fingerprint {averaged.fingerprint}); "
+          "check it on validation data (fer-core evaluate --dataset ferplus:valid)")
+    return 0
+
+
 def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (re-run to resume)")
     _start_arguments(parser, default_epochs=10)

@@ -5,7 +5,8 @@ classes' recall, step by step, beside the targets the shipped model is held to (
         --out docs/model_levers.png
 
 Each ``--step`` is ``LABEL=TRAINING_RUN``. Its points are the evaluation runs under ``--runs`` of a
-model trained by that run (``model.provenance.run`` in their ``run.json``): whole sets only (no
+model trained by that run (``model.provenance.run`` in their ``run.json``; ``RUN+RUN`` for the weight
+average of those runs' models, ``fer-core average``): whole sets only (no
 ``--limit`` or per-class sample), without test-time flip, the newest one per set. A set a step was
 not evaluated on is left out of that step, never guessed; the table printed lists every run read.
 """
@@ -32,13 +33,21 @@ WEAK_CLASSES = (("ferplus:test", "Contempt", "FER+ contempt", 0.35), ("ferplus:t
                 ("sd_faces", "Surprise", "SD surprise", 0.40))
 
 
+def trained_by(provenance: dict) -> str | None:
+    """The training run a model comes from; for a weight average (``fer-core average``), its sources'
+    runs joined by ``+`` (``b0-112-cont2+b0-112-cont3``)."""
+    if "averaged_from" in provenance:
+        return "+".join(str(trained_by(source["provenance"])) for source in provenance["averaged_from"])
+    return provenance.get("run")
+
+
 def step_evaluations(evaluations: list[Run], training_run: str) -> dict[str, Run]:
-    """``{set: newest whole-set evaluation}`` of the models ``training_run`` trained (``evaluations``
-    newest first, as :func:`list_runs` gives them)."""
+    """``{set: newest whole-set evaluation}`` of the models ``training_run`` trained (``RUN+RUN``: their
+    average), ``evaluations`` newest first, as :func:`list_runs` gives them."""
     found: dict[str, Run] = {}
     for run in evaluations:
         model, dataset = run.info.get("model", {}), run.info.get("dataset", {})
-        if ((model.get("provenance") or {}).get("run") == training_run and not is_limited(dataset)
+        if (trained_by(model.get("provenance") or {}) == training_run and not is_limited(dataset)
                 and not model.get("test_time_flip") and dataset.get("spec") in SETS and run.complete):
             found.setdefault(dataset["spec"], run)
     return found

@@ -31,6 +31,7 @@ from fer_core.images import load_rgb
 from fer_core.labels import CLASS_FOLDERS, EMOTIONS
 from fer_core.models import (ARCHITECTURES, HSEMOTION_CLASS_ORDERS, TINY_ARCHITECTURE, EmotionRecognizer, FerModel,
                              create_model, load_model, save_model)
+from fer_core.models.averaging import average_models
 from tests.conftest import torch_threads
 
 B0, B2 = "tf_efficientnet_b0_ns", "tf_efficientnet_b2_ns"
@@ -208,6 +209,48 @@ def test_fer_checkpoint_pair_must_match(tmp_path: Path) -> None:
     (tmp_path / "a.json").unlink()
     with pytest.raises(ModelLoadError, match=r"a.json is missing"):
         load_model(tmp_path / "a.safetensors")
+
+
+def test_average_of_two_heads_fit_on_other_faces_gives_the_mean_logits_on_real_faces(tmp_path: Path, faces) -> None:
+    """Two copies of one backbone whose heads were fit on different faces: the network is the same up
+    to the last linear layer, so the average model's logits are exactly the mean of the two models'."""
+    images, labels = faces
+    torch.manual_seed(0)
+    first = FerModel.from_architecture(B0)
+    first.input_size = SMALL
+    first.module.bn2.num_batches_tracked.fill_(7)
+    second = copy.deepcopy(first)
+    second.module.bn2.num_batches_tracked.fill_(9)
+    fit_head_(first, images[0::2], labels[0::2])
+    fit_head_(second, images[1::2], labels[1::2])
+    averaged = average_models([first, second])
+    batch = first.preprocessing.batch(images)
+    expected = (logits_of(first, batch) + logits_of(second, batch)) / 2
+    assert (logits_of(averaged, batch) - expected).abs().max().item() < 1e-4
+    assert not torch.allclose(logits_of(first, batch), logits_of(second, batch), atol=0.1)  # the heads differ
+    assert averaged.module.bn2.num_batches_tracked.item() == 7   # integer buffers: the first model's
+    assert [source["fingerprint"] for source in averaged.provenance["averaged_from"]] == [first.fingerprint,
+                                                                                          second.fingerprint]
+    assert averaged.fingerprint not in (first.fingerprint, second.fingerprint)
+    stem = save_model(averaged, tmp_path / "soup")
+    assert load_model(stem).provenance["averaged_from"][1]["fingerprint"] == second.fingerprint
+
+
+def test_average_refuses_models_that_do_not_share_inputs_or_classes() -> None:
+    model = FerModel.from_architecture(TINY_ARCHITECTURE)
+    with pytest.raises(InvalidArgument, match="expected at least 2 models, got 1"):
+        average_models([model])
+    other_size = copy.deepcopy(model)
+    other_size.input_size = 96
+    with pytest.raises(InvalidArgument, match="model 2 differs from model 1 in input_size: 96 vs 64"):
+        average_models([model, other_size])
+    grey = copy.deepcopy(model)
+    grey.grayscale = True
+    with pytest.raises(InvalidArgument, match="model 3 differs from model 1 in grayscale"):
+        average_models([model, model, grey])
+    seven = FerModel.from_architecture(TINY_ARCHITECTURE, EMOTIONS[:7])
+    with pytest.raises(InvalidArgument, match="in emotions"):
+        average_models([model, seven])
 
 
 # --- HSEmotion files made with current timm ---------------------------------------------------

@@ -279,3 +279,8 @@ def test_lever_curve_plots_each_training_runs_whole_set_evaluations(report_proje
     assert "other [not-a-run]: no whole-set evaluation found" in printed
     with Image.open(figure) as image:
         assert image.size == (990, 825)
+    # a weight average's step is its sources' runs, joined with +, calibrated or not
+    soup = {"averaged_from": [{"fingerprint": "1", "provenance": {"run": "cycle-2"}},
+                              {"fingerprint": "2", "provenance": {"run": "cycle-3", "logit_adjustment": {}}}],
+            "logit_adjustment": {"tau": 0.0625}}
+    assert lever_curve.trained_by(soup) == "cycle-2+cycle-3" and lever_curve.trained_by({"run": "tiny"}) == "tiny"
