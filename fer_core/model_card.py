@@ -71,11 +71,27 @@ def _initialisation(init: dict) -> str:
             f"on `{origin.get('train_data')}` from {_initialisation(origin.get('init', {}))}")
 
 
+def _training_lines(provenance: dict) -> list[str]:
+    """How the weights were made: trained (data, selection, initialisation), or the weight average of
+    trained models (``fer-core average``), each source described as an initialisation is."""
+    if "averaged_from" not in provenance:
+        return [f"- Trained by {provenance.get('trained_by', 'unknown')} on `{provenance.get('train_data')}`, best "
+                f"epoch selected on `{provenance.get('val_data')}` (never on test).",
+                f"- Initialisation: {_initialisation(provenance.get('init', {}))}."]
+    sources = provenance["averaged_from"]
+    described = "; and ".join(_initialisation({"from": source["provenance"], "fingerprint": source["fingerprint"]})
+                              for source in sources)
+    return [f"- Weight average (`fer-core average`: {provenance.get('averaging')}) of {len(sources)} models, each with "
+            f"its best epoch selected on validation data (never on test): {described}."]
+
+
 def model_card(model_path: Path, runs: Sequence[Run], image_path: Path, image_link: str) -> str:
     """The card's markdown; writes the first run's confusion matrix to ``image_path``."""
     model = load_model(model_path)
     provenance = model.provenance
-    settings = provenance.get("settings", {})
+    sources = [source["provenance"] for source in provenance.get("averaged_from", [])] or [provenance]
+    settings = [source.get("settings", {}) for source in sources]
+    selected = [source.get("selected_epoch") for source in sources]
     lines = [
         f"# Model card: `{model_path.name}`", "",
         f"- Architecture: `{model.architecture}` (timm, built with `pretrained=False`), input {model.input_size} px, "
@@ -83,12 +99,10 @@ def model_card(model_path: Path, runs: Sequence[Run], image_path: Path, image_li
         + (" Input in grey levels: trained on grey faces, it sees every face, colour photos included, in grey "
            "(ITU-R 601 luma on all three channels)." if model.grayscale else ""),
         f"- Weights: {model_path.stat().st_size / 2**20:.1f} MiB safetensors; fingerprint `{model.fingerprint}`.",
-        f"- Trained by {provenance.get('trained_by', 'unknown')} on `{provenance.get('train_data')}`, best epoch "
-        f"selected on `{provenance.get('val_data')}` (never on test).",
-        f"- Initialisation: {_initialisation(provenance.get('init', {}))}.",
+        *_training_lines(provenance),
         *_adjustment_lines(provenance.get("logit_adjustment")), "",
-        "## Recipe", "", "```json", json.dumps(settings, indent=2), "```", "",
-        "Selected epoch: `" + json.dumps(provenance.get("selected_epoch")) + "`", "",
+        "## Recipe", "", "```json", json.dumps(settings if len(sources) > 1 else settings[0], indent=2), "```", "",
+        "Selected epoch: `" + json.dumps(selected if len(sources) > 1 else selected[0]) + "`", "",
         "## Test metrics (95% bootstrap CIs)", "",
         "| test set | n | accuracy | balanced accuracy | macro-F1 | valence accuracy | protocol | faces |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",

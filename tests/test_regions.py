@@ -162,8 +162,9 @@ def test_domain_test_calls_a_shift_and_not_two_halves_of_one_domain(shares_by_do
     shares, labels, domains, _, _ = shares_by_domain
     real = shares[domains == "real"]
     real_labels = labels[domains == "real"]
-    # 20 random splits into halves: Holm keeps the family-wise error at 5 % (2 % measured over
-    # 100 splits with the 64 px model; 3 of these 20 with the shipped 112 px model). At a 5 % rate,
+    # 20 random splits into halves: Holm keeps the family-wise error at 5 % (2 % measured over 100
+    # splits with the 64 px model; 3 of these 20 with both 112 px models, the shipped average
+    # included). At a 5 % rate,
     # 4 or more calls in 20 come about 1.6 % of the time (binomial); a test that ignored Holm, or
     # called every split, would make far more
     called = []
@@ -186,7 +187,7 @@ def test_domain_test_calls_a_shift_and_not_two_halves_of_one_domain(shares_by_do
     shifted[faces_b, mouth_column] += moved
     report = region_report(shifted, real_labels, halves, n_resamples=500, n_permutations=1999)
     mouth = next(row for row in report["differences"] if row["emotion"] == "all" and row["region"] == "mouth")
-    # Holm p 0.007 measured with the 96 px and the shipped 112 px models; a 0.1 shift gave 0.054 (its real faces' shares
+    # Holm p 0.007 measured with the 96 px and both 112 px models; a 0.1 shift gave 0.054 (its real faces' shares
     # spread more than the 64 px model's, where 0.1 was found)
     assert mouth["p_holm"] < 0.01 and mouth["difference"] < 0, mouth
     for row in report["shares"]:

@@ -218,6 +218,14 @@ def test_model_card_prints_each_figures_protocol_and_detector(tiny_model, config
     row = next(line for line in text.splitlines() if line.startswith("| `sd_faces["))
     assert "scored over the model's 8 classes (--score-over model)" in row and "| mediapipe:" in row
     assert (tmp_path / "confusion.png").stat().st_size > 0
+    assert "- Trained by fer_core" in text and "Weight average" not in text
+    # a weight average (fer-core average) is described through each of its sources, never as "unknown"
+    from fer_core.models import save_model
+    from fer_core.models.averaging import average_models
+    soup = save_model(average_models([model, model]), tmp_path / "soup")
+    card = model_card(soup, [run], tmp_path / "confusion.png", "confusion.png")
+    assert "- Weight average (`fer-core average`: uniform mean" in card and "unknown" not in card
+    assert card.count(f"the model of run `{model.provenance['run']}` (fingerprint `{model.fingerprint}`") == 2
 
 
 def test_joined_training_specs_keep_each_parts_labels(config):
