@@ -24,7 +24,7 @@ import pandas as pd
 
 from fer_core.errors import DataError, InvalidArgument
 from fer_core.labels import EMOTIONS
-from fer_core.runs import RUN_FILE, Run, list_runs, provenance_record, utc_now, write_json_atomic
+from fer_core.runs import RUN_FILE, Run, list_runs, provenance_record, trained_by, utc_now, write_json_atomic
 from fer_core.scoring import score, scored_rows
 from fer_core.validation import StrOptions, validate_params
 
@@ -113,9 +113,10 @@ def is_limited(dataset: dict[str, Any]) -> bool:
 
 
 def _model_label(model: dict[str, Any], trained: Run | None) -> str:
-    """``<training run or weights name> (<fingerprint's first 8 digits>)``: one per model."""
+    """``<training run (a weight average's: RUN+RUN) or weights name> (<fingerprint's first 8 digits>)``: one
+    per model."""
     path = model.get("path")
-    name = (trained.id if trained is not None else None) or (model.get("provenance") or {}).get("run") \
+    name = (trained.id if trained is not None else None) or trained_by(model.get("provenance") or {}) \
         or (Path(path).stem if path else None) or model.get("architecture") or "model"
     return f"{name} ({str(model.get('fingerprint'))[:8]})"
 

@@ -282,3 +282,12 @@ def faces_summary(faces: dict[str, Any]) -> str:
     if faces.get("margin") is None:
         return detector
     return f"{detector}, margin {faces['margin']:g}, {'aligned' if faces.get('align') else 'not aligned'}"
+
+
+def trained_by(provenance: dict) -> str | None:
+    """The training run a model comes from (``provenance["run"]``); for a weight average (``fer-core
+    average``), its sources' runs joined by ``+`` (``b0-112-cont2+b0-112-cont3``); None when no run is
+    recorded."""
+    if "averaged_from" in provenance:
+        return "+".join(str(trained_by(source["provenance"])) for source in provenance["averaged_from"])
+    return provenance.get("run")

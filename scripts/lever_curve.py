@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fer_core.cross_domain import is_limited  # noqa: E402
-from fer_core.runs import Run, list_runs  # noqa: E402
+from fer_core.runs import Run, list_runs, trained_by  # noqa: E402
 
 #: evaluation set -> (legend, accuracy target or None)
 SETS = {"ferplus:valid": ("FER+ valid (selection)", None), "ferplus:test": ("FER+ test", 0.84),
@@ -31,14 +31,6 @@ SETS = {"ferplus:valid": ("FER+ valid (selection)", None), "ferplus:test": ("FER
 WEAK_CLASSES = (("ferplus:test", "Contempt", "FER+ contempt", 0.35), ("ferplus:test", "Disgust", "FER+ disgust", 0.35),
                 ("sd_faces", "Anger", "SD anger", 0.40), ("sd_faces", "Sadness", "SD sadness", 0.40),
                 ("sd_faces", "Surprise", "SD surprise", 0.40))
-
-
-def trained_by(provenance: dict) -> str | None:
-    """The training run a model comes from; for a weight average (``fer-core average``), its sources'
-    runs joined by ``+`` (``b0-112-cont2+b0-112-cont3``)."""
-    if "averaged_from" in provenance:
-        return "+".join(str(trained_by(source["provenance"])) for source in provenance["averaged_from"])
-    return provenance.get("run")
 
 
 def step_evaluations(evaluations: list[Run], training_run: str) -> dict[str, Run]:

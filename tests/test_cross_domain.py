@@ -19,7 +19,7 @@ from fer_core.data import FerPlusDataset, open_dataset
 from fer_core.errors import DataError, InvalidArgument
 from fer_core.labels import EMOTIONS
 from fer_core.models import TINY_ARCHITECTURE, load_model
-from fer_core.runs import Run
+from fer_core.runs import Run, trained_by
 from fer_core.training import Stage, TrainSettings
 from fer_core.jobs.experiments import sweep
 from fer_core.workflows import SHIPPED_WEIGHTS, evaluate_model
@@ -75,7 +75,7 @@ def test_records_trace_each_evaluation_to_its_training_data(runs, tiny_model):
         records["test_set"] == "sd_faces", "n"]) == {60}
     shipped = by_name.loc["shipped-ferplus"]   # no training run here: its weights' provenance says ferplus:train
     assert pd.isna(shipped["train_run"]) and shipped["train_domain"] == "real" and shipped["synthetic_fraction"] == 0.0
-    assert shipped["train_data"].startswith("ferplus:train") and shipped["model_label"].startswith(f"{load_model(SHIPPED).provenance['run']} (")
+    assert shipped["train_data"].startswith("ferplus:train") and shipped["model_label"].startswith(f"{trained_by(load_model(SHIPPED).provenance)} (")
     assert shipped["n"] == SHIPPED_LIMIT and shipped["dataset_size"] == 3375 and shipped["limited"]
     assert shipped["test_set"] == "ferplus:test" and shipped["sampling"] == f"stratified {SHIPPED_LIMIT}, seed 0"
     assert not records.drop(index=records.index[records["evaluation"] == "shipped-ferplus"])["limited"].any()
@@ -99,7 +99,7 @@ def test_cross_domain_matrix_has_one_row_per_model_with_its_own_n(runs, project,
     matrix, notes = cross_domain_matrix(cells), cell_notes(cells)
     tiny = f"real · tiny ({load_model(tiny_model).fingerprint[:8]})"
     shipped_model = load_model(SHIPPED)
-    shipped = f"real · {shipped_model.provenance['run']} ({shipped_model.fingerprint[:8]})"
+    shipped = f"real · {trained_by(shipped_model.provenance)} ({shipped_model.fingerprint[:8]})"
     assert len(matrix) == 4 and {tiny, shipped} <= set(matrix.index)      # four models, one row each
     assert list(matrix.columns) == ["ferplus:test", "sd_faces"]
     # the real x ferplus:test cell of the old matrix mixed these two models; now each keeps its own score and n

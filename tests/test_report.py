@@ -21,7 +21,7 @@ from PIL import Image
 from fer_core.cli import main
 from fer_core.report import export_zip
 from fer_core.report.rq2 import level_table
-from fer_core.runs import Run
+from fer_core.runs import Run, trained_by
 from tests.conftest import REPO
 
 #: Faces of each dataset every step uses (a stratified sample, seed 0).
@@ -283,4 +283,4 @@ def test_lever_curve_plots_each_training_runs_whole_set_evaluations(report_proje
     soup = {"averaged_from": [{"fingerprint": "1", "provenance": {"run": "cycle-2"}},
                               {"fingerprint": "2", "provenance": {"run": "cycle-3", "logit_adjustment": {}}}],
             "logit_adjustment": {"tau": 0.0625}}
-    assert lever_curve.trained_by(soup) == "cycle-2+cycle-3" and lever_curve.trained_by({"run": "tiny"}) == "tiny"
+    assert trained_by(soup) == "cycle-2+cycle-3" and trained_by({"run": "tiny"}) == "tiny" and trained_by({}) is None

@@ -42,3 +42,4 @@ def average_models(models: Sequence[FerModel]) -> FerModel:
                          "averaged_from": [{"fingerprint": m.fingerprint, "provenance": m.provenance} for m in models],
                          "averaging": "uniform mean of every floating-point tensor (weights and BatchNorm statistics)"}
     return result
+
