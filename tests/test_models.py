@@ -253,6 +253,23 @@ def test_average_refuses_models_that_do_not_share_inputs_or_classes() -> None:
         average_models([model, seven])
 
 
+def test_fer_core_average_writes_the_mean_and_names_a_missing_file(tmp_path: Path, capsys) -> None:
+    from fer_core.cli import main
+    first, second = (FerModel.from_architecture(TINY_ARCHITECTURE) for _ in range(2))
+    randomize_(second.module, seed=3)
+    paths = [save_model(model, tmp_path / name) for model, name in ((first, "a"), (second, "b"))]
+    assert main(["average", *map(str, paths), "--out", str(tmp_path / "soup"), "--fp16"]) == 0
+    assert "the mean of 2 models" in capsys.readouterr().out
+    soup = load_model(tmp_path / "soup.safetensors")
+    expected = average_models([first, second]).module.state_dict()
+    assert all(torch.allclose(value.float(), expected[key].float(), atol=1e-2, rtol=1e-3)   # float16 storage
+               for key, value in soup.module.state_dict().items())
+    assert [source["fingerprint"] for source in soup.provenance["averaged_from"]] == [first.fingerprint,
+                                                                                      second.fingerprint]
+    assert main(["average", str(paths[0]), str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "x")]) != 0
+    assert "missing.safetensors" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
+
+
 # --- HSEmotion files made with current timm ---------------------------------------------------
 
 def test_vggface2_backbone_state_dict_gets_an_untrained_chance_head(tmp_path: Path) -> None:
