@@ -20,8 +20,8 @@ def average_models(models: Sequence[FerModel]) -> FerModel:
     of ``models``' and whose integer buffers (BatchNorm's batch counters) are the first model's.
 
     The models must share architecture, classes in order, input size, normalisation and colour (so
-    their tensors have the same names and shapes). The provenance lists each source's provenance and fingerprint
-    under ``averaged_from``. Averaging only makes sense for models fine-tuned from one start (the
+    their tensors have the same names and shapes). The provenance lists each source's provenance and
+    fingerprint under ``averaged_from``. Averaging only makes sense for models fine-tuned from one start (the
     same basin); that is the caller's to judge: check the average on validation data.
     """
     if len(models) < 2:
@@ -42,4 +42,3 @@ def average_models(models: Sequence[FerModel]) -> FerModel:
                          "averaged_from": [{"fingerprint": m.fingerprint, "provenance": m.provenance} for m in models],
                          "averaging": "uniform mean of every floating-point tensor (weights and BatchNorm statistics)"}
     return result
-
