@@ -16,7 +16,7 @@ import torch
 from fer_core.data import open_dataset
 from fer_core.data.datasets import FerPlusDataset
 from fer_core.explain import (crop_keypoints, deletion_insertion, explain, layers, method_defaults, randomisation_check,
-                              region_report, region_shares)
+                              randomisation_check_both, region_report, region_shares)
 from fer_core.explain import base as explain_base
 from fer_core.explain.base import Attribution, centre_prior, map_cell_size
 from fer_core.explain.gradcam import _SIDES
@@ -124,6 +124,18 @@ def test_constant_maps_are_nan_counted_and_not_a_pass(b0, batch, monkeypatch):
     assert last.decision.constant == 6 and last.decision.n == 0 and np.isnan(result.spearman[-1])
     assert all(np.isnan(value) for value in result.spearman_per_face[-1])
     assert not result.passed, "a constant map is not a decorrelated one"
+
+
+def test_both_judgements_come_from_one_set_of_maps(b0, batch):
+    """``randomisation_check_both`` gives what two ``randomisation_check`` calls give, from one set of maps
+    (Integrated Gradients in few steps: a signed method, so the two judgements differ)."""
+    settings = {"depth": 1, "n_steps": 2}
+    magnitude, signed = randomisation_check_both(b0, batch[:3], "integrated_gradients", **settings)
+    assert magnitude.to_dict() == randomisation_check(b0, batch[:3], "integrated_gradients", **settings).to_dict()
+    assert signed.to_dict() == randomisation_check(b0, batch[:3], "integrated_gradients", absolute=False,
+                                                   **settings).to_dict()
+    assert (magnitude.decided_on, signed.decided_on) == ("absolute-map", "|signed|")
+    assert magnitude.spearman != signed.spearman, "two judgements, not one twice"
 
 
 def test_randomisation_is_judged_against_noise_stability(b0, batch):

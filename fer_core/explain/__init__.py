@@ -16,7 +16,8 @@ from fer_core.explain.analysis.regions import (REGIONS, aligned_template, compar
                                                region_report, region_shares, to_template)
 from fer_core.explain.analysis.sanity import (STATISTICS_METHOD, FaithfulnessResult, RandomisationResult,
                                               deletion_insertion, faithfulness_rows, most_faithful,
-                                              randomisation_check, randomisation_rows, sanity_report,
+                                              randomisation_check, randomisation_check_both,
+                                              randomisation_rows, sanity_report,
                                               statistics_method)
 
 __all__ = [
@@ -26,7 +27,7 @@ __all__ = [
     "method_defaults", "method_names", "register_method", "canonical_layer", "default_layer", "layers",
     "class_mean_maps", "colormap_names",
     "normalize_map", "overlay", "FaithfulnessResult", "RandomisationResult", "deletion_insertion",
-    "randomisation_check", "sanity_report", "mean_face", "load_quality", "quality_path", "record_quality",
+    "randomisation_check", "randomisation_check_both", "sanity_report", "mean_face", "load_quality", "quality_path", "record_quality",
     "REGIONS", "aligned_template", "crop_keypoints", "region_areas", "region_labels", "region_masks",
     "region_report", "region_shares", "to_template",
 ]

@@ -36,7 +36,7 @@ import copy
 import time
 from dataclasses import asdict, dataclass
 from numbers import Real
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -294,8 +294,74 @@ def _predictions(model: FerModel, inputs: torch.Tensor) -> torch.Tensor:
         return model.logits(inputs).argmax(dim=1)
 
 
-@validate_params({"depth": [POSITIVE_COUNT, None], "noise_sigma": [NOISE_LEVEL], "confidence": [LEVEL],
-                  "max_constant_share": [Interval(Real, 0, 1, closed="left")]})
+class _RandomisationMaps(NamedTuple):
+    """The maps a randomisation check judges: the trained model's (``reference``, and ``repeat``,
+    computed again), on noisy faces (``noisy``; ``unchanged``: the faces whose prediction the noise
+    left as it was), after each cascade step (``cascade``, over ``layers``), and the face pairing of
+    the different-faces control (``shuffled[k]`` with ``shuffled[k + 1]``)."""
+
+    layers: list[str]
+    reference: np.ndarray
+    repeat: np.ndarray
+    noisy: np.ndarray
+    unchanged: np.ndarray
+    shuffled: np.ndarray
+    cascade: list[np.ndarray]
+
+
+def _randomisation_maps(model: FerModel, faces: torch.Tensor, method: str, target: Target, depth: int | None,
+                        seed: int, noise_sigma: float, params: Mapping[str, Any]) -> _RandomisationMaps:
+    inputs = check_batch(model, faces)
+    if inputs.shape[0] < 2:
+        raise InvalidArgument("randomisation_check needs at least 2 faces (the different-faces control pairs them)")
+    order = randomisation_order(model)
+    if depth is not None:
+        if depth > len(order):
+            raise InvalidArgument(f"depth: expected at most the {len(order)} stages of randomisation_order, "
+                                  f"got {depth}")
+        order = order[:depth]
+    targets = resolve_targets(model, inputs, target).tolist()
+    reference = explain(model, inputs, method, targets, **params).maps
+    repeat = explain(model, inputs, method, targets, **params).maps
+    noisy_inputs = noisy_faces(model, inputs, noise_sigma, seed)
+    unchanged = (_predictions(model, noisy_inputs) == _predictions(model, inputs)).cpu().numpy()
+    noisy = explain(model, noisy_inputs, method, targets, **params).maps
+    shuffled = np.random.default_rng(seed).permutation(len(reference))
+    randomised = copy.deepcopy(model)
+    cascade = []
+    for step, name in enumerate(order):
+        reinitialise(randomised, name, seed + step)
+        reestimate_batch_norms(randomised, order[: step + 1], inputs)
+        cascade.append(explain(randomised, inputs, method, targets, **params).maps)
+    return _RandomisationMaps(order, reference, repeat, noisy, unchanged, shuffled, cascade)
+
+
+def _judge(method: str, maps: _RandomisationMaps, absolute: bool, seed: int, noise_sigma: float, confidence: float,
+           max_constant_share: float) -> RandomisationResult:
+    """The randomisation check's result on ``maps``, judged on absolute maps or on |signed Spearman|."""
+    reference = maps.reference
+    cascade = [_compare(reference, step_maps, absolute, confidence, seed) for step_maps in maps.cascade]
+    stability = _compare(reference[maps.unchanged], maps.noisy[maps.unchanged], absolute, confidence, seed)
+    different = _compare(reference[maps.shuffled], reference[np.roll(maps.shuffled, -1)], absolute, confidence, seed)
+    repeat_values = _compare(reference, maps.repeat, absolute, confidence, seed).decision
+    last = cascade[-1].decision
+    kind = "absolute-map" if absolute else "|signed|"
+    midpoint = (different.decision.mean + stability.decision.mean) / 2
+    passed = bool(repeat_values.mean >= 0.99 and last.constant <= max_constant_share * len(reference)
+                  and last.ci_high < min(stability.decision.ci_low, midpoint))
+    return RandomisationResult(
+        method, maps.layers, kind, cascade, [step.decision.mean for step in cascade],
+        [step.decision_per_face for step in cascade],
+        different, stability, float(noise_sigma),
+        int((~maps.unchanged).sum()), repeat_values.mean,
+        RANDOMISATION_CRITERION.format(constant=max_constant_share, confidence=confidence, kind=kind), passed)
+
+
+_RANDOMISATION_PARAMETERS = {"depth": [POSITIVE_COUNT, None], "noise_sigma": [NOISE_LEVEL], "confidence": [LEVEL],
+                            "max_constant_share": [Interval(Real, 0, 1, closed="left")]}
+
+
+@validate_params(_RANDOMISATION_PARAMETERS)
 def randomisation_check(model: FerModel, faces: torch.Tensor, method: str, target: Target = "predicted",
                         depth: int | None = None, absolute: bool = True, seed: int = 0,
                         noise_sigma: float = NOISE_SIGMA, confidence: float = CONFIDENCE,
@@ -307,43 +373,20 @@ def randomisation_check(model: FerModel, faces: torch.Tensor, method: str, targe
     is rank-correlated with the trained model's. ``absolute`` judges the pass on the maps'
     absolute values (Adebayo et al.), otherwise on ``|Spearman|`` of the signed maps. Targets
     are fixed from the trained model."""
-    inputs = check_batch(model, faces)
-    if inputs.shape[0] < 2:
-        raise InvalidArgument("randomisation_check needs at least 2 faces (the different-faces control pairs them)")
-    targets = resolve_targets(model, inputs, target).tolist()
-    reference = explain(model, inputs, method, targets, **params).maps
-    repeat = explain(model, inputs, method, targets, **params).maps
-    noisy_inputs = noisy_faces(model, inputs, noise_sigma, seed)
-    unchanged = (_predictions(model, noisy_inputs) == _predictions(model, inputs)).cpu().numpy()
-    noisy = explain(model, noisy_inputs, method, targets, **params).maps
-    shuffled = np.random.default_rng(seed).permutation(len(reference))  # face shuffled[k] pairs with shuffled[k + 1]
-    order = randomisation_order(model)
-    if depth is not None:
-        if depth > len(order):
-            raise InvalidArgument(f"depth: expected at most the {len(order)} stages of randomisation_order, "
-                                  f"got {depth}")
-        order = order[:depth]
-    randomised = copy.deepcopy(model)
-    cascade: list[Correlations] = []
-    for step, name in enumerate(order):
-        reinitialise(randomised, name, seed + step)
-        reestimate_batch_norms(randomised, order[: step + 1], inputs)
-        maps = explain(randomised, inputs, method, targets, **params).maps
-        cascade.append(_compare(reference, maps, absolute, confidence, seed))
-    stability = _compare(reference[unchanged], noisy[unchanged], absolute, confidence, seed)
-    different = _compare(reference[shuffled], reference[np.roll(shuffled, -1)], absolute, confidence, seed)
-    repeat_values = _compare(reference, repeat, absolute, confidence, seed).decision
-    last = cascade[-1].decision
-    kind = "absolute-map" if absolute else "|signed|"
-    midpoint = (different.decision.mean + stability.decision.mean) / 2
-    passed = bool(repeat_values.mean >= 0.99 and last.constant <= max_constant_share * len(reference)
-                  and last.ci_high < min(stability.decision.ci_low, midpoint))
-    return RandomisationResult(
-        method, order, kind, cascade, [step.decision.mean for step in cascade],
-        [step.decision_per_face for step in cascade],
-        different, stability, float(noise_sigma),
-        int((~unchanged).sum()), repeat_values.mean,
-        RANDOMISATION_CRITERION.format(constant=max_constant_share, confidence=confidence, kind=kind), passed)
+    maps = _randomisation_maps(model, faces, method, target, depth, seed, noise_sigma, params)
+    return _judge(method, maps, absolute, seed, noise_sigma, confidence, max_constant_share)
+
+
+@validate_params(_RANDOMISATION_PARAMETERS)
+def randomisation_check_both(model: FerModel, faces: torch.Tensor, method: str, target: Target = "predicted",
+                             depth: int | None = None, seed: int = 0, noise_sigma: float = NOISE_SIGMA,
+                             confidence: float = CONFIDENCE, max_constant_share: float = MAX_CONSTANT_SHARE,
+                             **params: Any) -> tuple[RandomisationResult, RandomisationResult]:
+    """:func:`randomisation_check` judged both ways, on the absolute maps and on ``|Spearman|`` of
+    the signed maps, from one set of maps: half the attributions of two calls, the same results."""
+    maps = _randomisation_maps(model, faces, method, target, depth, seed, noise_sigma, params)
+    return (_judge(method, maps, True, seed, noise_sigma, confidence, max_constant_share),
+            _judge(method, maps, False, seed, noise_sigma, confidence, max_constant_share))
 
 
 def _ranks(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
