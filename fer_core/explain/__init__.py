@@ -27,7 +27,8 @@ __all__ = [
     "method_defaults", "method_names", "register_method", "canonical_layer", "default_layer", "layers",
     "class_mean_maps", "colormap_names",
     "normalize_map", "overlay", "FaithfulnessResult", "RandomisationResult", "deletion_insertion",
-    "randomisation_check", "randomisation_check_both", "sanity_report", "mean_face", "load_quality", "quality_path", "record_quality",
+    "randomisation_check", "randomisation_check_both", "sanity_report", "mean_face", "load_quality", "quality_path",
+    "record_quality",
     "REGIONS", "aligned_template", "crop_keypoints", "region_areas", "region_labels", "region_masks",
     "region_report", "region_shares", "to_template",
 ]
