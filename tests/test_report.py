@@ -6,12 +6,14 @@ names the commands and run ids, and a missing input is named with the command th
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,7 @@ import pytest
 from PIL import Image
 
 from fer_core.cli import main
+from fer_core.data.registry import open_dataset
 from fer_core.report import export_zip
 from fer_core.report.rq2 import level_table
 from fer_core.runs import Run, trained_by
@@ -252,17 +255,45 @@ def test_a_page_download_is_a_zip_of_its_tables_with_report_md():
         assert pd.read_csv(io.BytesIO(archive.read("runs-table.csv")))["run"].tolist() == ["a_1", "b&2"]
 
 
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module (the scripts folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.shared_data
+def test_prior_shift_rereads_an_evaluation_at_each_strength(report_project, capsys):
+    """``scripts/prior_shift.py`` (the model card's threshold-or-blind-spot table): its first row is the
+    evaluation itself, and raising the strength never adds a Neutral face (FER+ train's most frequent
+    class) nor takes away a Contempt one (its rarest), for any model: ``log p - tau * log(prior)``."""
+    prior_shift = load_script("prior_shift")
+    project, cli = report_project
+    run = Run.load(project / "runs-report" / "eval-real")
+    taus = [0.0, 0.5, 1.0, 2.0]
+    train_labels = np.asarray(open_dataset("ferplus:train", project / "data").labels)
+    table = prior_shift.shifted_tables(run, train_labels, taus)
+    assert [row["tau"] for row in table] == taus
+    assert table[0]["accuracy"] == pytest.approx(run.metrics["accuracy"])
+    assert table[0]["recall"] == pytest.approx({c: v["recall"] for c, v in run.metrics["per_class"].items()})
+    neutral, contempt = ([row["recall"][c] for row in table] for c in ("Neutral", "Contempt"))
+    assert neutral == sorted(neutral, reverse=True) and contempt == sorted(contempt)
+    assert neutral[-1] < neutral[0] or contempt[-1] > contempt[0], "a strength of 2 moved nothing"
+    assert prior_shift.main([str(run.path), "--prior", "ferplus:train", "--taus", "0,0.5", *cli]) == 0
+    printed = capsys.readouterr().out
+    assert (f"eval-real: ferplus:test[stratified 10, seed 0], 10 faces, argmax over all of the model's classes, "
+            f"prior ferplus:train; as evaluated: accuracy {run.metrics['accuracy']:.4f}\n") in printed
+    assert f"\n 0.500 {table[1]['accuracy']:9.4f} {table[1]['macro_f1']:9.4f}  " in printed
+
+
 @pytest.mark.shared_data
 def test_lever_curve_plots_each_training_runs_whole_set_evaluations(report_project, capsys, tmp_path):
     """``scripts/lever_curve.py`` (the model card's figure) finds a step's points through the training
     run in each evaluation's model provenance, and takes whole sets only: the project's 10-face samples
     are refused, a whole evaluation of the 476 SD faces is plotted with its own accuracy."""
-    import importlib.util
-
     project, cli = report_project
-    spec = importlib.util.spec_from_file_location("lever_curve", REPO / "scripts" / "lever_curve.py")
-    lever_curve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lever_curve)
+    lever_curve = load_script("lever_curve")
     runs, figure = project / "runs-report", tmp_path / "levers.png"
     with pytest.raises(SystemExit) as refused:
         lever_curve.main(["--runs", str(runs), "--step", "tiny=tiny", "--out", str(figure)])

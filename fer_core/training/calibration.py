@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader
 from fer_core.data import FaceDataset, TorchFaceDataset, collate_skip_bad
 from fer_core.errors import DataError, InvalidArgument
 from fer_core.faces import FacePipeline
-from fer_core.labels import EMOTION_INDEX, NUM_CLASSES
+from fer_core.labels import EMOTION_INDEX, EMOTIONS, NUM_CLASSES
 from fer_core.models import FerModel
-from fer_core.scoring import score, scoring_for
+from fer_core.scoring import Scoring, score, scoring_for
 from fer_core.training.trainer import FaceTransform, class_log_prior
 
 #: The strengths tried, in steps of 1/16: 0 is the model as trained, 1 subtracts the full prior
@@ -69,20 +69,28 @@ def model_log_prior(model: FerModel, train_labels: np.ndarray) -> np.ndarray:
     return prior[[EMOTION_INDEX[e] for e in model.emotions]]
 
 
+def prior_shift_table(logits: np.ndarray, labels: np.ndarray, log_prior: np.ndarray, scoring: Scoring,
+                      taus: Sequence[float] = TAUS) -> list[dict[str, Any]]:
+    """Per strength ``tau``: accuracy, macro-F1, the lowest recall and each class's recall (over the
+    classes ``labels`` holds) of ``scoring``'s argmax over ``logits - tau * log_prior``."""
+    if not taus or any(not -2.0 <= t <= 2.0 for t in taus):
+        raise InvalidArgument(f"taus: expected strengths in [-2, 2], got {list(taus)}")
+    present = np.unique(labels)
+    table = []
+    for tau in taus:
+        scores = score(labels, scoring.predict(logits - tau * log_prior), present)
+        table.append({"tau": float(tau), "accuracy": scores.accuracy, "macro_f1": scores.macro_f1,
+                      "min_recall": float(scores.recall.min()),
+                      "recall": {EMOTIONS[c]: float(r) for c, r in zip(present, scores.recall)}})
+    return table
+
+
 def choose_tau(model: FerModel, logits: np.ndarray, labels: np.ndarray, log_prior: np.ndarray,
                validation: str, taus: Sequence[float] = TAUS) -> Calibration:
     """The strength with the best validation macro-F1 (over the validation set's classes,
     argmax over all of the model's classes); ties within :data:`F1_TIE` go to accuracy."""
-    if not taus or any(not -2.0 <= t <= 2.0 for t in taus):
-        raise InvalidArgument(f"taus: expected strengths in [-2, 2], got {list(taus)}")
-    scoring = scoring_for("model", model.emotions)
-    present = np.unique(labels)
-    table = []
-    for tau in taus:
-        predicted = scoring.predict(logits - tau * log_prior)
-        scores = score(labels, predicted, present)
-        table.append({"tau": float(tau), "accuracy": scores.accuracy, "macro_f1": scores.macro_f1,
-                      "min_recall": float(scores.recall.min())})
+    rows = prior_shift_table(logits, labels, log_prior, scoring_for("model", model.emotions), taus)
+    table = [{key: row[key] for key in ("tau", "accuracy", "macro_f1", "min_recall")} for row in rows]
     best_f1 = max(row["macro_f1"] for row in table)
     chosen = max((row for row in table if row["macro_f1"] >= best_f1 - F1_TIE), key=lambda row: row["accuracy"])
     return Calibration(chosen["tau"], tuple(table), validation)
