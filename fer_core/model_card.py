@@ -56,19 +56,36 @@ def _adjustment_lines(adjustment: dict | None) -> list[str]:
             "  | tau | accuracy | macro-F1 | min recall |", "  | --- | --- | --- | --- |", *rows]
 
 
-def _initialisation(init: dict) -> str:
-    """Where training started: ``"scratch"``, or the chain of initial models back to scratch, each
-    with its run, fingerprint, recipe and validation accuracy."""
+def _initialisation(init: dict, described: set[str]) -> str:
+    """Where training started: ``"scratch"``, or the chain of initial models back to scratch (see
+    :func:`_model_description`)."""
     origin = init.get("from", "unknown")
     if not isinstance(origin, dict):
         return json.dumps(origin)
+    return _model_description(origin, init.get("fingerprint"), described)
+
+
+def _model_description(provenance: dict, fingerprint: str | None, described: set[str]) -> str:
+    """A model by what made it: a training run (its fingerprint, recipe and validation accuracy, and
+    where it started), or a weight average of models (each described the same way), either one
+    calibrated or not. A fingerprint in ``described`` is named, not described again."""
+    if fingerprint in described:
+        return f"the model `{fingerprint}` (described above)"
+    described.add(fingerprint)
+    adjustment = provenance.get("logit_adjustment")
+    calibrated = f", calibrated at tau {adjustment['tau']:g} on `{adjustment['chosen_on']}`" if adjustment else ""
+    if "averaged_from" in provenance:
+        sources = provenance["averaged_from"]
+        parts = "; and ".join(_model_description(source["provenance"], source["fingerprint"], described)
+                              for source in sources)
+        return f"the weight average (fingerprint `{fingerprint}`{calibrated}) of {len(sources)} models: {parts}"
     stages = ", ".join(f"{s['trainable']} {s['epochs']} epochs at lr {s['lr']:g}"
-                       for s in origin.get("settings", {}).get("stages", []))
-    selected = origin.get("selected_epoch") or {}
-    return (f"the model of run `{origin.get('run')}` (fingerprint `{init.get('fingerprint')}`; {stages}; "
-            f"{origin.get('settings', {}).get('input_size')} px; validation accuracy "
+                       for s in provenance.get("settings", {}).get("stages", []))
+    selected = provenance.get("selected_epoch") or {}
+    return (f"the model of run `{provenance.get('run')}` (fingerprint `{fingerprint}`{calibrated}; {stages}; "
+            f"{provenance.get('settings', {}).get('input_size')} px; validation accuracy "
             f"{selected.get('val_accuracy', float('nan')):.4f} at its epoch {selected.get('epoch')}), itself trained "
-            f"on `{origin.get('train_data')}` from {_initialisation(origin.get('init', {}))}")
+            f"on `{provenance.get('train_data')}` from {_initialisation(provenance.get('init', {}), described)}")
 
 
 def _training_lines(provenance: dict) -> list[str]:
@@ -77,12 +94,13 @@ def _training_lines(provenance: dict) -> list[str]:
     if "averaged_from" not in provenance:
         return [f"- Trained by {provenance.get('trained_by', 'unknown')} on `{provenance.get('train_data')}`, best "
                 f"epoch selected on `{provenance.get('val_data')}` (never on test).",
-                f"- Initialisation: {_initialisation(provenance.get('init', {}))}."]
+                f"- Initialisation: {_initialisation(provenance.get('init', {}), set())}."]
     sources = provenance["averaged_from"]
-    described = "; and ".join(_initialisation({"from": source["provenance"], "fingerprint": source["fingerprint"]})
-                              for source in sources)
-    return [f"- Weight average (`fer-core average`: {provenance.get('averaging')}) of {len(sources)} models, each with "
-            f"its best epoch selected on validation data (never on test): {described}."]
+    described: set[str] = set()
+    parts = "; and ".join(_model_description(source["provenance"], source["fingerprint"], described)
+                          for source in sources)
+    return [f"- Weight average (`fer-core average`: {provenance.get('averaging')}) of {len(sources)} models, each "
+            f"trained run's best epoch selected on validation data (never on test): {parts}."]
 
 
 def model_card(model_path: Path, runs: Sequence[Run], image_path: Path, image_link: str) -> str:

@@ -225,7 +225,21 @@ def test_model_card_prints_each_figures_protocol_and_detector(tiny_model, config
     soup = save_model(average_models([model, model]), tmp_path / "soup")
     card = model_card(soup, [run], tmp_path / "confusion.png", "confusion.png")
     assert "- Weight average (`fer-core average`: uniform mean" in card and "unknown" not in card
-    assert card.count(f"the model of run `{model.provenance['run']}` (fingerprint `{model.fingerprint}`") == 2
+    assert card.count(f"the model of run `{model.provenance['run']}` (fingerprint `{model.fingerprint}`") == 1
+    assert f"; and the model `{model.fingerprint}` (described above)." in card
+    # an average of an average (the shipped model's making) describes the inner one and its calibrated
+    # source, each model once, never "None" or "nan"
+    from fer_core.training.calibration import Calibration, adjusted_model
+    shifted = adjusted_model(model, np.arange(len(model.emotions), dtype=np.float32),
+                             Calibration(0.5, (), "ferplus:valid"), "ferplus:train")
+    nested = average_models([model, shifted])
+    card = model_card(save_model(average_models([nested, model]), tmp_path / "nested"), [run],
+                      tmp_path / "confusion.png", "confusion.png")
+    head = card.split("## Recipe")[0]
+    assert f"the weight average (fingerprint `{nested.fingerprint}`) of 2 models: the model of run `tiny`" in head
+    assert f"(fingerprint `{shifted.fingerprint}`, calibrated at tau 0.5 on `ferplus:valid`;" in head
+    assert f"; and the model `{model.fingerprint}` (described above)." in head
+    assert "None" not in head and "nan" not in head
 
 
 def test_joined_training_specs_keep_each_parts_labels(config):
