@@ -217,10 +217,10 @@ def test_a_folder_of_crops_is_scored_whole_and_detect_re_crops_it(crop_folder, t
     changed = float((detected["pred"] != whole["pred"])[moved].mean())
     print(f"predictions changed on {changed:.0%} of the re-cropped faces")
     assert re_cropped > 0.5  # measured 65 %
-    assert changed > 0  # a re-crop is another input: the shipped model reads 4% of them otherwise (8% before)
+    assert changed > 0  # a re-crop is another input: the average before the soup read 4% of them otherwise
     # Re-cropping is no gain: detection does not read these crops significantly better than the
     # whole crop (exact McNemar on the same 40 faces). Measured whole / detected: 0.700 / 0.725 on
-    # the shipped 112 px weight average and the 112 px model before it (one face apart), 0.675 / 0.675
+    # the 112 px weight average shipped before the soup and the 112 px model before it (one face apart), 0.675 / 0.675
     # on the 96 px one, 0.675 / 0.400 on an earlier 64 px one; the model: 0.485 / 0.307.
     paired = mcnemar(right["detected"], right["whole"])
     assert not (paired["p_value"] < 0.05 and accuracy["detected"] > accuracy["whole"]), paired

@@ -163,8 +163,8 @@ def test_domain_test_calls_a_shift_and_not_two_halves_of_one_domain(shares_by_do
     real = shares[domains == "real"]
     real_labels = labels[domains == "real"]
     # 20 random splits into halves: Holm keeps the family-wise error at 5 % (2 % measured over 100
-    # splits with the 64 px model; 3 of these 20 with both 112 px models, the shipped average
-    # included). At a 5 % rate,
+    # splits with the 64 px model; 3 of these 20 with both 112 px models, the average shipped before
+    # the three-model soup included). At a 5 % rate,
     # 4 or more calls in 20 come about 1.6 % of the time (binomial); a test that ignored Holm, or
     # called every split, would make far more
     called = []

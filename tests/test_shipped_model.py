@@ -40,20 +40,20 @@ def sample_predictions(ferplus_root, tmp_path_factory):
 
 def test_shipped_model_accuracy_on_real_ferplus_test_faces(sample_predictions):
     accuracy = float((sample_predictions["pred"] == sample_predictions["label"]).mean())
-    # The model card reports 83.3% on all 3,375 test faces; 1,200 faces give about +-2.1 points (95%),
-    # so 0.03 is about 2.8 standard errors. This sample measured 0.822.
-    assert accuracy == pytest.approx(0.833, abs=0.03)
+    # The model card reports 83.4% on all 3,375 test faces; 1,200 faces give about +-2.1 points (95%),
+    # so 0.03 is about 2.8 standard errors. This sample measured 0.825 (0.822 with the model before).
+    assert accuracy == pytest.approx(0.834, abs=0.03)
 
 
 def test_shipped_model_reads_more_than_the_common_classes(sample_predictions):
     """Recall floors per class on a stratified sample of FER+ test faces (over the model's 8
     classes). The floors sit below the full test set's recalls (weights/MODEL_CARD.md) by about
     two binomial standard errors of the sample's class size. Contempt and disgust (26 and 22 test
-    faces, about 9 and 8 here) are not floored: the shipped model reads them at 0.15 and 0.27 on
-    the full test set, a failure the card reports. This sample measured anger 0.78, fear 0.39,
-    happiness 0.93, neutral 0.86, sadness 0.62, surprise 0.89."""
+    faces, about 9 and 8 here) are not floored: the shipped model reads them at 0.19 and 0.36 on
+    the full test set, a failure the card reports (0.00 and 0.25 in this sample). This sample measured
+    anger 0.77, fear 0.39, happiness 0.93, neutral 0.85, sadness 0.70, surprise 0.90."""
     table = sample_predictions
     recall = {e: float((table["pred"][table["label"] == i] == i).mean()) for i, e in enumerate(EMOTIONS)}
-    floors = {"Anger": 0.71, "Fear": 0.30, "Happiness": 0.90, "Neutral": 0.83, "Sadness": 0.58, "Surprise": 0.83}
+    floors = {"Anger": 0.70, "Fear": 0.29, "Happiness": 0.89, "Neutral": 0.82, "Sadness": 0.62, "Surprise": 0.84}
     assert all(recall[e] >= floor for e, floor in floors.items()), recall
     assert load_model(WEIGHTS).provenance["logit_adjustment"]["chosen_on"] == "ferplus:valid"  # never a test split

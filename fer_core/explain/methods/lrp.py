@@ -208,8 +208,8 @@ def lrp(model: FerModel, inputs: torch.Tensor, targets: torch.Tensor, composite:
             scores.append(output_relevance.sum(dim=1))
             errors.append(conservation_error(relevance_sums.detach(), output_relevance))
     conservation = torch.cat(errors)
-    diagnostics = {"conservation_error": conservation.tolist(),
-                   "conserved": bool(conservation.median() <= CONSERVATION_TOLERANCE),
+    median = conservation.quantile(0.5)  # the median; torch's median() of an even count is the lower middle value
+    diagnostics = {"conservation_error": conservation.tolist(), "conserved": bool(median <= CONSERVATION_TOLERANCE),
                    "relevance_sum": torch.cat(sums).tolist(), "explained_score": torch.cat(scores).tolist(),
                    "canonical_logit_error": logit_error}
     return MethodResult(torch.cat(maps), diagnostics)
