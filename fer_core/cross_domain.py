@@ -24,7 +24,8 @@ import pandas as pd
 
 from fer_core.errors import DataError, InvalidArgument
 from fer_core.labels import EMOTIONS
-from fer_core.runs import RUN_FILE, Run, list_runs, provenance_record, trained_by, utc_now, write_json_atomic
+from fer_core.runs import (RUN_FILE, Run, list_runs, provenance_record, trained_by, trained_on, utc_now,
+                           write_json_atomic)
 from fer_core.scoring import score, scored_rows
 from fer_core.validation import StrOptions, validate_params
 
@@ -93,9 +94,13 @@ def _synthetic_fraction(run: Run | None) -> float:
 
 def label_fraction(train_data: str | None) -> float:
     """The synthetic share a training-data label stands for: a mix's ``synthetic=F``, 0 or 1 for
-    a registered real or synthetic dataset (``ferplus:train (FER+ votes ...)`` -> 0), else NaN."""
+    a registered real or synthetic dataset (``ferplus:train (FER+ votes ...)`` -> 0), the one share of
+    labels joined by `` + `` when they agree, else NaN."""
     if not train_data:
         return float("nan")
+    if " + " in train_data:  # a weight average's sources' data (runs.trained_on): one share if they agree
+        shares = {label_fraction(part) for part in train_data.split(" + ")}
+        return shares.pop() if len(shares) == 1 else float("nan")
     mix = _MIX_LABEL.match(train_data.strip())
     if mix:
         return float(mix[1])
@@ -154,7 +159,7 @@ def evaluation_records(runs_dirs: Path | str | Iterable[Path | str]) -> pd.DataF
         model = run.info.get("model", {})
         dataset = run.info.get("dataset", {})
         trained = _training_run(run, training)
-        provenance_data = (model.get("provenance") or {}).get("train_data")
+        provenance_data = trained_on(model.get("provenance") or {})
         fraction = _synthetic_fraction(trained)
         if not np.isfinite(fraction):
             fraction = label_fraction(provenance_data)

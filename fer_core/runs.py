@@ -291,3 +291,19 @@ def trained_by(provenance: dict) -> str | None:
     if "averaged_from" in provenance:
         return "+".join(str(trained_by(source["provenance"])) for source in provenance["averaged_from"])
     return provenance.get("run")
+
+
+def trained_on(provenance: dict) -> str | None:
+    """The training data a model's provenance names (``provenance["train_data"]``); for a weight average
+    without its own, its sources' (recursively): the first source's label when every source names the
+    same dataset (``ferplus:train``, with or without a note after it), else the distinct labels joined by
+    `` + ``; None when no source names any."""
+    if provenance.get("train_data"):
+        return provenance["train_data"]
+    labels = [trained_on(source["provenance"]) for source in provenance.get("averaged_from", [])]
+    if not labels or not all(labels):
+        return None
+    parts = list(dict.fromkeys(part for label in labels for part in label.split(" + ")))
+    if len({re.split(r"[\s(]", part, maxsplit=1)[0] for part in parts}) == 1:
+        return labels[0]
+    return " + ".join(parts)

@@ -201,3 +201,6 @@ def test_bad_arguments_and_empty_folders(runs, tmp_path):
                                               "mix(ferplus+sd_faces, synthetic=0.25)", "fer2013:train")] == [
         0.0, 1.0, 0.25, 0.0]
     assert all(np.isnan(label_fraction(text)) for text in ("/data/my_faces", "", None))
+    # a weight average's sources' data (runs.trained_on): one share when they agree
+    assert label_fraction("ferplus:train + ferplus:train (FER+ votes) + fer2013:train") == 0.0
+    assert np.isnan(label_fraction("ferplus:train + sd_faces:train"))

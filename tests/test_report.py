@@ -24,7 +24,7 @@ from fer_core.cli import main
 from fer_core.data.registry import open_dataset
 from fer_core.report import export_zip
 from fer_core.report.rq2 import level_table
-from fer_core.runs import Run, trained_by
+from fer_core.runs import Run, trained_by, trained_on
 from tests.conftest import REPO
 
 #: Faces of each dataset every step uses (a stratified sample, seed 0).
@@ -315,3 +315,13 @@ def test_lever_curve_plots_each_training_runs_whole_set_evaluations(report_proje
                               {"fingerprint": "2", "provenance": {"run": "cycle-3", "logit_adjustment": {}}}],
             "logit_adjustment": {"tau": 0.0625}}
     assert trained_by(soup) == "cycle-2+cycle-3" and trained_by({"run": "tiny"}) == "tiny" and trained_by({}) is None
+    # and its training data is its sources' when they name one dataset (the shipped soup: an average of an average)
+    nested = {"averaged_from": [{"fingerprint": "1", "provenance": {"train_data": "ferplus:train"}},
+                                {"fingerprint": "2", "provenance": soup}]}
+    soup["averaged_from"][0]["provenance"]["train_data"] = "ferplus:train (FER+ vote distributions)"
+    soup["averaged_from"][1]["provenance"]["train_data"] = "ferplus:train"
+    assert trained_on(nested) == "ferplus:train" and trained_on({"train_data": "x", **nested}) == "x"
+    soup["averaged_from"][1]["provenance"]["train_data"] = "sd_faces:train"
+    assert trained_on(nested) == "ferplus:train + ferplus:train (FER+ vote distributions) + sd_faces:train"
+    del soup["averaged_from"][1]["provenance"]["train_data"]
+    assert trained_on(nested) is None and trained_on({}) is None
