@@ -7,8 +7,8 @@ No model is run: the probabilities come from each evaluation's ``predictions.par
 
 A class whose recall stays low at every strength, while the rest of the table falls apart, is not
 read by the model at all (a blind spot); one that rises at a small strength was a threshold. Each
-table is printed under the protocol it was scored with, and its first row is checked against the
-evaluation's own accuracy.
+table is printed under the protocol it was scored with, beside the evaluation's own accuracy (its
+first row, tau 0, must equal it).
 """
 
 from __future__ import annotations
@@ -17,15 +17,12 @@ import argparse
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from fer_core.config import load_config
 from fer_core.data.registry import open_dataset
-from fer_core.labels import EMOTION_INDEX, NUM_CLASSES
 from fer_core.runs import Run
 from fer_core.scoring import scoring_for
-from fer_core.training.calibration import prior_shift_table
-from fer_core.training.trainer import class_log_prior
+from fer_core.training.calibration import log_prior_over, prior_shift_table
 
 DEFAULT_TAUS = "0,0.25,0.5,0.75,1,1.5"
 #: probabilities below this (float32 softmax underflow) are read as this, so their log stays finite
@@ -36,9 +33,7 @@ def shifted_tables(run: Run, train_labels: np.ndarray, taus: Sequence[float]) ->
     """``run``'s faces re-read at each strength (see :func:`prior_shift_table`), the prior taken from
     ``train_labels`` over the run's model's classes, and scored with the run's own protocol."""
     emotions = run.info["model"]["emotions"]
-    allowed = torch.zeros(NUM_CLASSES)
-    allowed[[EMOTION_INDEX[e] for e in emotions]] = 1.0
-    log_prior = class_log_prior(train_labels, allowed).numpy()[[EMOTION_INDEX[e] for e in emotions]]
+    log_prior = log_prior_over(emotions, train_labels)
     predictions = run.predictions
     probabilities = predictions[[f"prob_{e}" for e in emotions]].to_numpy(dtype=np.float64)
     readable = np.isfinite(probabilities).all(1) & (predictions["label"].to_numpy() >= 0)

@@ -61,12 +61,17 @@ def dataset_logits(model: FerModel, dataset: FaceDataset, face_pipeline: FacePip
     return np.concatenate(logits), np.concatenate(labels)
 
 
+def log_prior_over(emotions: Sequence[str], train_labels: np.ndarray) -> np.ndarray:
+    """The training set's log class prior over ``emotions``, in their order."""
+    columns = [EMOTION_INDEX[e] for e in emotions]
+    allowed = torch.zeros(NUM_CLASSES)
+    allowed[columns] = 1.0
+    return class_log_prior(train_labels, allowed).numpy()[columns]
+
+
 def model_log_prior(model: FerModel, train_labels: np.ndarray) -> np.ndarray:
     """The training set's log class prior, in the order of ``model.emotions``."""
-    allowed = torch.zeros(NUM_CLASSES)
-    allowed[[EMOTION_INDEX[e] for e in model.emotions]] = 1.0
-    prior = class_log_prior(train_labels, allowed).numpy()
-    return prior[[EMOTION_INDEX[e] for e in model.emotions]]
+    return log_prior_over(model.emotions, train_labels)
 
 
 def prior_shift_table(logits: np.ndarray, labels: np.ndarray, log_prior: np.ndarray, scoring: Scoring,
